@@ -1,0 +1,48 @@
+"""Probes: ``/healthz`` (the process answers) and ``/readyz`` (its dependencies do)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from sqlalchemy import text
+
+from api.errors import json_response
+from hub.keys import DB_ENGINE, REDIS
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every configured dependency answers; 503 naming the ones that do not."""
+    checks: dict[str, str] = {"database": await _check(_database_ping(request.app))}
+    redis = request.app.get(REDIS)
+    if redis is not None:
+        checks["redis"] = await _check(redis.ping())
+    failing = sorted(name for name, result in checks.items() if result != "ok")
+    if failing:
+        return json_response(
+            {"status": "unavailable", "failing": failing, "checks": checks}, status=503
+        )
+    return json_response({"status": "ok", "checks": checks})
+
+
+async def _database_ping(app: web.Application) -> None:
+    async with app[DB_ENGINE].connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _check(probe: object) -> str:
+    try:
+        await asyncio.wait_for(probe, timeout=CHECK_TIMEOUT_SECONDS)  # type: ignore[arg-type]
+    except Exception as exc:  # any failure means "not ready"; say which
+        log.warning("readiness check failed: %s", exc)
+        return f"error: {type(exc).__name__}: {exc}"[:200]
+    return "ok"

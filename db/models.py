@@ -1,0 +1,55 @@
+"""Tables of the hub. Every table is tenant-scoped and every index starts with ``tenant_id``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Index, String, Text, UniqueConstraint, func, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from db.base import USER_ID_LENGTH, Base, BigId, TenantScoped
+
+
+class Notification(TenantScoped, Base):
+    """One in-app notification of one user. ``seq`` counts that user's notifications 1, 2, 3..."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id", "seq"),
+        # Unread counts and "unread only" pages read this small partial index.
+        Index(
+            "ix_notifications_unread",
+            "tenant_id",
+            "user_id",
+            "seq",
+            postgresql_where=text("read_at IS NULL"),
+            sqlite_where=text("read_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    category: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    link: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    read_at: Mapped[datetime | None] = mapped_column()
+
+
+class NotificationCounter(TenantScoped, Base):
+    """Per-user ``seq`` allocator and exact unread count, updated in the creating transaction.
+
+    Allocating ``seq`` by incrementing this row serialises concurrent creators for one user
+    on its row lock, which is what keeps ``seq`` free of duplicates and holes.
+    """
+
+    __tablename__ = "notification_counters"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    unread_count: Mapped[int] = mapped_column(BigInteger, default=0)

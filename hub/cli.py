@@ -1,0 +1,80 @@
+"""The ``notifyhub`` command line: serve, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from hub.logs import setup_logging
+from hub.settings import ConfigurationError, Settings, load_settings
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.serve import run_server
+
+    run_server(settings, host=args.host or settings.host, port=args.port or settings.port)
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from db.migrate import current_revision, upgrade_to_head
+
+    upgrade_to_head(settings.database_url)
+    print(f"database at revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from hub.auth import mint_token
+
+    print(
+        mint_token(
+            settings,
+            tenant_id=args.tenant,
+            user_id=args.user,
+            roles=args.role,
+            ttl_seconds=args.ttl,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="notifyhub", description="Realtime notifications and messaging hub."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP + Socket.IO server")
+    serve.add_argument("--host", help="interface to bind (default NOTIFYHUB_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default NOTIFYHUB_PORT, 8004)")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
+    migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser("token", help="mint a development JWT")
+    token.add_argument("--tenant", required=True, help="tenant_id claim")
+    token.add_argument("--user", required=True, help="sub claim (user id)")
+    token.add_argument(
+        "--role", action="append", default=[], help="a role claim; repeat for several"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.set_defaults(run=_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        settings.check_for_production()
+    except (ValidationError, ConfigurationError) as exc:
+        print(f"notifyhub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    result: int = args.run(settings, args)
+    return result

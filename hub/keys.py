@@ -1,0 +1,24 @@
+"""Every piece of application and request state, as typed aiohttp keys, in one place."""
+
+from __future__ import annotations
+
+import aiohttp
+import socketio
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from hub.auth import Principal, TokenVerifier
+from hub.realtime import Realtime
+from hub.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+DB_ENGINE = web.AppKey("db_engine", AsyncEngine)
+DB_SESSIONS = web.AppKey("db_sessions", async_sessionmaker[AsyncSession])
+REDIS = web.AppKey("redis", Redis)
+SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
+REALTIME = web.AppKey("realtime", Realtime)
+
+PRINCIPAL = web.RequestKey("principal", Principal)

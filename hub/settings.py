@@ -1,0 +1,155 @@
+"""All configuration of the hub: one pydantic-settings object, env prefix ``NOTIFYHUB_``.
+
+The defaults are the "embedded" profile: ``notifyhub serve`` works on a fresh machine with
+nothing else installed (SQLite file, in-process Socket.IO manager, in-process email tasks,
+Kafka intake off). Production sets the URLs of the real services.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_JWT_SECRET = "notifyhub-development-secret-change-me"  # noqa: S105 - refused in production
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot be used as given; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the hub. Built once at start and passed down; never a global."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NOTIFYHUB_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    env: Literal["development", "test", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8004, ge=0, le=65535)
+
+    database_url: str = "sqlite+aiosqlite:///./notifyhub.db"
+    database_pool_size: int = Field(default=10, ge=1)
+    # The embedded profile migrates its own SQLite file at start so the first run just works.
+    auto_migrate: bool | None = None
+
+    redis_url: str | None = None
+    # Socket.IO and the REST API authenticate with bearer tokens, not cookies, so any origin
+    # may connect by default; list origins ("https://crm.example.com,...") to restrict.
+    cors_allowed_origins: str = "*"
+    socketio_channel: str = "notifyhub"
+
+    kafka_bootstrap_servers: str | None = None
+    kafka_topic: str = "crm.events"
+    kafka_dlq_topic: str = "crm.events.dlq"
+    kafka_group_id: str = "notifyhub"
+    kafka_consume_in_serve: bool = True
+
+    jwt_secret: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway_seconds: int = Field(default=0, ge=0, le=300)
+    jwks_cache_seconds: int = Field(default=300, ge=1)
+    # An unknown ``kid`` refetches the key set, but never more often than this.
+    jwks_min_refetch_seconds: float = Field(default=30.0, ge=0)
+
+    auth_service_url: str | None = None
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_use_tls: bool = False
+    smtp_start_tls: bool = True
+    smtp_from_email: str | None = None
+
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        # Accept "HS256,RS256" from the environment as well as a JSON list.
+        if isinstance(value, str):
+            stripped = value.strip()
+            if stripped.startswith("["):
+                import json
+
+                return json.loads(stripped)
+            return [part.strip() for part in stripped.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one JWT algorithm must be accepted")
+        unknown = [alg for alg in value if alg not in HMAC_ALGORITHMS | PUBLIC_KEY_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"unsupported JWT algorithm(s): {', '.join(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_for_algorithms(self) -> Self:
+        wants_public_key = any(alg in PUBLIC_KEY_ALGORITHMS for alg in self.jwt_algorithms)
+        if wants_public_key and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise ValueError(
+                "NOTIFYHUB_JWT_ALGORITHMS names a public-key algorithm: "
+                "set NOTIFYHUB_JWT_PUBLIC_KEY or NOTIFYHUB_JWT_JWKS_URL"
+            )
+        return self
+
+    @property
+    def cors_allowed_origins_list(self) -> str | list[str]:
+        if self.cors_allowed_origins.strip() == "*":
+            return "*"
+        return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def uses_hmac(self) -> bool:
+        return any(alg in HMAC_ALGORITHMS for alg in self.jwt_algorithms)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.is_sqlite
+
+    def check_for_production(self) -> None:
+        """Refuse settings that are only safe on a developer's machine."""
+        if not self.is_production:
+            return
+        if self.uses_hmac and self.jwt_secret.get_secret_value() == DEFAULT_JWT_SECRET:
+            raise ConfigurationError(
+                "NOTIFYHUB_ENV=production refuses the built-in development JWT secret: "
+                "set NOTIFYHUB_JWT_SECRET to a long random value, or accept only public-key "
+                "algorithms (NOTIFYHUB_JWT_ALGORITHMS=RS256 with NOTIFYHUB_JWT_PUBLIC_KEY or "
+                "NOTIFYHUB_JWT_JWKS_URL)"
+            )
+        if self.uses_hmac and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ConfigurationError(
+                "NOTIFYHUB_JWT_SECRET must be at least 32 characters in production"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and ``.env``; keyword overrides win."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Socket.IO: the server, its namespaces and the room naming they share."""

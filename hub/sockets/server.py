@@ -1,0 +1,54 @@
+"""Build the python-socketio server: in-process manager, or Redis when configured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import socketio
+
+from hub.auth import TokenVerifier
+from hub.settings import Settings
+from hub.sockets.namespaces import NAMESPACE_CLASSES
+
+
+class OrjsonModule:
+    """The ``json``-module interface python-socketio expects, backed by orjson."""
+
+    @staticmethod
+    def dumps(obj: Any, *args: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        return orjson.loads(data)
+
+
+def build_client_manager(settings: Settings, *, write_only: bool = False) -> socketio.AsyncManager:
+    if settings.redis_url:
+        return socketio.AsyncRedisManager(
+            settings.redis_url,
+            channel=settings.socketio_channel,
+            write_only=write_only,
+            json=OrjsonModule if write_only else None,
+        )
+    if write_only:
+        raise ValueError("a write-only Socket.IO manager needs NOTIFYHUB_REDIS_URL")
+    return socketio.AsyncManager()
+
+
+def build_socketio_server(
+    settings: Settings, verifier: Callable[[], TokenVerifier]
+) -> socketio.AsyncServer:
+    server = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=build_client_manager(settings),
+        json=OrjsonModule,
+        cors_allowed_origins=settings.cors_allowed_origins_list,
+        logger=False,
+        engineio_logger=False,
+    )
+    for name, namespace_class in NAMESPACE_CLASSES.items():
+        server.register_namespace(namespace_class(name, verifier))
+    return server

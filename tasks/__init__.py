@@ -1,0 +1,1 @@
+"""Taskiq tasks (email sending) and the broker they run on."""
