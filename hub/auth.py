@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_ROLE = "service"
 REQUIRED_CLAIMS = ("sub", "tenant_id", "exp")
-MAX_TOKEN_LENGTH = 8192
+MAX_TOKEN_LENGTH = 4096
 
 
 class AuthError(Exception):

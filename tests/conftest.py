@@ -1,0 +1,9 @@
+"""Fixtures for the whole suite live in ``tests/harness``; this file only loads them."""
+
+pytest_plugins = [
+    "tests.harness.services",
+    "tests.harness.tokens",
+    "tests.harness.smtp",
+    "tests.harness.auth_service",
+    "tests.harness.hub",
+]

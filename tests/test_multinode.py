@@ -1,0 +1,41 @@
+"""Several ``serve`` processes sharing Redis form one hub."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiohttp
+
+from hub.realtime import NOTIFICATIONS_NAMESPACE
+from tests.harness.hub import ServeStarter, SettingsFactory, SioConnect
+from tests.harness.tokens import hs256_token
+
+
+async def test_emit_on_process_a_reaches_client_on_process_b(
+    hub_settings: SettingsFactory, serve_process: ServeStarter, sio_connect: SioConnect
+) -> None:
+    node_a, node_b = await asyncio.gather(
+        serve_process(hub_settings()), serve_process(hub_settings())
+    )
+    tenant, other_tenant = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    listener = await sio_connect(
+        node_b.url, NOTIFICATIONS_NAMESPACE, token=hs256_token(tenant=tenant, user="u1")
+    )
+    outsider = await sio_connect(
+        node_b.url, NOTIFICATIONS_NAMESPACE, token=hs256_token(tenant=other_tenant, user="u1")
+    )
+    service = hs256_token(tenant=tenant, user="crm", roles=["service"])
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{node_a.url}/api/broadcasts/",
+            json={"title": "Maintenance", "body": "at noon", "data": {"k": 1}},
+            headers={"Authorization": f"Bearer {service}"},
+        ) as response,
+    ):
+        assert response.status == 202
+    (received,) = await listener.wait_for("broadcast")
+    assert received == {"title": "Maintenance", "body": "at noon", "data": {"k": 1}}
+    await asyncio.sleep(0.2)
+    assert outsider.received("broadcast") == [], "another tenant's socket got the broadcast"

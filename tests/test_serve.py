@@ -1,0 +1,123 @@
+"""``notifyhub serve``: embedded defaults, readiness, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.harness.hub import RunningHub, SettingsFactory
+from tests.harness.ports import free_port, wait_for_port_async
+from tests.harness.processes import NOTIFYHUB, clean_environment
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_serve_on_embedded_defaults_just_works(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [NOTIFYHUB, "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=clean_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        await wait_for_port_async(port, timeout=30)
+        assert await get_json(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+        status, body = await get_json(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200, body
+        assert body["checks"] == {"database": "ok"}
+        assert (tmp_path / "notifyhub.db").is_file(), "the SQLite database was created"
+    finally:
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.to_thread(process.communicate, None, 15)
+    assert process.returncode == 0, output
+    assert time.monotonic() - started < 10
+    assert "notifyhub stopped" in output
+
+
+async def test_python_dash_m_hub_serves(tmp_path: Path) -> None:
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hub"],
+        cwd=tmp_path,
+        env=clean_environment(NOTIFYHUB_PORT=str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_port_async(port, timeout=30)
+        assert (await get_json(f"http://127.0.0.1:{port}/healthz"))[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.to_thread(process.wait, 15)
+    assert process.returncode == 0
+
+
+async def test_readyz_reports_postgres_and_redis(hub: RunningHub) -> None:
+    status, body = await get_json(f"{hub.url}/readyz")
+    assert status == 200
+    assert body["checks"] == {"database": "ok", "redis": "ok"}
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of this test's own, so the test may stop it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    await wait_for_port_async(port)
+    yield f"redis://127.0.0.1:{port}/0", process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+async def test_readyz_is_503_naming_redis_when_redis_stops(
+    hub_factory: Callable[..., Any],
+    hub_settings: SettingsFactory,
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    url, redis_process = own_redis
+    hub = await hub_factory(hub_settings(redis_url=url))
+    assert (await get_json(f"{hub.url}/readyz"))[0] == 200
+    redis_process.kill()
+    redis_process.wait()
+    status, body = await get_json(f"{hub.url}/readyz")
+    assert status == 503
+    assert body["failing"] == ["redis"]
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error")
+    # The process itself is still alive.
+    assert (await get_json(f"{hub.url}/healthz"))[0] == 200
+
+
+async def test_readyz_is_503_naming_the_database_when_it_is_unreachable(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory
+) -> None:
+    dead = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    hub = await hub_factory(hub_settings(database_url=dead))
+    status, body = await get_json(f"{hub.url}/readyz")
+    assert status == 503
+    assert body["failing"] == ["database"]
