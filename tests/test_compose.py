@@ -1,0 +1,443 @@
+"""Static checks of the container setup against the code it configures (no Docker needed).
+
+``docker-compose.yml``, ``.env.example`` and the ``Dockerfile`` name CLI subcommands and
+``NOTIFYHUB_*`` settings as plain strings; nothing else would notice a renamed subcommand or
+a typo'd variable (pydantic-settings silently ignores unknown environment variables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hub.cli import build_parser
+from hub.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = ROOT / "pyproject.toml"
+
+IMAGE_NAME = "notifyhub"
+HUB_SERVICE = "hub"
+ROOT_USERS = frozenset({"root", "0"})
+
+# Any NOTIFYHUB_ name, whatever its case, so a lower-case typo is caught too.
+NOTIFYHUB_NAME = re.compile(r"\bNOTIFYHUB_\w+")
+# Compose interpolation: ${NAME}, ${NAME:-default}, ${NAME:?error}, $NAME ($$ is a literal $).
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+# .env.example lines: NAME=value, or "# NAME=value" for a documented optional variable.
+ENV_ASSIGNMENT = re.compile(r"^(#\s*)?([A-Za-z_][A-Za-z0-9_]*)=", re.MULTILINE)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def settings_env_names() -> frozenset[str]:
+    """The environment variable of every ``Settings`` field: prefix + upper-cased name."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    assert prefix == "NOTIFYHUB_", f"Settings env_prefix changed to {prefix!r}: update this test"
+    return frozenset(f"{prefix}{name}".upper() for name in Settings.model_fields)
+
+
+@cache
+def compose() -> dict[str, Any]:
+    # safe_load resolves the x-* anchors and `<<` merge keys as Compose does.
+    document = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(document, dict), "docker-compose.yml is not a mapping"
+    return document
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found = compose().get("services")
+    assert isinstance(found, dict) and found, "docker-compose.yml defines no services"
+    return found
+
+
+def is_notifyhub_service(service: dict[str, Any]) -> bool:
+    """Built from this repository, or running its image."""
+    if "build" in service:
+        return True
+    image = str(service.get("image", ""))
+    repository = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    return repository == IMAGE_NAME
+
+
+def notifyhub_services() -> dict[str, dict[str, Any]]:
+    found = {name: svc for name, svc in services().items() if is_notifyhub_service(svc)}
+    assert found, "no service in docker-compose.yml builds or runs the notifyhub image"
+    return found
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands, found through its subparsers action."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            choices: dict[str, argparse.ArgumentParser] = dict(action.choices)
+            return choices
+    raise AssertionError("the notifyhub parser has no subcommands")
+
+
+def command_argv(command: object) -> list[str]:
+    """A Compose ``command`` (string or list) as the argv handed to the entrypoint."""
+    if isinstance(command, str):
+        return shlex.split(command)
+    if isinstance(command, list):
+        return [str(part) for part in command]
+    raise AssertionError(f"unexpected command {command!r}")
+
+
+def parse_error(argv: list[str]) -> str | None:
+    """None when ``notifyhub <argv>`` parses, else why not."""
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors by exiting
+        return f"`notifyhub {shlex.join(argv)}` does not parse (exit {exc.code})"
+    return None
+
+
+def environment_names(environment: object) -> list[str]:
+    """Variable names of a Compose ``environment`` (mapping or ``NAME=value`` list)."""
+    if environment is None:
+        return []
+    if isinstance(environment, dict):
+        return [str(name) for name in environment]
+    if isinstance(environment, list):
+        return [str(item).split("=", 1)[0] for item in environment]
+    raise AssertionError(f"unexpected environment {environment!r}")
+
+
+def strings_in(node: object) -> Iterator[str]:
+    """Every string (keys and values) in a loaded YAML document; comments are gone."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings_in(key)
+            yield from strings_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings_in(item)
+
+
+def interpolated_variables() -> dict[str, bool]:
+    """Variables Compose substitutes into the file, each with whether it is required."""
+    found: dict[str, bool] = {}
+    for text in strings_in(compose()):
+        for match in INTERPOLATION.finditer(text.replace("$$", "")):
+            name = match.group(1) or match.group(3)
+            required = (match.group(2) or "").startswith((":?", "?"))
+            found[name] = found.get(name, False) or required
+    return found
+
+
+def env_example_assignments() -> dict[str, bool]:
+    """Variables documented in .env.example, each with whether it is set (not commented)."""
+    text = ENV_EXAMPLE.read_text(encoding="utf-8")
+    found: dict[str, bool] = {}
+    for match in ENV_ASSIGNMENT.finditer(text):
+        found[match.group(2)] = found.get(match.group(2), False) or match.group(1) is None
+    return found
+
+
+def env_example_values() -> dict[str, str]:
+    """The values .env.example sets (commented-out lines excluded)."""
+    values: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line and not line.lstrip().startswith("#") and "=" in line:
+            name, _, value = line.partition("=")
+            values[name.strip()] = value.strip()
+    return values
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's variable substitution, for the forms this project uses."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        modifier = match.group(2) or ""
+        value = variables.get(name)
+        if modifier.startswith((":?", "?")):
+            assert value, f"{name} is required: {modifier.lstrip(':?')}"
+            return value
+        if modifier.startswith(":-"):
+            return value or modifier[2:]
+        if modifier.startswith("-"):
+            return modifier[1:] if value is None else value
+        assert not modifier, f"unsupported interpolation {match.group(0)}"
+        return value or ""
+
+    return INTERPOLATION.sub(replace, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def one_shot_services() -> set[str]:
+    """Services others wait on to finish (``service_completed_successfully``)."""
+    one_shots: set[str] = set()
+    for service in services().values():
+        depends_on = service.get("depends_on")
+        if isinstance(depends_on, dict):
+            for name, spec in depends_on.items():
+                if isinstance(spec, dict) and spec.get("condition") == (
+                    "service_completed_successfully"
+                ):
+                    one_shots.add(name)
+    return one_shots
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """(INSTRUCTION, arguments) per build stage, continuation lines joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue  # a comment line inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[list[tuple[str, str]]] = []
+    for line in logical:
+        instruction, _, arguments = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((instruction, arguments.strip()))
+    assert stages, "the Dockerfile has no FROM"
+    return stages
+
+
+def exec_form(arguments: str) -> list[str]:
+    """An ENTRYPOINT/CMD in JSON (exec) form or shell form, as a list of words."""
+    if arguments.startswith("["):
+        parsed = json.loads(arguments)
+        assert isinstance(parsed, list)
+        return [str(word) for word in parsed]
+    return shlex.split(arguments)
+
+
+# --- (a) commands are real subcommands ----------------------------------------------------------
+
+
+def test_notifyhub_services_run_real_subcommands() -> None:
+    known = subcommands(build_parser())
+    problems: list[str] = []
+    for name, service in notifyhub_services().items():
+        entrypoint = service.get("entrypoint")
+        if entrypoint is not None and command_argv(entrypoint) != [IMAGE_NAME]:
+            problems.append(f"{name}: entrypoint {entrypoint!r} bypasses the notifyhub CLI")
+        if "command" not in service:
+            problems.append(f"{name}: no command (say which notifyhub subcommand it runs)")
+            continue
+        argv = command_argv(service["command"])
+        if not argv or argv[0] not in known:
+            first = argv[0] if argv else "(empty)"
+            problems.append(f"{name}: {first!r} is not a notifyhub subcommand {sorted(known)}")
+            continue
+        error = parse_error(argv)
+        if error:
+            problems.append(f"{name}: {error}")
+    assert not problems, "\n".join(problems)
+
+
+def test_hub_serves_after_a_one_shot_migrate() -> None:
+    hub = services().get(HUB_SERVICE)
+    assert hub is not None and is_notifyhub_service(hub), "no notifyhub `hub` service"
+    assert command_argv(hub["command"])[0] == "serve"
+    migrates = [
+        name
+        for name, svc in notifyhub_services().items()
+        if command_argv(svc.get("command", []))[:1] == ["migrate"]
+    ]
+    assert migrates, "no service runs `notifyhub migrate`"
+    depends_on = hub.get("depends_on")
+    assert isinstance(depends_on, dict), "hub.depends_on must be a mapping with conditions"
+    assert any(
+        (depends_on.get(name) or {}).get("condition") == "service_completed_successfully"
+        for name in migrates
+    ), f"hub must wait for {migrates} to complete successfully"
+
+
+# --- (b) every NOTIFYHUB_* variable is a Settings field ----------------------------------------
+
+
+def test_every_notifyhub_variable_is_a_settings_field() -> None:
+    fields = settings_env_names()
+    problems: list[str] = []
+    for path in (COMPOSE_FILE, ENV_EXAMPLE, DOCKERFILE):
+        names = set(NOTIFYHUB_NAME.findall(path.read_text(encoding="utf-8")))
+        assert names, f"{path.name} names no NOTIFYHUB_ variable: is this check still looking?"
+        problems += [f"{path.name}: {name}" for name in sorted(names - fields)]
+    assert not problems, (
+        "not a field of hub.settings.Settings (NOTIFYHUB_ + field name, upper case):\n"
+        + "\n".join(problems)
+    )
+
+
+def test_notifyhub_services_environment_names_are_settings_fields() -> None:
+    # Catches what the text scan cannot: a key without the prefix, which Settings ignores.
+    fields = settings_env_names()
+    problems: list[str] = []
+    for name, service in notifyhub_services().items():
+        for variable in environment_names(service.get("environment")):
+            if variable not in fields:
+                problems.append(f"{name}: {variable}")
+    assert not problems, "environment names that are not Settings fields:\n" + "\n".join(problems)
+
+
+def test_the_production_essentials_are_set() -> None:
+    for name, service in notifyhub_services().items():
+        environment = service.get("environment")
+        assert isinstance(environment, dict), f"{name}: environment must be a mapping"
+        assert environment.get("NOTIFYHUB_ENV") == "production", name
+        assert str(environment.get("NOTIFYHUB_DATABASE_URL", "")).startswith(
+            "postgresql+asyncpg://"
+        ), name
+        for variable in (
+            "NOTIFYHUB_REDIS_URL",
+            "NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS",
+            "NOTIFYHUB_AUTH_SERVICE_URL",
+        ):
+            assert environment.get(variable), f"{name}: {variable} is not set"
+        # Never a default secret: Compose must refuse to start without one.
+        assert re.fullmatch(
+            r"\$\{NOTIFYHUB_JWT_SECRET:?\?[^}]*\}", str(environment.get("NOTIFYHUB_JWT_SECRET"))
+        ), f"{name}: NOTIFYHUB_JWT_SECRET must be ${{NOTIFYHUB_JWT_SECRET:?...}}"
+
+
+def test_settings_accept_the_compose_environment_in_production(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a container gets after `cp .env.example .env` and filling in the required values:
+    # every default in the file must be a value Settings accepts, in production.
+    variables = {
+        **env_example_values(),
+        "POSTGRES_PASSWORD": "0123456789abcdef",
+        "NOTIFYHUB_JWT_SECRET": "x" * 40,
+    }
+    for name in list(os.environ):
+        if name.upper().startswith("NOTIFYHUB_"):
+            monkeypatch.delenv(name)
+    for name, service in notifyhub_services().items():
+        environment = service.get("environment")
+        assert isinstance(environment, dict), f"{name}: environment must be a mapping"
+        for variable, value in environment.items():
+            monkeypatch.setenv(str(variable), interpolate(str(value), variables))
+        settings = Settings(_env_file=None)
+        settings.check_for_production()
+        assert settings.is_production
+        assert settings.database_url == (
+            "postgresql+asyncpg://notifyhub:0123456789abcdef@postgres:5432/notifyhub"
+        )
+        assert settings.redis_url and settings.kafka_bootstrap_servers
+        assert settings.jwt_secret.get_secret_value() == "x" * 40
+
+
+def test_env_example_documents_every_variable_compose_reads() -> None:
+    documented = env_example_assignments()
+    problems: list[str] = []
+    for name, required in sorted(interpolated_variables().items()):
+        if name not in documented:
+            problems.append(f"{name} is read by docker-compose.yml but not in .env.example")
+        elif required and not documented[name]:
+            problems.append(f"{name} is required by docker-compose.yml but commented out")
+    assert not problems, "\n".join(problems)
+
+
+# --- (c), (d) healthchecks and start order ------------------------------------------------------
+
+
+def test_every_service_has_a_healthcheck() -> None:
+    one_shots = one_shot_services()
+    problems: list[str] = []
+    for name, service in services().items():
+        healthcheck = service.get("healthcheck")
+        if not isinstance(healthcheck, dict):
+            problems.append(f"{name}: no healthcheck")
+        elif name in one_shots:
+            continue  # runs to completion; `disable: true` is the honest healthcheck
+        elif healthcheck.get("disable") or not healthcheck.get("test"):
+            problems.append(f"{name}: long-running service with its healthcheck disabled")
+        elif command_argv(healthcheck["test"])[:1] == ["NONE"]:
+            problems.append(f"{name}: healthcheck test is NONE")
+    assert not problems, "\n".join(problems)
+
+
+def test_hub_waits_for_healthy_postgres_and_redis() -> None:
+    depends_on = services()[HUB_SERVICE].get("depends_on")
+    assert isinstance(depends_on, dict), "hub.depends_on must be a mapping with conditions"
+    for dependency in ("postgres", "redis"):
+        assert dependency in services(), f"no {dependency} service"
+        spec = depends_on.get(dependency)
+        assert isinstance(spec, dict) and spec.get("condition") == "service_healthy", (
+            f"hub must depend on {dependency} with condition service_healthy"
+        )
+
+
+def test_services_waited_on_as_healthy_define_a_healthcheck() -> None:
+    for name, service in services().items():
+        depends_on = service.get("depends_on")
+        if not isinstance(depends_on, dict):
+            continue
+        for dependency, spec in depends_on.items():
+            assert dependency in services(), f"{name} depends on unknown service {dependency}"
+            if isinstance(spec, dict) and spec.get("condition") == "service_healthy":
+                healthcheck = services()[dependency].get("healthcheck") or {}
+                assert healthcheck.get("test") and not healthcheck.get("disable"), (
+                    f"{name} waits for {dependency} to be healthy, which it can never be"
+                )
+
+
+# --- (e) the image ------------------------------------------------------------------------------
+
+
+def test_dockerfile_runs_the_cli_as_a_non_root_user() -> None:
+    stages = dockerfile_stages()
+    final = stages[-1]
+    base = final[0][1].split()[0]
+    assert base == "python:3.11-slim", f"final stage is based on {base}"
+
+    entrypoints = [args for instruction, args in final if instruction == "ENTRYPOINT"]
+    assert entrypoints, "the final stage sets no ENTRYPOINT"
+    assert exec_form(entrypoints[-1]) == [IMAGE_NAME]
+
+    scripts = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts.get(IMAGE_NAME) == "hub.cli:main", "the notifyhub console script moved"
+
+    commands = [args for instruction, args in final if instruction == "CMD"]
+    assert commands, "the final stage sets no default CMD"
+    default = exec_form(commands[-1])
+    assert default[:1] == ["serve"]
+    assert parse_error(default) is None
+
+    users = [args for instruction, args in final if instruction == "USER"]
+    assert users, "the final stage sets no USER: the hub would run as root"
+    user = users[-1].split(":", 1)[0]
+    assert user not in ROOT_USERS, f"USER {users[-1]} is root"
+
+
+def test_dockerfile_exposes_the_port_and_checks_healthz() -> None:
+    final = dockerfile_stages()[-1]
+    arguments = {instruction: args for instruction, args in final}
+    assert "8004" in arguments.get("EXPOSE", "").split()
+    assert "/healthz" in arguments.get("HEALTHCHECK", "")
+    assert "urllib" in arguments.get("HEALTHCHECK", "")
+    environment = " ".join(args for instruction, args in final if instruction == "ENV")
+    assert "NOTIFYHUB_HOST=0.0.0.0" in environment
+    assert (ROOT / ".dockerignore").is_file()
