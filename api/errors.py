@@ -10,6 +10,8 @@ import orjson
 import pydantic
 from aiohttp import web
 
+from hub.errors import HubError
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,8 +31,8 @@ _CODES_BY_STATUS = {
 }
 
 
-class ApiError(Exception):
-    """An error a view wants the client to see, with a stable machine-readable code."""
+class ApiError(HubError):
+    """An error raised by a view itself (as opposed to one from a service)."""
 
     def __init__(
         self,
@@ -41,12 +43,7 @@ class ApiError(Exception):
         details: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.headers = headers or {}
+        super().__init__(message, code=code, status=status, details=details, headers=headers)
 
 
 def json_response(
@@ -83,7 +80,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure leaves as the JSON error shape: no HTML pages, no tracebacks."""
     try:
         return await handler(request)
-    except ApiError as exc:
+    except HubError as exc:
         return error_response(
             exc.status, exc.code, exc.message, details=exc.details, headers=exc.headers
         )

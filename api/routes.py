@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api import broadcasts, health
+from api import broadcasts, health, legacy_ws, notifications
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -21,3 +21,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     _add(app, "POST", "/api/broadcasts/", broadcasts.create_broadcast)
+    _add(app, "GET", "/api/notifications/", notifications.list_notifications)
+    _add(app, "POST", "/api/notifications/", notifications.create_notifications)
+    _add(app, "GET", "/api/notifications/unread-count/", notifications.unread_count)
+    _add(app, "POST", "/api/notifications/mark-as-read/", notifications.mark_as_read)
+    _add(app, "GET", "/ws/notifications/{tenant_id}/{user_id}/", legacy_ws.legacy_notifications)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, String, Text, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from db.base import USER_ID_LENGTH, Base, BigId, TenantScoped
+from db.base import USER_ID_LENGTH, Base, BigId, JsonDocument, TenantScoped
 
 
 class Notification(TenantScoped, Base):
@@ -53,3 +53,14 @@ class NotificationCounter(TenantScoped, Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     unread_count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class NotificationRequest(TenantScoped, Base):
+    """A service's create request remembered by its idempotency key: the ids it produced."""
+
+    __tablename__ = "notification_requests"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    notification_ids: Mapped[list[int]] = mapped_column(JsonDocument, default=list)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -17,10 +17,15 @@ from api.routes import setup_routes
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade_to_head
 from hub.auth import JwksCache, TokenVerifier
+from hub.delivery.bus import LocalBus, RedisBus, notification_channel
+from hub.delivery.notifications import NotificationDelivery
 from hub.keys import (
     DB_ENGINE,
     DB_SESSIONS,
     HTTP_CLIENT,
+    NOTIFICATION_BUS,
+    NOTIFICATION_DELIVERY,
+    NOTIFICATION_LIMITS,
     REALTIME,
     REDIS,
     SETTINGS,
@@ -28,6 +33,7 @@ from hub.keys import (
     VERIFIER,
 )
 from hub.realtime import Realtime
+from hub.services.notifications import NotificationLimits, replay_page
 from hub.settings import Settings
 from hub.sockets.server import build_socketio_server
 
@@ -95,9 +101,47 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
         await server.shutdown()
 
 
+async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:
+    """The notification bus (Redis pub/sub or in-process) and this node's live delivery."""
+    settings = app[SETTINGS]
+    delivery = NotificationDelivery(sessions=app[DB_SESSIONS], fetch_after=replay_page)
+    app[NOTIFICATION_DELIVERY] = delivery
+    app[NOTIFICATION_LIMITS] = NotificationLimits.from_settings(settings)
+    listening: asyncio.Task[None] | None = None
+    redis = app.get(REDIS)
+    if redis is None:
+        local = LocalBus()
+        local.listener = delivery
+        app[NOTIFICATION_BUS] = local
+    else:
+        bus = RedisBus(redis, notification_channel(settings))
+        app[NOTIFICATION_BUS] = bus
+        subscribed = asyncio.Event()
+        listening = asyncio.create_task(bus.run(delivery, subscribed=subscribed))
+        try:
+            # Serve only once this node hears the bus; if Redis is down, start anyway (the
+            # listener keeps retrying and /readyz reports Redis).
+            await asyncio.wait_for(subscribed.wait(), timeout=5)
+        except TimeoutError:
+            log.warning("notification bus not subscribed yet; continuing")
+    try:
+        yield
+    finally:
+        if listening is not None:
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+        await delivery.close()
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
-    return [http_client_context, database_context, redis_context, socketio_context]
+    return [
+        http_client_context,
+        database_context,
+        redis_context,
+        socketio_context,
+        notification_delivery_context,
+    ]
 
 
 def create_app(
@@ -110,7 +154,7 @@ def create_app(
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[SETTINGS] = settings
-    server: socketio.AsyncServer = build_socketio_server(settings, lambda: app[VERIFIER])
+    server: socketio.AsyncServer = build_socketio_server(settings, app)
     server.attach(app)
     app[SOCKETIO] = server
     setup_routes(app)

@@ -9,7 +9,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hub.auth import Principal, TokenVerifier
+from hub.delivery.bus import NotificationBus
+from hub.delivery.notifications import NotificationDelivery
 from hub.realtime import Realtime
+from hub.services.notifications import NotificationLimits
 from hub.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,5 +23,8 @@ DB_SESSIONS = web.AppKey("db_sessions", async_sessionmaker[AsyncSession])
 REDIS = web.AppKey("redis", Redis)
 SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
+NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
+NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
+NOTIFICATION_LIMITS = web.AppKey("notification_limits", NotificationLimits)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

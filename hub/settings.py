@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     smtp_start_tls: bool = True
     smtp_from_email: str | None = None
 
+    notification_title_max_chars: int = Field(default=200, ge=1)
+    notification_body_max_chars: int = Field(default=5000, ge=1)
+    notification_data_max_bytes: int = Field(default=16 * 1024, ge=2)
+    notification_max_recipients: int = Field(default=1000, ge=1)
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 import socketio
+from aiohttp import web
 
-from hub.auth import TokenVerifier
 from hub.settings import Settings
 from hub.sockets.namespaces import NAMESPACE_CLASSES
 
@@ -38,9 +37,7 @@ def build_client_manager(settings: Settings, *, write_only: bool = False) -> soc
     return socketio.AsyncManager()
 
 
-def build_socketio_server(
-    settings: Settings, verifier: Callable[[], TokenVerifier]
-) -> socketio.AsyncServer:
+def build_socketio_server(settings: Settings, app: web.Application) -> socketio.AsyncServer:
     server = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=build_client_manager(settings),
@@ -50,5 +47,5 @@ def build_socketio_server(
         engineio_logger=False,
     )
     for name, namespace_class in NAMESPACE_CLASSES.items():
-        server.register_namespace(namespace_class(name, verifier))
+        server.register_namespace(namespace_class(name, app))
     return server

@@ -1,0 +1,52 @@
+"""``/ws/notifications/{tenant_id}/{user_id}/?token=``: the plain WebSocket of the Django
+Channels service this hub replaces. Same events as the ``/notifications`` namespace, as
+JSON text frames ``{"type", "data"}``, on every node."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import WSMsgType, web
+
+from hub.auth import AuthError
+from hub.delivery.sinks import WebSocketSink
+from hub.keys import NOTIFICATION_DELIVERY, VERIFIER
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+HEARTBEAT_SECONDS = 25.0
+
+
+async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
+    socket = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, compress=False)
+    await socket.prepare(request)
+    # Old clients carry the token in the query string: this endpoint exists for them.
+    try:
+        principal = await request.app[VERIFIER].verify(request.query.get("token"))
+    except AuthError as exc:
+        await socket.close(code=CLOSE_UNAUTHORIZED, message=str(exc).encode()[:120])
+        return socket
+    path_tenant, path_user = request.match_info["tenant_id"], request.match_info["user_id"]
+    if (path_tenant, path_user) != (principal.tenant_id, principal.user_id):
+        await socket.close(code=CLOSE_FORBIDDEN, message=b"path does not match the token")
+        return socket
+    last_seq_text = request.query.get("last_seq", "")
+    last_seq = int(last_seq_text) if last_seq_text.isdigit() and len(last_seq_text) < 19 else None
+
+    delivery = request.app[NOTIFICATION_DELIVERY]
+    sink = WebSocketSink(socket)
+    subscriber = delivery.subscribe(
+        tenant_id=principal.tenant_id, user_id=principal.user_id, sink=sink, last_seq=last_seq
+    )
+    delivery.start_replay(subscriber)
+    try:
+        async for message in socket:
+            # The legacy protocol is server-to-client; client frames are ignored.
+            if message.type == WSMsgType.ERROR:
+                break
+    finally:
+        delivery.unsubscribe(subscriber)
+        await sink.stop()
+    return socket

@@ -1,0 +1,1 @@
+"""Live delivery of notifications to the sockets connected to this node, in ``seq`` order."""

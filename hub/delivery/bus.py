@@ -1,0 +1,140 @@
+"""The notification bus: after a commit, the creating process publishes; every node listens.
+
+With Redis configured it is a pub/sub channel shared by all processes of the hub (serve,
+worker, consume); without, the embedded profile delivers in-process. Each notification is
+JSON-encoded once, by the publisher; nodes pass the encoded text straight to sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    tenant_id: str
+    user_id: str
+    seq: int
+    json: str  # the CONTRACT notification object, encoded once
+
+
+@dataclass(frozen=True, slots=True)
+class ReadEvent:
+    tenant_id: str
+    user_id: str
+    json: str  # the ``notification:read`` payload
+
+
+class BusListener(Protocol):
+    async def on_new(self, items: Sequence[NewNotification]) -> None: ...
+
+    async def on_read(self, event: ReadEvent) -> None: ...
+
+    async def on_resubscribed(self) -> None:
+        """Messages may have been lost while the bus was away: catch up from the database."""
+
+
+class NotificationBus(Protocol):
+    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None: ...
+
+    async def publish_read(
+        self, *, tenant_id: str, user_id: str, event: dict[str, Any]
+    ) -> None: ...
+
+
+def notification_channel(settings: Settings) -> str:
+    """One channel per hub, next to the Socket.IO manager's."""
+    return f"{settings.socketio_channel}:notifications"
+
+
+def encode_new(notifications: Sequence[dict[str, Any]]) -> list[NewNotification]:
+    return [
+        NewNotification(n["tenant_id"], n["user_id"], n["seq"], orjson.dumps(n).decode())
+        for n in notifications
+    ]
+
+
+class LocalBus:
+    """In-process delivery for the embedded profile (one process is the whole hub)."""
+
+    def __init__(self) -> None:
+        self.listener: BusListener | None = None
+
+    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None:
+        if self.listener is not None and notifications:
+            await self.listener.on_new(encode_new(notifications))
+
+    async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
+        if self.listener is not None:
+            await self.listener.on_read(ReadEvent(tenant_id, user_id, orjson.dumps(event).decode()))
+
+
+class RedisBus:
+    """Redis pub/sub: publishing works from any process; ``run`` listens (serve nodes)."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._redis = redis
+        self.channel = channel
+
+    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None:
+        if not notifications:
+            return
+        message = {
+            "k": "new",
+            "i": [[n.tenant_id, n.user_id, n.seq, n.json] for n in encode_new(notifications)],
+        }
+        await self._redis.publish(self.channel, orjson.dumps(message))
+
+    async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
+        message = {"k": "read", "t": tenant_id, "u": user_id, "j": orjson.dumps(event).decode()}
+        await self._redis.publish(self.channel, orjson.dumps(message))
+
+    async def run(
+        self,
+        listener: BusListener,
+        *,
+        subscribed: asyncio.Event | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """Listen until cancelled; reconnect with backoff, then ask the listener to catch up."""
+        backoff = 0.1
+        first = True
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    if subscribed is not None:
+                        subscribed.set()
+                    if not first:
+                        await listener.on_resubscribed()
+                    first, backoff = False, 0.1
+                    async for message in pubsub.listen():
+                        await self._dispatch(listener, message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("notification bus lost Redis (%s); retrying in %.1fs", exc, backoff)
+                await sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _dispatch(self, listener: BusListener, raw: bytes) -> None:
+        try:
+            message = orjson.loads(raw)
+            if message["k"] == "new":
+                await listener.on_new([NewNotification(t, u, s, j) for t, u, s, j in message["i"]])
+            elif message["k"] == "read":
+                await listener.on_read(ReadEvent(message["t"], message["u"], message["j"]))
+        except Exception:  # one bad message must not stop delivery for everyone
+            log.exception("notification bus message could not be delivered")

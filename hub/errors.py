@@ -1,0 +1,53 @@
+"""Errors the domain raises on purpose; REST turns them into the JSON error shape and
+Socket.IO handlers into ``{"ok": false, "error": {...}}`` acks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HubError(Exception):
+    """An error the client should see, with an HTTP status and a stable machine code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details
+        self.headers = headers or {}
+
+    def as_ack(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"ok": False, "error": error}
+
+
+class InvalidInput(HubError):
+    status, code = 400, "validation_error"
+
+
+class Forbidden(HubError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(HubError):
+    status, code = 404, "not_found"
+
+
+class TooLarge(HubError):
+    status, code = 413, "payload_too_large"

@@ -1,0 +1,63 @@
+"""Request models shared by REST bodies, socket payloads and (later) the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+NotificationId = Annotated[str | int, Field(union_mode="left_to_right")]
+
+
+MAX_BROADCAST_DATA_BYTES = 16 * 1024
+
+
+def _bounded_data(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > MAX_BROADCAST_DATA_BYTES:
+        raise ValueError(f"data must encode to at most {MAX_BROADCAST_DATA_BYTES} bytes of JSON")
+    return value
+
+
+BoundedData = Annotated[dict[str, Any], AfterValidator(_bounded_data)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MarkReadIn(Strict):
+    """``{"ids": [...]}`` or ``{"all": true}``."""
+
+    ids: list[NotificationId] | None = Field(default=None, max_length=1000)
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if self.all == (self.ids is not None):
+            raise ValueError("give either 'ids' or 'all': true")
+        return self
+
+
+class CreateNotificationsIn(Strict):
+    user_ids: list[UserId] = Field(min_length=1)
+    title: str
+    body: str
+    category: Annotated[str, StringConstraints(max_length=64)] | None = None
+    data: dict[str, Any] | None = None
+    link: str | None = None
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+
+
+class BroadcastIn(Strict):
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    body: Annotated[str, StringConstraints(max_length=5000)]
+    data: BoundedData = Field(default_factory=dict)

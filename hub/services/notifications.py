@@ -1,0 +1,370 @@
+"""In-app notifications: create for many recipients, list, count, mark read.
+
+REST, the ``/notifications`` namespace, the legacy WebSocket and event intake all call these
+functions. Live delivery happens after the transaction commits, through the notification
+bus, which every node listens to.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.models import Notification, NotificationCounter, NotificationRequest
+from hub.delivery.bus import NotificationBus
+from hub.errors import InvalidInput, TooLarge
+from hub.settings import Settings
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+_CURSOR_PREFIX = b"n1:"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationLimits:
+    """Input bounds, from Settings; checked here so every entry point enforces them."""
+
+    title_max_chars: int = 200
+    body_max_chars: int = 5000
+    data_max_bytes: int = 16 * 1024
+    link_max_chars: int = 2000
+    max_recipients: int = 1000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NotificationLimits:
+        return cls(
+            title_max_chars=settings.notification_title_max_chars,
+            body_max_chars=settings.notification_body_max_chars,
+            data_max_bytes=settings.notification_data_max_bytes,
+            max_recipients=settings.notification_max_recipients,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    """What a caller asks for; the service adds ids, seqs and timestamps."""
+
+    title: str
+    body: str
+    category: str | None = None
+    data: dict[str, Any] | None = None
+    link: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    ids: list[str]
+    created: bool  # False when the idempotency key had been seen: nothing new was stored
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    unread_count: int
+
+
+NOTIFICATIONS = Notification.__table__
+
+
+def serialize(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The CONTRACT notification object from a row mapping."""
+    read_at = row["read_at"]
+    return {
+        "id": str(row["id"]),
+        "tenant_id": row["tenant_id"],
+        "user_id": row["user_id"],
+        "seq": row["seq"],
+        "category": row["category"],
+        "title": row["title"],
+        "body": row["body"],
+        "data": row["data"] or {},
+        "link": row["link"],
+        "created_at": _iso(row["created_at"]),
+        "read_at": _iso(read_at) if read_at is not None else None,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are stored as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def check_limits(
+    notification: NewNotification, recipients: int, limits: NotificationLimits
+) -> None:
+    if recipients == 0:
+        raise InvalidInput("at least one recipient is needed")
+    if recipients > limits.max_recipients:
+        raise InvalidInput(f"at most {limits.max_recipients} recipients per request")
+    if not notification.title.strip():
+        raise InvalidInput("title must not be empty")
+    if len(notification.title) > limits.title_max_chars:
+        raise TooLarge(f"title is longer than {limits.title_max_chars} characters")
+    if len(notification.body) > limits.body_max_chars:
+        raise TooLarge(f"body is longer than {limits.body_max_chars} characters")
+    if notification.link is not None and len(notification.link) > limits.link_max_chars:
+        raise TooLarge(f"link is longer than {limits.link_max_chars} characters")
+    if notification.data and len(orjson.dumps(notification.data)) > limits.data_max_bytes:
+        raise TooLarge(f"data encodes to more than {limits.data_max_bytes} bytes of JSON")
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    """The dialect's INSERT with ON CONFLICT support (PostgreSQL or SQLite)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+async def create_notifications(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    bus: NotificationBus,
+    tenant_id: str,
+    user_ids: Sequence[str],
+    notification: NewNotification,
+    limits: NotificationLimits,
+    idempotency_key: str | None = None,
+) -> CreateResult:
+    """Store one notification per recipient in one transaction; publish after commit.
+
+    Set-based: one statement allocates every recipient's next ``seq`` (the counter row lock
+    serialises concurrent creators per user, so seqs have no duplicate and no hole), one
+    statement inserts every row.
+    """
+    recipients = sorted(set(user_ids))  # sorted: counter rows are always locked in one order
+    check_limits(notification, len(recipients), limits)
+    async with sessions() as session, session.begin():
+        insert = _insert_for(session)
+        if idempotency_key is not None:
+            claimed = await session.execute(
+                insert(NotificationRequest)
+                .values(tenant_id=tenant_id, idempotency_key=idempotency_key, notification_ids=[])
+                .on_conflict_do_nothing()
+                .returning(NotificationRequest.idempotency_key)
+            )
+            if claimed.first() is None:
+                # Seen before (or being created right now: the insert above waited for it).
+                stored = await session.scalar(
+                    select(NotificationRequest.notification_ids).where(
+                        NotificationRequest.tenant_id == tenant_id,
+                        NotificationRequest.idempotency_key == idempotency_key,
+                    )
+                )
+                return CreateResult(ids=[str(i) for i in stored or []], created=False)
+
+        counters = await session.execute(
+            insert(NotificationCounter)
+            .values(
+                [
+                    {"tenant_id": tenant_id, "user_id": user, "last_seq": 1, "unread_count": 1}
+                    for user in recipients
+                ]
+            )
+            .on_conflict_do_update(
+                index_elements=["tenant_id", "user_id"],
+                set_={
+                    "last_seq": NotificationCounter.last_seq + 1,
+                    "unread_count": NotificationCounter.unread_count + 1,
+                },
+            )
+            .returning(NotificationCounter.user_id, NotificationCounter.last_seq)
+        )
+        seq_by_user = dict(counters.tuples().all())
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "tenant_id": tenant_id,
+                "user_id": user,
+                "seq": seq_by_user[user],
+                "category": notification.category,
+                "title": notification.title,
+                "body": notification.body,
+                "data": notification.data or {},
+                "link": notification.link,
+                "created_at": now,
+                "read_at": None,
+            }
+            for user in recipients
+        ]
+        inserted = await session.execute(
+            insert(Notification).returning(Notification.id, sort_by_parameter_order=True), rows
+        )
+        ids = list(inserted.scalars().all())
+        if idempotency_key is not None:
+            await session.execute(
+                update(NotificationRequest)
+                .where(
+                    NotificationRequest.tenant_id == tenant_id,
+                    NotificationRequest.idempotency_key == idempotency_key,
+                )
+                .values(notification_ids=ids)
+            )
+    await bus.publish_new([serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)])
+    return CreateResult(ids=[str(i) for i in ids], created=True)
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(seq).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq a cursor points below; anything not made by :func:`encode_cursor` is a 400."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if not raw.startswith(_CURSOR_PREFIX):
+            raise ValueError
+        seq = int(raw[len(_CURSOR_PREFIX) :])
+        if seq < 1:
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+    return seq
+
+
+def clamp_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_PAGE_SIZE
+    return max(1, min(MAX_PAGE_SIZE, limit))
+
+
+def _owned(tenant_id: str, user_id: str) -> Any:
+    return and_(Notification.tenant_id == tenant_id, Notification.user_id == user_id)
+
+
+async def unread_count(*, session: AsyncSession, tenant_id: str, user_id: str) -> int:
+    count = await session.scalar(
+        select(NotificationCounter.unread_count).where(
+            NotificationCounter.tenant_id == tenant_id, NotificationCounter.user_id == user_id
+        )
+    )
+    return int(count or 0)
+
+
+async def list_notifications(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    limit: int | None = None,
+    cursor: str | None = None,
+    unread_only: bool = False,
+    category: str | None = None,
+) -> Page:
+    """Newest first, keyset-paginated on ``seq`` (no OFFSET)."""
+    size = clamp_limit(limit)
+    query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id))
+    if cursor:
+        query = query.where(Notification.seq < decode_cursor(cursor))
+    if unread_only:
+        query = query.where(Notification.read_at.is_(None))
+    if category is not None:
+        query = query.where(Notification.category == category)
+    query = query.order_by(Notification.seq.desc()).limit(size + 1)
+    async with sessions() as session:
+        rows = list((await session.execute(query)).mappings().all())
+        count = await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+    next_cursor = encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+    return Page(
+        items=[serialize(row) for row in rows[:size]], next_cursor=next_cursor, unread_count=count
+    )
+
+
+async def notifications_after(
+    *, session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
+) -> list[dict[str, Any]]:
+    """Oldest first from ``after_seq`` (exclusive): the replay of a reconnecting client."""
+    rows = await session.execute(
+        select(NOTIFICATIONS)
+        .where(_owned(tenant_id, user_id), Notification.seq > after_seq)
+        .order_by(Notification.seq)
+        .limit(limit)
+    )
+    return [serialize(row) for row in rows.mappings()]
+
+
+async def replay_page(
+    session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
+) -> list[tuple[int, str]]:
+    """``(seq, encoded notification)`` pairs for live delivery's catch-up."""
+    items = await notifications_after(
+        session=session, tenant_id=tenant_id, user_id=user_id, after_seq=after_seq, limit=limit
+    )
+    return [(item["seq"], orjson.dumps(item).decode()) for item in items]
+
+
+async def count_unread(
+    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str
+) -> int:
+    async with sessions() as session:
+        return await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+
+
+def _parse_ids(ids: Sequence[object]) -> list[int]:
+    # Ids are strings in the API. Anything that is not one of ours cannot match a row, so it
+    # is ignored (never reported back: that would reveal which ids exist).
+    parsed = []
+    for value in ids:
+        text = str(value)
+        if text.isdigit() and len(text) < 19:
+            parsed.append(int(text))
+    return parsed
+
+
+async def mark_read(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    bus: NotificationBus,
+    tenant_id: str,
+    user_id: str,
+    ids: Sequence[object] | None = None,
+    all_unread: bool = False,
+) -> tuple[int, int]:
+    """Mark the caller's notifications read; returns ``(updated, unread_count)``.
+
+    The counter moves by exactly the rows this statement changed, in the same transaction,
+    so concurrent marks and creates keep it exact.
+    """
+    if not all_unread and ids is None:
+        raise InvalidInput("give 'ids' or 'all': true")
+    wanted = [] if all_unread else _parse_ids(ids or [])
+    if not all_unread and not wanted:
+        async with sessions() as session:
+            return 0, await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        condition = and_(_owned(tenant_id, user_id), Notification.read_at.is_(None))
+        if not all_unread:
+            condition = and_(condition, Notification.id.in_(wanted))
+        changed = await session.execute(
+            update(Notification).where(condition).values(read_at=now).returning(Notification.id)
+        )
+        updated_ids = sorted(changed.scalars().all())
+        remaining = await session.scalar(
+            update(NotificationCounter)
+            .where(
+                NotificationCounter.tenant_id == tenant_id, NotificationCounter.user_id == user_id
+            )
+            .values(
+                unread_count=func.greatest(NotificationCounter.unread_count - len(updated_ids), 0)
+                if session.get_bind().dialect.name == "postgresql"
+                else func.max(NotificationCounter.unread_count - len(updated_ids), 0)
+            )
+            .returning(NotificationCounter.unread_count)
+        )
+    unread = int(remaining or 0)
+    if updated_ids or all_unread:
+        event: dict[str, Any] = (
+            {"all": True} if all_unread else {"ids": [str(i) for i in updated_ids]}
+        )
+        event["unread_count"] = unread
+        await bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
+    return len(updated_ids), unread
