@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.harness.smtp",
     "tests.harness.auth_service",
     "tests.harness.hub",
+    "tests.harness.legacy_ws",
 ]

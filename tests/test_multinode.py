@@ -8,7 +8,9 @@ import uuid
 import aiohttp
 
 from hub.realtime import NOTIFICATIONS_NAMESPACE
+from tests.harness.api import ApiClient
 from tests.harness.hub import ServeStarter, SettingsFactory, SioConnect
+from tests.harness.legacy_ws import LegacyConnect
 from tests.harness.tokens import hs256_token
 
 
@@ -39,3 +41,29 @@ async def test_emit_on_process_a_reaches_client_on_process_b(
     assert received == {"title": "Maintenance", "body": "at noon", "data": {"k": 1}}
     await asyncio.sleep(0.2)
     assert outsider.received("broadcast") == [], "another tenant's socket got the broadcast"
+
+
+async def test_notification_created_on_a_reaches_socketio_and_legacy_clients_on_b(
+    hub_settings: SettingsFactory,
+    serve_process: ServeStarter,
+    sio_connect: SioConnect,
+    legacy_connect: LegacyConnect,
+) -> None:
+    node_a, node_b = await asyncio.gather(
+        serve_process(hub_settings()), serve_process(hub_settings())
+    )
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    token = hs256_token(tenant=tenant, user="u1")
+    client = await sio_connect(node_b.url, NOTIFICATIONS_NAMESPACE, token=token)
+    legacy = await legacy_connect(node_b.url, tenant, "u1", token)
+    await asyncio.sleep(0.1)
+    (created,) = await ApiClient.for_service(node_a.url, tenant).notify(["u1"], title="cross")
+    (live,) = await client.wait_for("notification:new")
+    (frame,) = await legacy.wait_for("notification:new")
+    assert live["id"] == frame["id"] == created
+    # A mark-read on node A reaches both too.
+    await ApiClient.for_user(node_a.url, tenant, "u1").post(
+        "/api/notifications/mark-as-read/", {"ids": [created]}
+    )
+    assert (await client.wait_for("notification:read"))[0]["unread_count"] == 0
+    assert (await legacy.wait_for("notification:read"))[0]["ids"] == [created]

@@ -178,7 +178,7 @@ async def create_notifications(
             )
             .returning(NotificationCounter.user_id, NotificationCounter.last_seq)
         )
-        seq_by_user = dict(counters.tuples().all())
+        seq_by_user: dict[str, int] = {user: seq for user, seq in counters}
         now = datetime.now(UTC)
         rows = [
             {

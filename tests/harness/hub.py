@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,3 +230,9 @@ async def serve_process() -> AsyncIterator[ServeStarter]:
             await asyncio.to_thread(running.process.wait, 10)
         except subprocess.TimeoutExpired:
             running.process.kill()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant id of this test's own, so tests never see each other's data."""
+    return f"t-{uuid.uuid4().hex[:10]}"
