@@ -78,7 +78,7 @@ async def test_same_user_id_in_two_tenants_is_two_people(
 async def test_service_token_addresses_only_its_own_tenant(hub: RunningHub) -> None:
     tenant_a, tenant_b = f"A-{uuid.uuid4().hex[:8]}", f"B-{uuid.uuid4().hex[:8]}"
     # Whatever the body says, the tenant is the token's.
-    status, body = await ApiClient.for_service(hub.url, tenant_a).post(
+    status, _ = await ApiClient.for_service(hub.url, tenant_a).post(
         "/api/notifications/",
         {"user_ids": ["u"], "title": "t", "body": "b"},
     )
@@ -86,7 +86,7 @@ async def test_service_token_addresses_only_its_own_tenant(hub: RunningHub) -> N
     assert (await ApiClient.for_user(hub.url, tenant_b, "u").get("/api/notifications/"))[1][
         "items"
     ] == []
-    status, body = await ApiClient.for_service(hub.url, tenant_a).post(
+    status, _ = await ApiClient.for_service(hub.url, tenant_a).post(
         "/api/notifications/",
         {"user_ids": ["u"], "title": "t", "body": "b", "tenant_id": tenant_b},
     )
