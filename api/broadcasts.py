@@ -6,7 +6,7 @@ from aiohttp import web
 
 from api.errors import json_response
 from api.payloads import read_body, require_service
-from hub.keys import REALTIME
+from hub.keys import NOTIFICATION_BUS
 from hub.schemas import BroadcastIn
 from hub.services.broadcasts import broadcast
 
@@ -15,7 +15,7 @@ async def create_broadcast(request: web.Request) -> web.Response:
     principal = require_service(request)
     payload = await read_body(request, BroadcastIn)
     await broadcast(
-        realtime=request.app[REALTIME],
+        bus=request.app[NOTIFICATION_BUS],
         tenant_id=principal.tenant_id,
         title=payload.title,
         body=payload.body,

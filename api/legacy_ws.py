@@ -38,7 +38,11 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
     delivery = request.app[NOTIFICATION_DELIVERY]
     sink = WebSocketSink(socket)
     subscriber = delivery.subscribe(
-        tenant_id=principal.tenant_id, user_id=principal.user_id, sink=sink, last_seq=last_seq
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        sink=sink,
+        last_seq=last_seq,
+        wants_broadcasts=False,
     )
     delivery.start_replay(subscriber)
     try:

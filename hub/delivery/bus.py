@@ -37,10 +37,18 @@ class ReadEvent:
     json: str  # the ``notification:read`` payload
 
 
+@dataclass(frozen=True, slots=True)
+class TenantBroadcast:
+    tenant_id: str
+    json: str  # the ``broadcast`` payload
+
+
 class BusListener(Protocol):
     async def on_new(self, items: Sequence[NewNotification]) -> None: ...
 
     async def on_read(self, event: ReadEvent) -> None: ...
+
+    async def on_broadcast(self, broadcast: TenantBroadcast) -> None: ...
 
     async def on_resubscribed(self) -> None:
         """Messages may have been lost while the bus was away: catch up from the database."""
@@ -52,6 +60,8 @@ class NotificationBus(Protocol):
     async def publish_read(
         self, *, tenant_id: str, user_id: str, event: dict[str, Any]
     ) -> None: ...
+
+    async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None: ...
 
 
 def notification_channel(settings: Settings) -> str:
@@ -80,6 +90,12 @@ class LocalBus:
         if self.listener is not None:
             await self.listener.on_read(ReadEvent(tenant_id, user_id, orjson.dumps(event).decode()))
 
+    async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
+        if self.listener is not None:
+            await self.listener.on_broadcast(
+                TenantBroadcast(tenant_id, orjson.dumps(payload).decode())
+            )
+
 
 class RedisBus:
     """Redis pub/sub: publishing works from any process; ``run`` listens (serve nodes)."""
@@ -99,6 +115,10 @@ class RedisBus:
 
     async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
         message = {"k": "read", "t": tenant_id, "u": user_id, "j": orjson.dumps(event).decode()}
+        await self._redis.publish(self.channel, orjson.dumps(message))
+
+    async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
+        message = {"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()}
         await self._redis.publish(self.channel, orjson.dumps(message))
 
     async def run(
@@ -136,5 +156,7 @@ class RedisBus:
                 await listener.on_new([NewNotification(t, u, s, j) for t, u, s, j in message["i"]])
             elif message["k"] == "read":
                 await listener.on_read(ReadEvent(message["t"], message["u"], message["j"]))
+            elif message["k"] == "bc":
+                await listener.on_broadcast(TenantBroadcast(message["t"], message["j"]))
         except Exception:  # one bad message must not stop delivery for everyone
             log.exception("notification bus message could not be delivered")

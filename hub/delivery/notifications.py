@@ -26,12 +26,13 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.delivery.bus import NewNotification, ReadEvent
+from hub.delivery.bus import NewNotification, ReadEvent, TenantBroadcast
 
 log = logging.getLogger(__name__)
 
 NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
+BROADCAST_EVENT = "broadcast"
 REPLAY_PAGE_SIZE = 500
 
 # (session, tenant_id, user_id, after_seq, limit) -> notification objects, oldest first
@@ -56,6 +57,7 @@ class Subscriber:
     user_id: str
     sink: Sink
     last_seq: int | None  # None: live only, nothing sent yet
+    wants_broadcasts: bool = True  # legacy WebSockets never had tenant announcements
     catching_up: bool = False
     pending: list[tuple[int, str]] = field(default_factory=list)
     closed: bool = False
@@ -70,18 +72,29 @@ class NotificationDelivery:
         self._sessions = sessions
         self._fetch_after = fetch_after
         self._by_user: dict[tuple[str, str], set[Subscriber]] = {}
+        self._by_tenant: dict[str, set[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- registry ---------------------------------------------------------------------
 
     def subscribe(
-        self, *, tenant_id: str, user_id: str, sink: Sink, last_seq: int | None
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        sink: Sink,
+        last_seq: int | None,
+        wants_broadcasts: bool = True,
     ) -> Subscriber:
         """Register before replaying: from now on, live notifications are not missed."""
         # Catching up until start_replay has run: even a live-only client must not receive
         # anything before its connection is fully established.
-        subscriber = Subscriber(tenant_id, user_id, sink, last_seq, catching_up=True)
+        subscriber = Subscriber(
+            tenant_id, user_id, sink, last_seq, wants_broadcasts, catching_up=True
+        )
         self._by_user.setdefault((tenant_id, user_id), set()).add(subscriber)
+        if wants_broadcasts:
+            self._by_tenant.setdefault(tenant_id, set()).add(subscriber)
         return subscriber
 
     def start_replay(self, subscriber: Subscriber) -> None:
@@ -96,6 +109,11 @@ class NotificationDelivery:
             group.discard(subscriber)
             if not group:
                 del self._by_user[key]
+        tenant_group = self._by_tenant.get(subscriber.tenant_id)
+        if tenant_group is not None:
+            tenant_group.discard(subscriber)
+            if not tenant_group:
+                del self._by_tenant[subscriber.tenant_id]
 
     @property
     def subscriber_count(self) -> int:
@@ -114,6 +132,11 @@ class NotificationDelivery:
     async def on_read(self, event: ReadEvent) -> None:
         for subscriber in tuple(self._by_user.get((event.tenant_id, event.user_id), ())):
             await self._send(subscriber, READ_EVENT, event.json)
+
+    async def on_broadcast(self, broadcast: TenantBroadcast) -> None:
+        # Announcements are not stored, so there is nothing to order or replay.
+        for subscriber in tuple(self._by_tenant.get(broadcast.tenant_id, ())):
+            await self._send(subscriber, BROADCAST_EVENT, broadcast.json)
 
     async def on_resubscribed(self) -> None:
         for group in tuple(self._by_user.values()):

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.realtime import NOTIFICATIONS_NAMESPACE, Realtime
-
-BROADCAST_EVENT = "broadcast"
+from hub.delivery.bus import NotificationBus
 
 
 async def broadcast(
-    *, realtime: Realtime, tenant_id: str, title: str, body: str, data: dict[str, Any]
+    *, bus: NotificationBus, tenant_id: str, title: str, body: str, data: dict[str, Any]
 ) -> None:
     """Emit ``broadcast`` to every ``/notifications`` socket of the tenant, on every node."""
-    await realtime.to_tenant(
-        tenant_id=tenant_id,
-        event=BROADCAST_EVENT,
-        data={"title": title, "body": body, "data": data},
-        namespace=NOTIFICATIONS_NAMESPACE,
+    await bus.publish_broadcast(
+        tenant_id=tenant_id, payload={"title": title, "body": body, "data": data}
     )
