@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # may connect by default; list origins ("https://crm.example.com,...") to restrict.
     cors_allowed_origins: str = "*"
     socketio_channel: str = "notifyhub"
+    # permessage-deflate costs ~100 KB per idle socket; off unless asked for.
+    socketio_websocket_compression: bool = False
 
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str = "crm.events"

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.sockets.transport import send_socketio_packet
+
 log = logging.getLogger(__name__)
 
 
@@ -27,9 +29,9 @@ class SocketIOSink:
         self._prefix = f'2{namespace},["'
 
     async def send(self, event: str, data_json: str) -> None:
-        # engine.io queues the packet for the socket's writer task; this does not wait for
-        # the network.
-        await self._eio.send(self._eio_sid, f'{self._prefix}{event}",{data_json}]')
+        await send_socketio_packet(
+            self._server, self._eio_sid, f'{self._prefix}{event}",{data_json}]'
+        )
 
     async def close(self) -> None:
         await self._server.disconnect(self._sid, namespace=self._namespace)

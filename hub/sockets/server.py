@@ -9,6 +9,7 @@ import socketio
 from aiohttp import web
 
 from hub.settings import Settings
+from hub.sockets import transport
 from hub.sockets.namespaces import NAMESPACE_CLASSES
 
 
@@ -46,6 +47,7 @@ def build_socketio_server(settings: Settings, app: web.Application) -> socketio.
         logger=False,
         engineio_logger=False,
     )
+    transport.install(server, compress=settings.socketio_websocket_compression)
     for name, namespace_class in NAMESPACE_CLASSES.items():
         server.register_namespace(namespace_class(name, app))
     return server
