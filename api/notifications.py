@@ -22,7 +22,7 @@ def _query_bool(request: web.Request, name: str) -> bool:
     return _BOOLEANS[raw.lower()]
 
 
-def _query_limit(request: web.Request) -> int | None:
+def query_limit(request: web.Request) -> int | None:
     raw = request.query.get("limit")
     if raw is None or raw == "":
         return None
@@ -38,7 +38,7 @@ async def list_notifications(request: web.Request) -> web.Response:
         sessions=request.app[DB_SESSIONS],
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
-        limit=_query_limit(request),
+        limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
         unread_only=_query_bool(request, "unread"),
         category=request.query.get("category") or None,

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api import broadcasts, health, legacy_ws, notifications
+from api import broadcasts, chat, health, legacy_ws, notifications
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,4 +25,8 @@ def setup_routes(app: web.Application) -> None:
     _add(app, "POST", "/api/notifications/", notifications.create_notifications)
     _add(app, "GET", "/api/notifications/unread-count/", notifications.unread_count)
     _add(app, "POST", "/api/notifications/mark-as-read/", notifications.mark_as_read)
+    _add(app, "POST", "/api/messages/send/", chat.send_message)
+    _add(app, "GET", "/api/conversations/", chat.list_conversations)
+    _add(app, "GET", "/api/conversations/{conversation_id}/messages/", chat.list_messages)
+    _add(app, "POST", "/api/conversations/{conversation_id}/read/", chat.mark_read)
     _add(app, "GET", "/ws/notifications/{tenant_id}/{user_id}/", legacy_ws.legacy_notifications)

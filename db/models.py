@@ -64,3 +64,68 @@ class NotificationRequest(TenantScoped, Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     notification_ids: Mapped[list[int]] = mapped_column(JsonDocument, default=list)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Conversation(TenantScoped, Base):
+    """A 1-on-1 conversation; ``user_a < user_b`` so that a pair has exactly one row."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("tenant_id", "user_a", "user_b"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_a: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    user_b: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    # Allocates message seqs: incremented under this row's lock, so no duplicate, no hole.
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class ConversationMember(TenantScoped, Base):
+    """One participant's view of a conversation: read pointer, unread count, activity."""
+
+    __tablename__ = "conversation_members"
+    __table_args__ = (
+        # "My conversations, most recently active first" reads this index only.
+        Index(
+            "ix_conversation_members_activity",
+            "tenant_id",
+            "user_id",
+            "last_activity_at",
+            "conversation_id",
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    peer_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    last_read_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_read_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    unread_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_activity_at: Mapped[datetime] = mapped_column()
+
+
+class Message(TenantScoped, Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "conversation_id", "seq"),
+        # A retried send with the same client_msg_id finds the first message.
+        Index(
+            "uq_messages_client_msg_id",
+            "tenant_id",
+            "sender_id",
+            "client_msg_id",
+            unique=True,
+            postgresql_where=text("client_msg_id IS NOT NULL"),
+            sqlite_where=text("client_msg_id IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sender_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    body: Mapped[str] = mapped_column(Text)
+    client_msg_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column()

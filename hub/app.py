@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
@@ -20,6 +21,7 @@ from hub.auth import JwksCache, TokenVerifier
 from hub.delivery.bus import LocalBus, RedisBus, notification_channel
 from hub.delivery.notifications import NotificationDelivery
 from hub.keys import (
+    CHAT_LIMITS,
     DB_ENGINE,
     DB_SESSIONS,
     HTTP_CLIENT,
@@ -28,12 +30,17 @@ from hub.keys import (
     NOTIFICATION_LIMITS,
     REALTIME,
     REDIS,
+    SEND_LIMITER,
     SETTINGS,
     SOCKETIO,
+    TYPING,
     VERIFIER,
 )
 from hub.realtime import Realtime
+from hub.services.chat import ChatLimits
 from hub.services.notifications import NotificationLimits, replay_page
+from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
+from hub.services.typing import LocalTypingState, RedisTypingState, TypingRelay, TypingState
 from hub.settings import Settings
 from hub.sockets.server import build_socketio_server
 
@@ -133,6 +140,42 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
         await delivery.close()
 
 
+async def chat_context(app: web.Application) -> AsyncIterator[None]:
+    """Send rate limits and typing state: in Redis when configured, so all nodes share them."""
+    settings = app[SETTINGS]
+    app[CHAT_LIMITS] = ChatLimits.from_settings(settings)
+    redis = app.get(REDIS)
+    prefix = f"{settings.socketio_channel}:"
+    if redis is None:
+        app[SEND_LIMITER] = LocalTokenBucket(
+            rate_per_second=settings.chat_send_rate_per_second, burst=settings.chat_send_burst
+        )
+        state: TypingState = LocalTypingState(
+            throttle_seconds=settings.typing_throttle_seconds, clock=time.monotonic
+        )
+    else:
+        app[SEND_LIMITER] = RedisTokenBucket(
+            redis,
+            prefix=prefix + "rate:send:",
+            rate_per_second=settings.chat_send_rate_per_second,
+            burst=settings.chat_send_burst,
+        )
+        state = RedisTypingState(
+            redis,
+            prefix=prefix + "typing:",
+            throttle_seconds=settings.typing_throttle_seconds,
+            expiry_seconds=settings.typing_expiry_seconds,
+        )
+    relay = TypingRelay(
+        state=state, realtime=app[REALTIME], expiry_seconds=settings.typing_expiry_seconds
+    )
+    app[TYPING] = relay
+    try:
+        yield
+    finally:
+        await relay.close()
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
     return [
@@ -141,6 +184,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         redis_context,
         socketio_context,
         notification_delivery_context,
+        chat_context,
     ]
 
 

@@ -51,3 +51,15 @@ class NotFound(HubError):
 
 class TooLarge(HubError):
     status, code = 413, "payload_too_large"
+
+
+class RateLimited(HubError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, int(retry_after + 0.999))
+        super().__init__(
+            f"too many requests; retry in {seconds} s",
+            details={"retry_after": seconds},
+            headers={"Retry-After": str(seconds)},
+        )

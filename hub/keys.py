@@ -12,7 +12,10 @@ from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import NotificationDelivery
 from hub.realtime import Realtime
+from hub.services.chat import ChatLimits
 from hub.services.notifications import NotificationLimits
+from hub.services.ratelimit import RateLimiter
+from hub.services.typing import TypingRelay
 from hub.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,5 +29,8 @@ REALTIME = web.AppKey("realtime", Realtime)
 NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
 NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
 NOTIFICATION_LIMITS = web.AppKey("notification_limits", NotificationLimits)
+CHAT_LIMITS = web.AppKey("chat_limits", ChatLimits)
+SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
+TYPING = web.AppKey("typing", TypingRelay)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

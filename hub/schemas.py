@@ -61,3 +61,42 @@ class BroadcastIn(Strict):
     title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     body: Annotated[str, StringConstraints(max_length=5000)]
     data: BoundedData = Field(default_factory=dict)
+
+
+Id = Annotated[str | int, Field(union_mode="left_to_right")]
+ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class SendMessageIn(Strict):
+    """``message:send`` / ``POST /api/messages/send/``: to a user, or into a conversation."""
+
+    to_user_id: UserId | None = None
+    conversation_id: Id | None = None
+    body: str
+    client_msg_id: ClientMessageId | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        if (self.to_user_id is None) == (self.conversation_id is None):
+            raise ValueError("give exactly one of 'to_user_id' or 'conversation_id'")
+        return self
+
+
+class RestSendMessageIn(Strict):
+    to_user_id: UserId
+    body: str
+    client_msg_id: ClientMessageId | None = None
+
+
+class TypingIn(Strict):
+    conversation_id: Id
+    typing: bool
+
+
+class MessageReadIn(Strict):
+    conversation_id: Id
+    message_id: Id
+
+
+class RestReadIn(Strict):
+    message_id: Id

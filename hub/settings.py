@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     notification_data_max_bytes: int = Field(default=16 * 1024, ge=2)
     notification_max_recipients: int = Field(default=1000, ge=1)
 
+    chat_body_max_chars: int = Field(default=4000, ge=1)
+    # Token bucket per user for sending messages: a burst, then this many per second.
+    chat_send_rate_per_second: float = Field(default=5.0, gt=0)
+    chat_send_burst: int = Field(default=20, ge=1)
+    # At most one ``typing: true`` relay per user and conversation per throttle interval; a
+    # ``typing: false`` when no refresh came for the expiry interval.
+    typing_throttle_seconds: float = Field(default=2.0, gt=0)
+    typing_expiry_seconds: float = Field(default=5.0, gt=0)
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -9,10 +9,18 @@ from hub.auth import Principal
 from hub.delivery.notifications import Subscriber
 from hub.delivery.sinks import SocketIOSink
 from hub.errors import InvalidInput
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_DELIVERY
+from hub.keys import (
+    CHAT_LIMITS,
+    DB_SESSIONS,
+    NOTIFICATION_BUS,
+    NOTIFICATION_DELIVERY,
+    REALTIME,
+    SEND_LIMITER,
+    TYPING,
+)
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
-from hub.schemas import MarkReadIn
-from hub.services import notifications
+from hub.schemas import MarkReadIn, MessageReadIn, SendMessageIn, TypingIn
+from hub.services import chat, notifications
 from hub.sockets.auth import AuthenticatedNamespace, refused
 
 
@@ -71,8 +79,92 @@ class NotificationsNamespace(AuthenticatedNamespace):
         return {"ok": True, "updated": updated, "unread_count": unread}
 
 
+def _payload(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise InvalidInput("payload must be a JSON object")
+    return payload
+
+
 class ChatNamespace(AuthenticatedNamespace):
-    """1-on-1 chat between users of one tenant."""
+    """1-on-1 chat between users of one tenant: send, typing, read receipts."""
+
+    def __init__(self, namespace: str, app: Any) -> None:
+        super().__init__(namespace, app)
+        # Per socket: conversation -> (peer, typing stamp), to relay typing without a
+        # database read per keystroke and to end typing when the socket goes away.
+        self._typing: dict[str, dict[str, tuple[str, str | None]]] = {}
+
+    async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
+        self._typing[sid] = {}
+
+    async def on_message_send(self, sid: str, payload: object = None) -> dict[str, Any]:
+        request = SendMessageIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        result = await chat.send_message(
+            sessions=self.app[DB_SESSIONS],
+            realtime=self.app[REALTIME],
+            limiter=self.app[SEND_LIMITER],
+            tenant_id=principal.tenant_id,
+            sender_id=principal.user_id,
+            body=request.body,
+            limits=self.app[CHAT_LIMITS],
+            to_user_id=request.to_user_id,
+            conversation_id=request.conversation_id,
+            client_msg_id=request.client_msg_id,
+        )
+        return {"ok": True, "message": result.message}
+
+    async def on_message_read(self, sid: str, payload: object = None) -> dict[str, Any]:
+        request = MessageReadIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        unread = await chat.mark_conversation_read(
+            sessions=self.app[DB_SESSIONS],
+            realtime=self.app[REALTIME],
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            conversation_id=request.conversation_id,
+            message_id=request.message_id,
+        )
+        return {"ok": True, "unread_count": unread}
+
+    async def on_typing(self, sid: str, payload: object = None) -> dict[str, Any]:
+        request = TypingIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        conversation = str(request.conversation_id)
+        known = self._typing.setdefault(sid, {})
+        if conversation in known:
+            peer = known[conversation][0]
+        else:
+            peer = await chat.peer_of(
+                sessions=self.app[DB_SESSIONS],
+                tenant_id=principal.tenant_id,
+                user_id=principal.user_id,
+                conversation_id=conversation,
+            )
+        stamp = await self.app[TYPING].update(
+            tenant_id=principal.tenant_id,
+            conversation_id=conversation,
+            user_id=principal.user_id,
+            peer_id=peer,
+            typing=request.typing,
+        )
+        known[conversation] = (peer, stamp)
+        return {"ok": True}
+
+    async def on_disconnect(self, sid: str, *_reason: Any) -> None:
+        conversations = self._typing.pop(sid, {})
+        if not any(stamp for _, stamp in conversations.values()):
+            return
+        principal = await self.principal(sid)
+        for conversation, (peer, stamp) in conversations.items():
+            if stamp is not None:
+                await self.app[TYPING].stop(
+                    tenant_id=principal.tenant_id,
+                    conversation_id=conversation,
+                    user_id=principal.user_id,
+                    peer_id=peer,
+                    stamp=stamp,
+                )
 
 
 NAMESPACE_CLASSES: dict[str, type[AuthenticatedNamespace]] = {

@@ -1,0 +1,68 @@
+"""REST routes of 1-on-1 chat (CONTRACT "Chat")."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.errors import json_response
+from api.notifications import query_limit
+from api.payloads import read_body
+from hub.keys import CHAT_LIMITS, DB_SESSIONS, PRINCIPAL, REALTIME, SEND_LIMITER
+from hub.schemas import RestReadIn, RestSendMessageIn
+from hub.services import chat
+
+
+async def send_message(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    payload = await read_body(request, RestSendMessageIn)
+    result = await chat.send_message(
+        sessions=request.app[DB_SESSIONS],
+        realtime=request.app[REALTIME],
+        limiter=request.app[SEND_LIMITER],
+        tenant_id=principal.tenant_id,
+        sender_id=principal.user_id,
+        body=payload.body,
+        limits=request.app[CHAT_LIMITS],
+        to_user_id=payload.to_user_id,
+        client_msg_id=payload.client_msg_id,
+    )
+    return json_response({"message": result.message}, status=201 if result.created else 200)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    items, next_cursor = await chat.list_conversations(
+        sessions=request.app[DB_SESSIONS],
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        limit=query_limit(request),
+        cursor=request.query.get("cursor") or None,
+    )
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    items, next_cursor = await chat.list_messages(
+        sessions=request.app[DB_SESSIONS],
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        limit=query_limit(request),
+        cursor=request.query.get("cursor") or None,
+    )
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def mark_read(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    payload = await read_body(request, RestReadIn)
+    unread = await chat.mark_conversation_read(
+        sessions=request.app[DB_SESSIONS],
+        realtime=request.app[REALTIME],
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        message_id=payload.message_id,
+    )
+    return json_response({"ok": True, "unread_count": unread})

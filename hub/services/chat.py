@@ -1,0 +1,475 @@
+"""1-on-1 chat within a tenant: conversations, messages, history, read receipts.
+
+REST and the ``/chat`` namespace call these functions. Emits happen after commit, to both
+participants' user rooms on every node (every device, the sender's other ones included).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.models import Conversation, ConversationMember, Message
+from hub.errors import InvalidInput, NotFound, TooLarge
+from hub.realtime import CHAT_NAMESPACE, Realtime
+from hub.services.ratelimit import RateLimiter
+from hub.settings import Settings
+
+MESSAGES = Message.__table__
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+NOT_FOUND_MESSAGE = "conversation not found"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    body_max_chars: int = 4000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ChatLimits:
+        return cls(body_max_chars=settings.chat_body_max_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message: dict[str, Any]
+    created: bool  # False: a retried client_msg_id; the first message, nothing stored
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def serialize_message(row: Mapping[Any, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "conversation_id": str(row["conversation_id"]),
+        "sender_id": row["sender_id"],
+        "body": row["body"],
+        "client_msg_id": row["client_msg_id"],
+        "created_at": _iso(row["created_at"]),
+        "seq": row["seq"],
+    }
+
+
+def parse_id(value: object) -> int:
+    """An id from the API (a string of digits); anything else cannot exist: 404."""
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return int(text)
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _check_body(body: str, limits: ChatLimits) -> None:
+    if not body.strip():
+        raise InvalidInput("body must not be empty")
+    if len(body) > limits.body_max_chars:
+        raise TooLarge(f"body is longer than {limits.body_max_chars} characters")
+
+
+async def _conversation_with(
+    session: AsyncSession, *, tenant_id: str, user_id: str, peer_id: str, now: datetime
+) -> int:
+    """The pair's conversation, created if missing: exactly one, even when both sides send
+    their first message at the same moment (the unique pair + ON CONFLICT settle it)."""
+    user_a, user_b = sorted((user_id, peer_id))
+    insert = _insert_for(session)
+    await session.execute(
+        insert(Conversation)
+        .values(tenant_id=tenant_id, user_a=user_a, user_b=user_b, last_seq=0, created_at=now)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "user_a", "user_b"])
+    )
+    conversation_id = await session.scalar(
+        select(Conversation.id).where(
+            Conversation.tenant_id == tenant_id,
+            Conversation.user_a == user_a,
+            Conversation.user_b == user_b,
+        )
+    )
+    assert conversation_id is not None  # inserted above or by the racing transaction
+    await session.execute(
+        insert(ConversationMember)
+        .values(
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "conversation_id": conversation_id,
+                    "user_id": member,
+                    "peer_id": peer,
+                    "last_read_seq": 0,
+                    "unread_count": 0,
+                    "last_activity_at": now,
+                }
+                for member, peer in ((user_a, user_b), (user_b, user_a))
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+    return int(conversation_id)
+
+
+async def _peer_of(
+    session: AsyncSession, *, tenant_id: str, user_id: str, conversation_id: int
+) -> str:
+    """The other participant, or 404 when the caller is not in that conversation."""
+    peer = await session.scalar(
+        select(ConversationMember.peer_id).where(
+            ConversationMember.tenant_id == tenant_id,
+            ConversationMember.conversation_id == conversation_id,
+            ConversationMember.user_id == user_id,
+        )
+    )
+    if peer is None:
+        raise NotFound(NOT_FOUND_MESSAGE)
+    return str(peer)
+
+
+async def _existing_message(
+    session: AsyncSession, *, tenant_id: str, sender_id: str, client_msg_id: str
+) -> dict[str, Any] | None:
+    row = (
+        (
+            await session.execute(
+                select(MESSAGES).where(
+                    Message.tenant_id == tenant_id,
+                    Message.sender_id == sender_id,
+                    Message.client_msg_id == client_msg_id,
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return serialize_message(row) if row is not None else None
+
+
+async def peer_of(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    conversation_id: object,
+) -> str:
+    """The other participant of the caller's conversation (404 if it is not the caller's)."""
+    async with sessions() as session:
+        return await _peer_of(
+            session, tenant_id=tenant_id, user_id=user_id, conversation_id=parse_id(conversation_id)
+        )
+
+
+async def send_message(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    realtime: Realtime,
+    limiter: RateLimiter,
+    tenant_id: str,
+    sender_id: str,
+    body: str,
+    limits: ChatLimits,
+    to_user_id: str | None = None,
+    conversation_id: object = None,
+    client_msg_id: str | None = None,
+) -> SendResult:
+    """Store a message and emit ``message:new`` to both participants after commit."""
+    _check_body(body, limits)
+    if to_user_id is None and conversation_id is None:
+        raise InvalidInput("give 'to_user_id' or 'conversation_id'")
+    if to_user_id is not None and to_user_id == sender_id:
+        raise InvalidInput("you cannot send a message to yourself", code="self_message")
+    await limiter.take(f"{len(tenant_id)}:{tenant_id}:{sender_id}")
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        if client_msg_id is not None:
+            first = await _existing_message(
+                session, tenant_id=tenant_id, sender_id=sender_id, client_msg_id=client_msg_id
+            )
+            if first is not None:
+                return SendResult(message=first, created=False)
+        if to_user_id is not None:
+            peer_id = to_user_id
+            target = await _conversation_with(
+                session, tenant_id=tenant_id, user_id=sender_id, peer_id=peer_id, now=now
+            )
+        else:
+            target = parse_id(conversation_id)
+            peer_id = await _peer_of(
+                session, tenant_id=tenant_id, user_id=sender_id, conversation_id=target
+            )
+        # The conversation row lock orders concurrent senders: seq has no duplicate or hole.
+        seq = await session.scalar(
+            update(Conversation)
+            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+            .values(last_seq=Conversation.last_seq + 1)
+            .returning(Conversation.last_seq)
+        )
+        insert = _insert_for(session)
+        inserted = (
+            (
+                await session.execute(
+                    insert(Message)
+                    .values(
+                        tenant_id=tenant_id,
+                        conversation_id=target,
+                        seq=seq,
+                        sender_id=sender_id,
+                        body=body,
+                        client_msg_id=client_msg_id,
+                        created_at=now,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(*MESSAGES.c)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if inserted is None:
+            # The same client_msg_id committed by a concurrent retry while we waited for the
+            # lock: undo our seq increment and answer with the first message.
+            await session.rollback()
+            async with sessions() as fresh:
+                first = await _existing_message(
+                    fresh,
+                    tenant_id=tenant_id,
+                    sender_id=sender_id,
+                    client_msg_id=client_msg_id or "",
+                )
+            assert first is not None
+            return SendResult(message=first, created=False)
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+            .values(last_message_id=inserted["id"])
+        )
+        in_conversation = and_(
+            ConversationMember.tenant_id == tenant_id,
+            ConversationMember.conversation_id == target,
+        )
+        await session.execute(
+            update(ConversationMember).where(in_conversation).values(last_activity_at=now)
+        )
+        await session.execute(
+            update(ConversationMember)
+            .where(in_conversation, ConversationMember.user_id == peer_id)
+            .values(unread_count=ConversationMember.unread_count + 1)
+        )
+    message = serialize_message(inserted)
+    for participant in (sender_id, peer_id):
+        await realtime.to_user(
+            tenant_id=tenant_id,
+            user_id=participant,
+            event="message:new",
+            data=message,
+            namespace=CHAT_NAMESPACE,
+        )
+    return SendResult(message=message, created=True)
+
+
+def _encode_cursor(*parts: object) -> str:
+    raw = "|".join(str(part) for part in parts).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, arity: int) -> list[str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+    parts = raw.split("|")
+    if len(parts) != arity:
+        raise InvalidInput("cursor is not valid", code="invalid_cursor")
+    return parts
+
+
+def clamp_limit(limit: int | None) -> int:
+    return DEFAULT_PAGE_SIZE if limit is None else max(1, min(MAX_PAGE_SIZE, limit))
+
+
+async def list_messages(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    conversation_id: object,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, keyset on ``seq``."""
+    size = clamp_limit(limit)
+    target = parse_id(conversation_id)
+    query = select(MESSAGES).where(
+        Message.tenant_id == tenant_id, Message.conversation_id == target
+    )
+    if cursor:
+        (before,) = _decode_cursor(cursor, 1)
+        if not before.isdigit() or len(before) > 18:
+            raise InvalidInput("cursor is not valid", code="invalid_cursor")
+        query = query.where(Message.seq < int(before))
+    async with sessions() as session:
+        await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
+        rows = (
+            (await session.execute(query.order_by(Message.seq.desc()).limit(size + 1)))
+            .mappings()
+            .all()
+        )
+    next_cursor = _encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+    return [serialize_message(row) for row in rows[:size]], next_cursor
+
+
+async def list_conversations(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The caller's conversations, most recently active first (keyset on activity, id)."""
+    size = clamp_limit(limit)
+    members = ConversationMember
+    query = select(
+        members.conversation_id,
+        members.peer_id,
+        members.unread_count,
+        members.last_activity_at,
+        Conversation.last_message_id,
+    ).join(
+        Conversation,
+        and_(
+            Conversation.tenant_id == members.tenant_id, Conversation.id == members.conversation_id
+        ),
+    )
+    query = query.where(members.tenant_id == tenant_id, members.user_id == user_id)
+    if cursor:
+        activity_text, id_text = _decode_cursor(cursor, 2)
+        try:
+            activity = datetime.fromisoformat(activity_text)
+            last_id = int(id_text)
+        except ValueError:
+            raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+        query = query.where(
+            or_(
+                members.last_activity_at < activity,
+                and_(members.last_activity_at == activity, members.conversation_id < last_id),
+            )
+        )
+    query = query.order_by(members.last_activity_at.desc(), members.conversation_id.desc()).limit(
+        size + 1
+    )
+    async with sessions() as session:
+        rows = (await session.execute(query)).all()
+        page = rows[:size]
+        message_ids = [row.last_message_id for row in page if row.last_message_id is not None]
+        last_messages: dict[int, dict[str, Any]] = {}
+        if message_ids:
+            found = await session.execute(
+                select(MESSAGES).where(Message.tenant_id == tenant_id, Message.id.in_(message_ids))
+            )
+            last_messages = {row["id"]: serialize_message(row) for row in found.mappings()}
+    items = [
+        {
+            "id": str(row.conversation_id),
+            "participants": sorted((user_id, row.peer_id)),
+            "last_message": last_messages.get(row.last_message_id),
+            "unread_count": int(row.unread_count),
+        }
+        for row in page
+    ]
+    next_cursor = None
+    if len(rows) > size:
+        last = page[-1]
+        moment = last.last_activity_at
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        next_cursor = _encode_cursor(moment.isoformat(), last.conversation_id)
+    return items, next_cursor
+
+
+async def mark_conversation_read(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    realtime: Realtime,
+    tenant_id: str,
+    user_id: str,
+    conversation_id: object,
+    message_id: object,
+) -> int:
+    """Read receipt up to and including ``message_id``; the pointer only moves forward.
+
+    Returns the caller's exact unread count in that conversation (messages of the peer after
+    the pointer), recomputed under the conversation's lock so concurrent sends keep it exact.
+    """
+    target = parse_id(conversation_id)
+    wanted = parse_id(message_id)
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        peer_id = await _peer_of(
+            session, tenant_id=tenant_id, user_id=user_id, conversation_id=target
+        )
+        # Same lock as send_message: reads and sends of one conversation take turns.
+        await session.execute(
+            select(Conversation.id)
+            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+            .with_for_update()
+        )
+        seq = await session.scalar(
+            select(Message.seq).where(
+                Message.tenant_id == tenant_id,
+                Message.conversation_id == target,
+                Message.id == wanted,
+            )
+        )
+        if seq is None:
+            raise NotFound("message not found")
+        member = and_(
+            ConversationMember.tenant_id == tenant_id,
+            ConversationMember.conversation_id == target,
+            ConversationMember.user_id == user_id,
+        )
+        pointer = await session.scalar(select(ConversationMember.last_read_seq).where(member))
+        moved = seq > (pointer or 0)
+        new_pointer = seq if moved else int(pointer or 0)
+        unread = await session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(
+                Message.tenant_id == tenant_id,
+                Message.conversation_id == target,
+                Message.seq > new_pointer,
+                Message.sender_id != user_id,
+            )
+        )
+        values: dict[str, Any] = {"unread_count": unread}
+        if moved:
+            values.update(last_read_seq=seq, last_read_message_id=wanted)
+        await session.execute(update(ConversationMember).where(member).values(**values))
+    if moved:
+        receipt = {
+            "conversation_id": str(target),
+            "user_id": user_id,
+            "message_id": str(wanted),
+            "read_at": _iso(now),
+        }
+        for participant in (user_id, peer_id):
+            await realtime.to_user(
+                tenant_id=tenant_id,
+                user_id=participant,
+                event="message:read",
+                data=receipt,
+                namespace=CHAT_NAMESPACE,
+            )
+    return int(unread or 0)
