@@ -10,6 +10,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -38,7 +39,7 @@ class MarkReadIn(Strict):
     """``{"ids": [...]}`` or ``{"all": true}``."""
 
     ids: list[NotificationId] | None = Field(default=None, max_length=1000)
-    all: bool = False
+    all: StrictBool = False
 
     @model_validator(mode="after")
     def _one_of(self) -> Self:
@@ -90,7 +91,7 @@ class RestSendMessageIn(Strict):
 
 class TypingIn(Strict):
     conversation_id: Id
-    typing: bool
+    typing: StrictBool
 
 
 class MessageReadIn(Strict):
