@@ -298,3 +298,40 @@ def test_missing_node_modules_fails_with_the_npm_command(tmp_path: Path) -> None
         pytest.fail("Node.js is not on PATH")
     with pytest.raises(pytest.fail.Exception, match=r"run `npm ci --prefix tests/js`"):
         require_node_client(tmp_path)
+
+
+async def test_chat_message_with_ack_between_two_js_clients(
+    node_executable: str, hub: RunningHub
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    config = {
+        "url": hub.url,
+        "sender_token": hs256_token(tenant=tenant, user="alice"),
+        "recipient_token": hs256_token(tenant=tenant, user="bob"),
+        "to_user_id": "bob",
+        "body": 'héllo from JS \u2028 "quoted"',
+    }
+    process = await asyncio.create_subprocess_exec(
+        node_executable,
+        str(JS_DIR / "chat_client.mjs"),
+        json.dumps(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), STEP_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        raise
+    assert process.returncode == 0, (stdout, stderr)
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    ack = result["ack"]
+    assert ack["ok"] is True
+    message = ack["message"]
+    assert (message["sender_id"], message["body"], message["client_msg_id"]) == (
+        "alice",
+        config["body"],
+        "js-1",
+    )
+    assert result["sender_got"] == [message]
+    assert result["recipient_got"] == [message]
