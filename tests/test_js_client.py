@@ -324,7 +324,8 @@ async def test_chat_message_with_ack_between_two_js_clients(
         process.kill()
         raise
     assert process.returncode == 0, (stdout, stderr)
-    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    # split on "\n" only: str.splitlines() would also split inside the U+2028 in the body
+    result = json.loads(stdout.decode().strip().split("\n")[-1])
     ack = result["ack"]
     assert ack["ok"] is True
     message = ack["message"]
