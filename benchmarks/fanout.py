@@ -1,0 +1,1497 @@
+"""Fan-out benchmark: notifyhub against a stock python-socketio server, side by side.
+
+One ``serve`` process (pinned to one core) with N websocket clients (a load generator pinned
+to the other core), each a distinct user of one tenant. Measured for both servers in the
+same run, one server at a time so each has its core to itself:
+
+1. broadcast: deliveries/s of a tenant-wide ``broadcast`` (hub: ``POST /api/broadcasts/``;
+   stock: ``POST /bench/broadcast``, one ``emit`` to the tenant room);
+2. per user: deliveries/s of one stored notification per user (hub:
+   ``POST /api/notifications/`` for all N users; stock: ``POST /bench/per-user``, a
+   multi-row INSERT and one awaited ``emit`` per user room);
+3. idle memory per socket: server RSS with N idle clients minus RSS after warm-up with
+   none, divided by N.
+
+Deliveries/s = deliveries / (first trigger sent -> last delivery received). Each round sends
+``--pipeline`` triggers back to back and waits until every client has all of them.
+
+The load generator is a minimal Socket.IO-over-websocket client on aiohttp (no
+permessage-deflate) that counts frames by event name and parses only a sample of them.
+Load goes to 127.0.0.1 only; every wait has a timeout; servers are stopped by PID and the
+benchmark database is dropped, also on errors. Not a test: run it by hand.
+
+    .venv/bin/python benchmarks/fanout.py --quick    # smoke run, ~200 clients
+    .venv/bin/python benchmarks/fanout.py            # full run, writes results + docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jwt
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+NAMESPACE = "/notifications"
+EVENT_PREFIX = f'42{NAMESPACE},["'
+EVENT_PREFIX_LEN = len(EVENT_PREFIX)
+CONNECTED_PREFIX = f"40{NAMESPACE},"
+REFUSED_PREFIX = f"44{NAMESPACE},"
+BROADCAST_EVENT = "broadcast"
+NEW_EVENT = "notification:new"
+NOTIFICATION_KEYS = frozenset(
+    {"id", "tenant_id", "user_id", "seq", "category", "title", "body", "data", "link"}
+    | {"created_at", "read_at"}
+)
+BROADCAST_KEYS = frozenset({"title", "body", "data"})
+TITLE = "Scheduled maintenance tonight"
+BODY = (
+    "The CRM will be read-only from 22:00 to 22:30 UTC while we upgrade the database. "
+    "Drafts are kept."
+)
+DOC_START = "<!-- fanout-results:start -->"
+DOC_END = "<!-- fanout-results:end -->"
+TARGET_SPEEDUP = 2.0
+TARGET_KB_PER_SOCKET = 20.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SERVER_NAMES = ("notifyhub", "stock")
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the hub under test and whether its code differs from it."""
+    info: dict[str, Any] = {}
+    git = shutil.which("git")
+    if git is None:
+        return info
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        info = {
+            "commit": head.stdout.strip() or None,
+            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
+        }
+    return info
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {
+            name: package_version(name)
+            for name in (
+                "python-socketio",
+                "python-engineio",
+                "aiohttp",
+                "asyncpg",
+                "SQLAlchemy",
+                "redis",
+                "orjson",
+                "uvloop",
+                "PyJWT",
+            )
+        },
+    }
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS (status) and Pss (smaps_rollup) of a process, in KB."""
+    found: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            found["rss_kb"] = int(line.split()[1])
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                found["pss_kb"] = int(line.split()[1])
+    return found
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def core_times() -> dict[str, tuple[int, int]]:
+    """Per core ``(busy, total)`` jiffies from /proc/stat."""
+    cores: dict[str, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *rest = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            values = [int(v) for v in rest]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            total = sum(values[:8])
+            cores[name] = (total - idle, total)
+    return cores
+
+
+async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
+    """Wait until the machine's cores are nearly idle (other jobs, autovacuum, a test run).
+
+    ``threshold`` is in cores (0.15 = 15% of one core); gives up after ``limit`` seconds and
+    says so: the numbers of a busy machine are then marked.
+    """
+    started = time.monotonic()
+    busy = 0.0
+    while True:
+        before = core_times()
+        await asyncio.sleep(0.5)
+        after = core_times()
+        busy = sum(
+            (after[n][0] - b0) / max(1, after[n][1] - t0)
+            for n, (b0, t0) in before.items()
+            if n in after
+        )
+        waited = time.monotonic() - started
+        if busy <= threshold or waited >= limit:
+            return {
+                "busy_cores": round(busy, 3),
+                "waited_s": round(waited, 1),
+                "quiet": busy <= threshold,
+            }
+
+
+def make_token(
+    secret: str, *, tenant: str, user: str, roles: list[str] | None = None, ttl: int = 7200
+) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": user,
+        "tenant_id": tenant,
+        "roles": roles or [],
+        "iat": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# -- the load generator ---------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    """Delivery counters of every client, by event; signals when a target total is hit."""
+
+    size: int
+    sample_every: int = 50
+    per_client: dict[str, list[int]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    target_event: str | None = None
+    target_total: int = 0
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    reached_at: float = 0.0
+    parsed: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    # The hub promises per-user seq order (CONTRACT); the stock server promises nothing, so
+    # for it out-of-order frames are only counted.
+    strict_seq: bool = True
+    last_seq: dict[int, int] = field(default_factory=dict)
+    seq_gaps: int = 0
+    seq_out_of_order: int = 0
+    unexpected_frames: int = 0
+    closed_clients: int = 0
+
+    def arm(self, event: str, more: int) -> None:
+        """Wait for ``more`` deliveries of ``event`` beyond those already counted."""
+        self.target_event = event
+        self.target_total = self.totals.get(event, 0) + more
+        self.reached.clear()
+        if self.totals.get(event, 0) >= self.target_total:
+            self.reached_at = time.perf_counter()
+            self.reached.set()
+
+    def record(self, index: int, user: str, tenant: str, event: str, frame: str) -> None:
+        counts = self.per_client.get(event)
+        if counts is None:
+            counts = self.per_client[event] = [0] * self.size
+        counts[index] += 1
+        total = self.totals[event] = self.totals.get(event, 0) + 1
+        if index % self.sample_every == 0 or self.parsed.get(event, 0) < 5:
+            self.check(index, user, tenant, event, frame)
+        if event == self.target_event and total == self.target_total:
+            self.reached_at = time.perf_counter()
+            self.reached.set()
+
+    def check(self, index: int, user: str, tenant: str, event: str, frame: str) -> None:
+        """Parse a sampled frame fully and check it against the CONTRACT shapes."""
+        self.parsed[event] = self.parsed.get(event, 0) + 1
+        try:
+            name, payload = json.loads(frame[2 + len(NAMESPACE) + 1 :])
+        except ValueError:
+            self.problem(f"{event}: frame is not a JSON [event, data] array: {frame[:200]}")
+            return
+        if event == BROADCAST_EVENT:
+            if not isinstance(payload, dict) or set(payload) != BROADCAST_KEYS:
+                self.problem(f"broadcast payload has keys {sorted(payload or {})}")
+        elif event == NEW_EVENT:
+            if not isinstance(payload, dict) or set(payload) != NOTIFICATION_KEYS:
+                self.problem(f"notification:new has keys {sorted(payload or {})}")
+                return
+            if payload["user_id"] != user or payload["tenant_id"] != tenant:
+                self.problem(f"client {user} got a notification of {payload['user_id']}")
+            if not isinstance(payload["id"], str) or not isinstance(payload["seq"], int):
+                self.problem(f"id/seq types: {payload['id']!r} {payload['seq']!r}")
+                return
+            previous = self.last_seq.get(index)
+            if previous is not None and payload["seq"] <= previous:
+                self.seq_out_of_order += 1
+                if self.strict_seq:
+                    self.problem(f"{user}: seq went from {previous} to {payload['seq']}")
+            elif previous is not None and payload["seq"] != previous + 1:
+                self.seq_gaps += 1
+            self.last_seq[index] = payload["seq"]
+        if name != event:
+            self.problem(f"event name {name!r} parsed as {event!r}")
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 20:
+            self.problems.append(text)
+
+
+class RawClient:
+    """One Socket.IO client on a bare websocket: connect, authenticate, count events."""
+
+    def __init__(self, index: int, user: str, tenant: str, token: str, stats: Stats) -> None:
+        self.index = index
+        self.user = user
+        self.tenant = tenant
+        self.token = token
+        self.stats = stats
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def connect(self, session: aiohttp.ClientSession, port: int, limit: float) -> None:
+        url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
+        async with asyncio.timeout(limit):
+            ws = await session.ws_connect(url, compress=0, autoping=True, max_msg_size=0)
+            self.ws = ws
+            opening = await ws.receive()
+            if opening.type is not aiohttp.WSMsgType.TEXT or not opening.data.startswith("0{"):
+                raise ConnectionError(f"no engine.io open packet: {opening!r}")
+            await ws.send_str(CONNECTED_PREFIX + json.dumps({"token": self.token}))
+            while True:
+                answer = await ws.receive()
+                if answer.type is not aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"closed during connect: {answer!r}")
+                if answer.data.startswith(CONNECTED_PREFIX):
+                    break
+                if answer.data.startswith(REFUSED_PREFIX):
+                    raise ConnectionError(f"refused: {answer.data}")
+                if answer.data == "2":
+                    await ws.send_str("3")
+        self.reader = asyncio.create_task(self._read(ws))
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        stats, index, user, tenant = self.stats, self.index, self.user, self.tenant
+        text = aiohttp.WSMsgType.TEXT
+        while True:
+            message = await ws.receive()
+            if message.type is text:
+                frame: str = message.data
+                if frame.startswith(EVENT_PREFIX):
+                    end = frame.find('"', EVENT_PREFIX_LEN)
+                    stats.record(index, user, tenant, frame[EVENT_PREFIX_LEN:end], frame)
+                elif frame == "2":
+                    await ws.send_str("3")
+                else:
+                    stats.unexpected_frames += 1
+                    stats.problem(f"{user}: unexpected frame {frame[:120]!r}")
+            elif message.type in {
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            }:
+                stats.closed_clients += 1
+                return
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.ws.close()
+
+
+async def connect_all(
+    clients: Sequence[RawClient],
+    session: aiohttp.ClientSession,
+    port: int,
+    *,
+    concurrency: int,
+    limit: float,
+) -> tuple[list[RawClient], list[str]]:
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+
+    async def one(client: RawClient) -> RawClient | None:
+        async with gate:
+            try:
+                await client.connect(session, port, limit)
+            except (TimeoutError, OSError, aiohttp.ClientError, ConnectionError) as exc:
+                failures.append(f"{client.user}: {type(exc).__name__}: {exc}")
+                await client.close()
+                return None
+            return client
+
+    done = await asyncio.gather(*(one(c) for c in clients))
+    return [c for c in done if c is not None], failures
+
+
+# -- servers --------------------------------------------------------------------------
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    broadcast_path: str
+    per_user_path: str
+    loop: str
+    strict_seq: bool
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+
+def pinned(command: list[str], cpu: int | None) -> list[str]:
+    if cpu is None:
+        return command
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        return command  # pinned with sched_setaffinity right after start instead
+    return [taskset, "-c", str(cpu), *command]
+
+
+def spawn(spec: ServerSpec, *, port: int, cpu: int | None, workdir: Path) -> RunningServer:
+    log_path = workdir / f"{spec.name}.log"
+    command = [part.replace("{port}", str(port)) for part in spec.command]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
+            pinned(command, cpu),
+            env=spec.env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if cpu is not None and shutil.which("taskset") is None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(process.pid, {cpu})
+    return RunningServer(spec, port, process, log_path)
+
+
+async def start_server(
+    spec: ServerSpec, *, cpu: int | None, workdir: Path, start_within: float
+) -> RunningServer:
+    running = spawn(spec, port=free_port(), cpu=cpu, workdir=workdir)
+    process, log_path = running.process, running.log_path
+    deadline = time.monotonic() + start_within
+    async with aiohttp.ClientSession() as session:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{spec.name} exited with {process.returncode} at start:\n{log_tail(log_path)}"
+                )
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with session.get(
+                    f"{running.base_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as response:
+                    if response.status == 200:
+                        return running
+            if time.monotonic() > deadline:
+                await asyncio.to_thread(stop_server, running)
+                raise RuntimeError(f"{spec.name} did not answer /healthz in {start_within:.0f}s")
+            await asyncio.sleep(0.1)
+
+
+def stop_server(server: RunningServer) -> None:
+    """SIGTERM, then SIGKILL after 10 s; only ever this PID (and its own session)."""
+    process = server.process
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def log_problems(path: Path) -> list[str]:
+    with contextlib.suppress(OSError):
+        return [
+            line[:300]
+            for line in path.read_text(errors="replace").splitlines()
+            if re.search(r"ERROR|CRITICAL|Traceback|Exception", line)
+        ][:20]
+    return []
+
+
+def profile_summary(path: Path, lines: int = 25) -> dict[str, Any]:
+    """The top functions of a cProfile dump, by own time and by cumulative time."""
+    import io
+    import pstats
+
+    summary: dict[str, Any] = {"file": str(path)}
+    for order in ("tottime", "cumtime"):
+        out = io.StringIO()
+        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(lines)
+        text = out.getvalue()
+        (path.parent / f"{path.stem}.{order}.txt").write_text(text)
+        summary[order] = [row for row in text.splitlines() if row.strip()][-lines:]
+    return summary
+
+
+# -- database -------------------------------------------------------------------------
+
+
+async def create_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def database_url(admin_url: str, name: str, driver: str) -> str:
+    base = admin_url.rsplit("/", 1)[0].split("://", 1)[1]
+    return f"{driver}://{base}/{name}"
+
+
+def migrate(env: dict[str, str], workdir: Path) -> None:
+    script = Path(sys.executable).parent / "notifyhub"
+    command = (
+        [str(script), "migrate"]
+        if script.exists()
+        else [
+            sys.executable,
+            "-c",
+            "import sys; from hub.cli import main; sys.exit(main())",
+            "migrate",
+        ]
+    )
+    result = subprocess.run(  # noqa: S603 - our own CLI
+        command, env=env, cwd=workdir, capture_output=True, text=True, timeout=120, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"notifyhub migrate failed:\n{result.stdout}\n{result.stderr}")
+
+
+# -- measurements ---------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    tenant: str
+    secret: str
+    service_token: str
+    workdir: Path
+
+
+TriggerFactory = Callable[[int], dict[str, Any]]
+
+
+async def trigger(
+    session: aiohttp.ClientSession, url: str, token: str, body: dict[str, Any]
+) -> tuple[int, float]:
+    started = time.perf_counter()
+    async with session.post(
+        url,
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientTimeout(total=60),
+    ) as response:
+        await response.read()
+        return response.status, time.perf_counter() - started
+
+
+async def measure_fanout(
+    *,
+    bench: Bench,
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    stats: Stats,
+    clients: Sequence[RawClient],
+    path: str,
+    event: str,
+    body_for: TriggerFactory,
+    expected_status: int,
+) -> dict[str, Any]:
+    """``rounds`` rounds of ``pipeline`` triggers; each waits for every client's delivery."""
+    args = bench.args
+    rounds, pipeline, size = args.rounds, args.pipeline, len(clients)
+    url = server.base_url + path
+    before_counts = list(stats.per_client.get(event, [0] * stats.size))
+    before_total = stats.totals.get(event, 0)
+    http_errors: list[str] = []
+    round_seconds: list[float] = []
+    trigger_seconds: list[float] = []
+    timed_out = False
+    cpu_server_0 = process_cpu_seconds(server.pid)
+    cpu_client_0 = own_cpu_seconds()
+    cores_0 = core_times()
+    first_trigger = time.perf_counter()
+    last_delivery = first_trigger
+    for round_number in range(rounds):
+        stats.arm(event, size * pipeline)
+        started = time.perf_counter()
+        answers = await asyncio.gather(
+            *(
+                trigger(http, url, bench.service_token, body_for(round_number * pipeline + k))
+                for k in range(pipeline)
+            ),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                http_errors.append(f"{type(answer).__name__}: {answer}")
+            else:
+                status, seconds = answer
+                trigger_seconds.append(seconds)
+                if status != expected_status:
+                    http_errors.append(f"HTTP {status}")
+        try:
+            async with asyncio.timeout(args.wait_timeout):
+                await stats.reached.wait()
+        except TimeoutError:
+            timed_out = True
+            last_delivery = time.perf_counter()
+            break
+        last_delivery = stats.reached_at
+        round_seconds.append(stats.reached_at - started)
+    elapsed = last_delivery - first_trigger
+    cpu_server = process_cpu_seconds(server.pid) - cpu_server_0
+    cpu_client = own_cpu_seconds() - cpu_client_0
+    cores_1 = core_times()
+    busy_s = sum(cores_1[n][0] - b0 for n, (b0, _t0) in cores_0.items() if n in cores_1) / CLK_TCK
+    # Late frames (duplicates) have a moment to arrive before the per-client check.
+    await asyncio.sleep(args.settle_after)
+    after_counts = stats.per_client.get(event, [0] * stats.size)
+    got = [after_counts[c.index] - before_counts[c.index] for c in clients]
+    expected_each = pipeline * (len(round_seconds) + (1 if timed_out else 0))
+    delivered = stats.totals.get(event, 0) - before_total
+    counted_in_window = (
+        sum(got) if timed_out else size * pipeline * len(round_seconds)
+    )  # deliveries inside the timed window
+    return {
+        "event": event,
+        "rounds_completed": len(round_seconds),
+        "rounds": rounds,
+        "pipeline": pipeline,
+        "clients": size,
+        "expected": size * pipeline * rounds,
+        "delivered": delivered,
+        "seconds": round(elapsed, 4),
+        "deliveries_per_s": round(counted_in_window / elapsed, 1) if elapsed > 0 else None,
+        "round_ms": {
+            "p50": round(1000 * statistics.median(round_seconds), 2) if round_seconds else None,
+            "max": round(1000 * max(round_seconds), 2) if round_seconds else None,
+        },
+        "trigger_http_ms": {
+            "p50": round(1000 * statistics.median(trigger_seconds), 2) if trigger_seconds else None,
+            "max": round(1000 * max(trigger_seconds), 2) if trigger_seconds else None,
+        },
+        "clients_missing_some": sum(1 for g in got if g < expected_each),
+        "clients_with_duplicates": sum(1 for g in got if g > expected_each),
+        "timed_out": timed_out,
+        "http_errors": http_errors[:10],
+        "server_cpu_s": round(cpu_server, 3),
+        "server_cpu_util": round(cpu_server / elapsed, 3) if elapsed > 0 else None,
+        "loadgen_cpu_s": round(cpu_client, 3),
+        "loadgen_cpu_util": round(cpu_client / elapsed, 3) if elapsed > 0 else None,
+        "core_busy": {
+            name: round((cores_1[name][0] - b0) / max(1, cores_1[name][1] - t0), 3)
+            for name, (b0, t0) in cores_0.items()
+            if name in cores_1
+        },
+        # Redis, PostgreSQL and anything else running on the machine meanwhile.
+        "other_cpu_s": round(max(0.0, busy_s - cpu_server - cpu_client), 3),
+        "other_cpu_util": round(max(0.0, busy_s - cpu_server - cpu_client) / elapsed, 3)
+        if elapsed > 0
+        else None,
+        "server_cpu_us_per_delivery": round(1e6 * cpu_server / counted_in_window, 2)
+        if counted_in_window
+        else None,
+    }
+
+
+async def measure_repeated(quiet: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """``--repeats`` measurements on a quiet machine; the median one, with every figure."""
+    bench: Bench = kwargs["bench"]
+    runs: list[dict[str, Any]] = []
+    for _ in range(bench.args.repeats):
+        quiet.append(await wait_for_quiet(bench.args.quiet_threshold, bench.args.quiet_timeout))
+        run = await measure_fanout(**kwargs)
+        runs.append(run)
+        if run["timed_out"]:
+            break
+    ranked = sorted(runs, key=lambda r: r["deliveries_per_s"] or 0.0)
+    chosen = dict(ranked[(len(ranked) - 1) // 2])
+    figures = [r["deliveries_per_s"] for r in runs]
+    chosen["repeats"] = len(runs)
+    chosen["deliveries_per_s_all"] = figures
+    chosen["server_cpu_us_per_delivery_all"] = [r["server_cpu_us_per_delivery"] for r in runs]
+    for key in ("clients_missing_some", "clients_with_duplicates"):
+        chosen[key] = max(r[key] for r in runs)
+    chosen["timed_out"] = any(r["timed_out"] for r in runs)
+    chosen["http_errors"] = [e for r in runs for e in r["http_errors"]][:10]
+    return chosen
+
+
+async def warm_up(
+    bench: Bench,
+    server: RunningServer,
+    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+) -> None:
+    """A few clients, one broadcast and one create, then disconnect: imports, pools, caches."""
+    count = 10
+    stats = Stats(size=count)
+    clients = [
+        RawClient(
+            i,
+            f"warm{i}",
+            bench.tenant,
+            make_token(bench.secret, tenant=bench.tenant, user=f"warm{i}"),
+            stats,
+        )
+        for i in range(count)
+    ]
+    connected, failures = await connect_all(
+        clients, session, server.port, concurrency=10, limit=bench.args.connect_timeout
+    )
+    if failures:
+        raise RuntimeError(f"{server.spec.name}: warm-up connects failed: {failures[:3]}")
+    try:
+        for path, event, body in (
+            (server.spec.broadcast_path, BROADCAST_EVENT, broadcast_body(-1)),
+            (server.spec.per_user_path, NEW_EVENT, per_user_body([c.user for c in connected])),
+        ):
+            for _ in range(3):
+                stats.arm(event, len(connected))
+                status, _seconds = await trigger(
+                    http, server.base_url + path, bench.service_token, body
+                )
+                if status >= 300:
+                    raise RuntimeError(f"{server.spec.name}: warm-up {path} answered {status}")
+                async with asyncio.timeout(bench.args.wait_timeout):
+                    await stats.reached.wait()
+    finally:
+        await asyncio.gather(*(c.close() for c in connected))
+
+
+def broadcast_body(number: int) -> dict[str, Any]:
+    return {"title": TITLE, "body": BODY, "data": {"kind": "bench", "n": number}}
+
+
+def per_user_body(user_ids: list[str]) -> dict[str, Any]:
+    return {"user_ids": user_ids, "title": TITLE, "body": BODY}
+
+
+async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
+    args = bench.args
+    result: dict[str, Any] = {"loop": spec.loop, "errors": []}
+    server = await start_server(
+        spec, cpu=args.server_cpu, workdir=bench.workdir, start_within=args.start_timeout
+    )
+    result["pid"] = server.pid
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    session = aiohttp.ClientSession(connector=connector)
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    connected: list[RawClient] = []
+    stats = Stats(size=args.clients, sample_every=args.sample_every, strict_seq=spec.strict_seq)
+    try:
+        await warm_up(bench, server, session, http)
+        await asyncio.sleep(args.settle)
+        baseline = memory_kb(server.pid)
+        quiet: dict[str, Any] = {}
+        result["machine_quiet_before"] = quiet
+
+        clients = [
+            RawClient(
+                i,
+                f"u{i}",
+                bench.tenant,
+                make_token(bench.secret, tenant=bench.tenant, user=f"u{i}"),
+                stats,
+            )
+            for i in range(args.clients)
+        ]
+        started = time.perf_counter()
+        connected, failures = await connect_all(
+            clients,
+            session,
+            server.port,
+            concurrency=args.connect_concurrency,
+            limit=args.connect_timeout,
+        )
+        connect_seconds = time.perf_counter() - started
+        result["connect"] = {
+            "clients": len(connected),
+            "failures": len(failures),
+            "failure_samples": failures[:5],
+            "seconds": round(connect_seconds, 3),
+            "per_s": round(len(connected) / connect_seconds, 1) if connect_seconds else None,
+        }
+        if not connected:
+            raise RuntimeError(f"{spec.name}: no client could connect: {failures[:3]}")
+        await asyncio.sleep(args.settle)
+        loaded = memory_kb(server.pid)
+        result["memory"] = {
+            "baseline_rss_kb": baseline.get("rss_kb"),
+            "connected_rss_kb": loaded.get("rss_kb"),
+            "baseline_pss_kb": baseline.get("pss_kb"),
+            "connected_pss_kb": loaded.get("pss_kb"),
+            "kb_per_socket_rss": round((loaded["rss_kb"] - baseline["rss_kb"]) / len(connected), 2),
+            "kb_per_socket_pss": round(
+                (loaded.get("pss_kb", 0) - baseline.get("pss_kb", 0)) / len(connected), 2
+            ),
+        }
+
+        result["broadcast"] = await measure_repeated(
+            quiet=quiet.setdefault("broadcast", []),
+            bench=bench,
+            server=server,
+            http=http,
+            stats=stats,
+            clients=connected,
+            path=spec.broadcast_path,
+            event=BROADCAST_EVENT,
+            body_for=broadcast_body,
+            expected_status=202,
+        )
+        users = [c.user for c in connected]
+        result["per_user"] = await measure_repeated(
+            quiet=quiet.setdefault("per_user", []),
+            bench=bench,
+            server=server,
+            http=http,
+            stats=stats,
+            clients=connected,
+            path=spec.per_user_path,
+            event=NEW_EVENT,
+            body_for=lambda _n: per_user_body(users),
+            expected_status=201,
+        )
+        result["memory"]["after_load_rss_kb"] = memory_kb(server.pid).get("rss_kb")
+        result["client_checks"] = {
+            "parsed_frames": dict(stats.parsed),
+            "problems": stats.problems,
+            "seq_gaps_in_sample": stats.seq_gaps,
+            "seq_out_of_order_in_sample": stats.seq_out_of_order,
+            "unexpected_frames": stats.unexpected_frames,
+            "closed_by_server": stats.closed_clients,
+        }
+    except Exception as exc:  # reported in the results; the other server still runs
+        result["errors"].append(f"{type(exc).__name__}: {exc}")
+        print(f"[fanout] {spec.name} failed: {exc}", file=sys.stderr, flush=True)
+    finally:
+        await asyncio.gather(*(c.close() for c in connected))
+        await session.close()
+        await http.close()
+        alive = server.process.poll() is None
+        await asyncio.to_thread(stop_server, server)
+        result["exit_code"] = server.process.returncode
+        result["was_alive_at_end"] = alive
+        result["log_problems"] = log_problems(server.log_path)
+        profile = bench.workdir / f"{spec.name}.prof"
+        if profile.exists():
+            result["profile"] = profile_summary(profile)
+    return result
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 2)
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    hub, stock = results["servers"].get("notifyhub", {}), results["servers"].get("stock", {})
+
+    def get(server: dict[str, Any], *keys: str) -> Any:
+        value: Any = server
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return value
+
+    ratios = {
+        "broadcast_deliveries_per_s": ratio(
+            get(hub, "broadcast", "deliveries_per_s"), get(stock, "broadcast", "deliveries_per_s")
+        ),
+        "per_user_deliveries_per_s": ratio(
+            get(hub, "per_user", "deliveries_per_s"), get(stock, "per_user", "deliveries_per_s")
+        ),
+        "kb_per_socket_rss": ratio(
+            get(hub, "memory", "kb_per_socket_rss"), get(stock, "memory", "kb_per_socket_rss")
+        ),
+    }
+    kb = get(hub, "memory", "kb_per_socket_rss")
+    targets = {
+        "broadcast_2x_stock": None
+        if ratios["broadcast_deliveries_per_s"] is None
+        else ratios["broadcast_deliveries_per_s"] >= TARGET_SPEEDUP,
+        "per_user_2x_stock": None
+        if ratios["per_user_deliveries_per_s"] is None
+        else ratios["per_user_deliveries_per_s"] >= TARGET_SPEEDUP,
+        "idle_socket_at_most_20kb": None if kb is None else kb <= TARGET_KB_PER_SOCKET,
+    }
+    return {"ratios": ratios, "targets_met": targets}
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"{text}{unit}"
+
+
+def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    servers = results["servers"]
+    hub, stock = servers.get("notifyhub", {}), servers.get("stock", {})
+    ratios, met = results["ratios"], results["targets_met"]
+
+    def mark(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+    def pick(server: dict[str, Any], section: str, key: str) -> Any:
+        return (server.get(section) or {}).get(key)
+
+    def util(server: dict[str, Any], section: str) -> str:
+        cpu = pick(server, section, "server_cpu_util")
+        gen = pick(server, section, "loadgen_cpu_util")
+        other = pick(server, section, "other_cpu_util")
+        if cpu is None:
+            return "n/a"
+        return f"{cpu:.0%} / {gen:.0%} / {other or 0:.0%}"
+
+    def rate(server: dict[str, Any], section: str) -> str:
+        median = fmt(pick(server, section, "deliveries_per_s"))
+        every = [v for v in pick(server, section, "deliveries_per_s_all") or [] if v is not None]
+        if len(every) < 2:
+            return median
+        return f"{median} ({fmt(min(every))}-{fmt(max(every))})"
+
+    n = results["params"]["clients"]
+    return [
+        (
+            f"broadcast to {n} sockets, deliveries/s (range)",
+            rate(hub, "broadcast"),
+            rate(stock, "broadcast"),
+            fmt(ratios["broadcast_deliveries_per_s"], "x"),
+            f">= 2x stock: {mark(met['broadcast_2x_stock'])}",
+        ),
+        (
+            f"one stored notification per user ({n} users), deliveries/s (range)",
+            rate(hub, "per_user"),
+            rate(stock, "per_user"),
+            fmt(ratios["per_user_deliveries_per_s"], "x"),
+            f">= 2x stock: {mark(met['per_user_2x_stock'])}",
+        ),
+        (
+            "idle memory per socket (RSS delta / N), KB",
+            fmt(pick(hub, "memory", "kb_per_socket_rss")),
+            fmt(pick(stock, "memory", "kb_per_socket_rss")),
+            fmt(ratios["kb_per_socket_rss"], "x"),
+            f"<= 20 KB: {mark(met['idle_socket_at_most_20kb'])}",
+        ),
+        (
+            "idle memory per socket (PSS delta / N), KB",
+            fmt(pick(hub, "memory", "kb_per_socket_pss")),
+            fmt(pick(stock, "memory", "kb_per_socket_pss")),
+            "",
+            "",
+        ),
+        (
+            "broadcast: CPU busy, server / load generator / other",
+            util(hub, "broadcast"),
+            util(stock, "broadcast"),
+            "",
+            "",
+        ),
+        (
+            "per user: CPU busy, server / load generator / other",
+            util(hub, "per_user"),
+            util(stock, "per_user"),
+            "",
+            "",
+        ),
+        (
+            "server CPU per delivery, broadcast / per user (us)",
+            f"{fmt(pick(hub, 'broadcast', 'server_cpu_us_per_delivery'))} / "
+            f"{fmt(pick(hub, 'per_user', 'server_cpu_us_per_delivery'))}",
+            f"{fmt(pick(stock, 'broadcast', 'server_cpu_us_per_delivery'))} / "
+            f"{fmt(pick(stock, 'per_user', 'server_cpu_us_per_delivery'))}",
+            "",
+            "",
+        ),
+        (
+            "connects/s (JWT check + rooms)",
+            fmt(pick(hub, "connect", "per_s")),
+            fmt(pick(stock, "connect", "per_s")),
+            "",
+            "",
+        ),
+    ]
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    params = results["params"]
+    machine = results["machine"]
+    packages = machine["packages"]
+    code = results.get("code") or {}
+    commit = str(code.get("commit") or "?")[:12]
+    dirty = " with uncommitted changes" if code.get("uncommitted_hub_changes") else ""
+    header = [
+        f"Run {results['date']} on {machine['nproc']} cores ({machine['cpu_model']}), "
+        f"Python {machine['python']}, python-socketio {packages['python-socketio']}, "
+        f"python-engineio {packages['python-engineio']}, aiohttp {packages['aiohttp']}. "
+        f"{params['clients']} clients, {params['rounds']} rounds x {params['pipeline']} "
+        f"pipelined triggers, median of {params.get('repeats', 1)} measurements, "
+        f"Redis manager {'on' if params['redis'] else 'off'}, "
+        f"server on CPU {params['server_cpu']}, load generator on CPU {params['client_cpu']}, "
+        f"stock server loop: {params['stock_loop']}. Hub at commit `{commit}`{dirty}. "
+        f"Raw numbers: `{params['output']}`.",
+        "",
+        "| metric | notifyhub | stock python-socketio | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [f"| {' | '.join(row)} |" for row in table_rows(results)]
+    notes = [""]
+    for name in SERVER_NAMES:
+        server = results["servers"].get(name, {})
+        trouble = list(server.get("errors") or [])
+        for section in ("broadcast", "per_user"):
+            part = server.get(section) or {}
+            if part.get("timed_out"):
+                trouble.append(f"{section}: timed out waiting for deliveries")
+            if part.get("clients_missing_some"):
+                trouble.append(f"{section}: {part['clients_missing_some']} clients missed some")
+            if part.get("clients_with_duplicates"):
+                trouble.append(f"{section}: {part['clients_with_duplicates']} clients got extra")
+            if part.get("http_errors"):
+                trouble.append(f"{section}: trigger errors {part['http_errors'][:3]}")
+        checks = server.get("client_checks") or {}
+        trouble.extend(checks.get("problems") or [])
+        for section, waits in (server.get("machine_quiet_before") or {}).items():
+            busy = [w.get("busy_cores") for w in waits if not w.get("quiet")]
+            if busy:
+                trouble.append(
+                    f"machine busy before {len(busy)} {section} run(s) ({busy} cores in use "
+                    "by other processes): figures are pessimistic"
+                )
+        if checks.get("seq_out_of_order_in_sample") and name == "stock":
+            notes.append(
+                f"The stock server delivered {checks['seq_out_of_order_in_sample']} sampled "
+                "notifications out of order (concurrent creates interleave their per-user "
+                "emits); notifyhub keeps per-user seq order."
+            )
+        if trouble:
+            notes.append(f"Problems seen with {name}: " + "; ".join(trouble[:8]) + ".")
+    return "\n".join(header + rows + notes).rstrip() + "\n"
+
+
+DOC_TEMPLATE = """# Benchmarks
+
+Scripts in `benchmarks/` are run by hand (they are not timed tests). Each writes its raw
+numbers to `benchmarks/results/*.json` and the table below.
+
+## Socket.IO fan-out: `benchmarks/fanout.py`
+
+What it measures, for notifyhub and for a stock python-socketio server
+(`benchmarks/stock_server.py`) in the same run, one server at a time:
+
+- **broadcast**: deliveries/s of a tenant-wide `broadcast` to N connected sockets
+  (notifyhub: `POST /api/broadcasts/`; stock: one `sio.emit("broadcast", ...,
+  room=tenant_room)` behind `POST /bench/broadcast`);
+- **one notification per user**: deliveries/s when one request stores one notification
+  for each of the N users and pushes `notification:new` to each (notifyhub:
+  `POST /api/notifications/`; stock: one multi-row `INSERT ... RETURNING` with asyncpg,
+  then one awaited `sio.emit("notification:new", obj, room=user_room)` per user, the way
+  the python-socketio docs do it);
+- **idle memory per socket**: server RSS with N idle clients minus its RSS after warm-up
+  with none, divided by N (PSS from `smaps_rollup` too). No permessage-deflate: the load
+  generator does not offer it, as most non-browser clients do not; browsers do, which
+  costs more memory per socket on any server.
+
+Method:
+
+- One server process pinned to one core (`taskset`), the load generator pinned to the
+  other; PostgreSQL and Redis are not pinned and take CPU from whichever core is free.
+  With `--redis` (the default) both servers use a Redis Socket.IO manager, as in
+  production where several `serve` processes form one hub; each server gets its own
+  channel.
+- N clients are distinct users (`u0`..`uN-1`) of one tenant, each authenticated with an
+  HS256 JWT in the connect packet. The load generator is a minimal Socket.IO client on
+  aiohttp websockets (`EIO=4`, websocket transport only): it answers engine.io pings,
+  counts `42/notifications,["event",...` frames by event name, and parses a sample of
+  them (every `--sample-every`th client, plus the first frames) to check the CONTRACT
+  shapes, the recipient and seq order.
+- Each round sends `--pipeline` triggers back to back and waits until every client has
+  received all of them; deliveries/s = N x triggers / (first trigger sent -> last
+  frame received). Each metric is measured `--repeats` times (after waiting for the
+  machine to be idle) and the median is reported; every figure is in the JSON. Every
+  client's count is checked afterwards for missing or extra deliveries.
+- Before measuring, each server is warmed up (10 clients, a few broadcasts and creates,
+  then disconnected) so imports, pools and Redis subscriptions are in place.
+- The CPU rows say what limits a number: a server near 100% of its core is server-bound;
+  a load generator near 100% means the client side is the limit and the server figure is
+  a lower bound.
+
+The stock server does less than notifyhub per notification (no per-user `seq`
+allocation, no unread counter, no ordered-delivery bookkeeping): its `seq` is the row id.
+
+Run (PostgreSQL on 127.0.0.1:5432 with trust auth and Redis on 127.0.0.1:6379; a fresh
+database is created and dropped):
+
+```sh
+.venv/bin/python benchmarks/fanout.py --quick   # smoke run: 200 clients, 2 rounds
+.venv/bin/python benchmarks/fanout.py           # full run: 1,000 clients; updates this page
+.venv/bin/python benchmarks/fanout.py --help
+```
+
+### Latest results
+
+{start}
+(not run yet)
+{end}
+"""
+
+
+def update_doc(path: Path, section: str) -> None:
+    template = DOC_TEMPLATE.format(start=DOC_START, end=DOC_END)
+    text = path.read_text() if path.exists() else template
+    if DOC_START in text and DOC_END in text:
+        head, rest = text.split(DOC_START, 1)
+        _old, tail = rest.split(DOC_END, 1)
+        text = f"{head}{DOC_START}\n{section}{DOC_END}{tail}"
+    else:
+        text = f"{text.rstrip()}\n\n### Latest results\n\n{DOC_START}\n{section}{DOC_END}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = [("metric", "notifyhub", "stock", "ratio", "target"), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for number, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        if number == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# -- main -----------------------------------------------------------------------------
+
+
+def server_specs(
+    bench: Bench, *, hub_db: str, stock_db: str, redis_url: str | None
+) -> dict[str, ServerSpec]:
+    args = bench.args
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYHUB_")}
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), inherited.get("PYTHONPATH")]))
+    run_id = bench.tenant
+    hub_env = {
+        **inherited,
+        "PYTHONPATH": pythonpath,
+        "NOTIFYHUB_ENV": "test",
+        "NOTIFYHUB_LOG_LEVEL": "WARNING",
+        "NOTIFYHUB_DATABASE_URL": hub_db,
+        "NOTIFYHUB_JWT_SECRET": bench.secret,
+        "NOTIFYHUB_JWT_ALGORITHMS": "HS256",
+        "NOTIFYHUB_SOCKETIO_CHANNEL": f"bench-hub-{run_id}",
+        "NOTIFYHUB_AUTO_MIGRATE": "false",
+        "NOTIFYHUB_NOTIFICATION_MAX_RECIPIENTS": str(max(1000, args.clients)),
+    }
+    if redis_url:
+        hub_env["NOTIFYHUB_REDIS_URL"] = redis_url
+    stock_command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "stock_server.py"),
+        "--port",
+        "{port}",
+        "--database-url",
+        stock_db,
+        "--channel",
+        f"bench-stock-{run_id}",
+        "--loop",
+        args.stock_loop,
+    ]
+    if redis_url:
+        stock_command += ["--redis-url", redis_url]
+    hub_command = [sys.executable, "-m", "hub", "serve", "--host", HOST, "--port", "{port}"]
+    if args.profile:
+        hub_command[1:1] = ["-m", "cProfile", "-o", str(bench.workdir / "notifyhub.prof")]
+        stock_command[1:1] = ["-m", "cProfile", "-o", str(bench.workdir / "stock.prof")]
+    return {
+        "notifyhub": ServerSpec(
+            name="notifyhub",
+            command=hub_command,
+            env=hub_env,
+            broadcast_path="/api/broadcasts/",
+            per_user_path="/api/notifications/",
+            loop="uvloop (hub default)",
+            strict_seq=True,
+        ),
+        "stock": ServerSpec(
+            name="stock",
+            command=stock_command,
+            env={**inherited, "BENCH_JWT_SECRET": bench.secret},
+            broadcast_path="/bench/broadcast",
+            per_user_path="/bench/per-user",
+            loop=args.stock_loop,
+            strict_seq=False,
+        ),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    tenant = f"bench-{secrets.token_hex(4)}"
+    secret = secrets.token_hex(32)
+    workdir = Path(tempfile.mkdtemp(prefix="notifyhub-fanout-"))
+    bench = Bench(
+        args=args,
+        tenant=tenant,
+        secret=secret,
+        service_token=make_token(secret, tenant=tenant, user="bench-crm", roles=["service"]),
+        workdir=workdir,
+    )
+    db_name = f"notifyhub_bench_{secrets.token_hex(4)}"
+    results: dict[str, Any] = {
+        "benchmark": "fanout",
+        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "machine": machine_info(),
+        "code": code_version(),
+        "params": {
+            "clients": args.clients,
+            "rounds": args.rounds,
+            "pipeline": args.pipeline,
+            "repeats": args.repeats,
+            "redis": args.redis,
+            "server_cpu": args.server_cpu,
+            "client_cpu": args.client_cpu,
+            "stock_loop": args.stock_loop,
+            "quick": args.quick,
+            "profile": args.profile,
+            "order": args.order,
+            "output": args.output,
+            "payload_bytes": {
+                "broadcast_request": len(json.dumps(broadcast_body(0))),
+                "title": len(TITLE),
+                "body": len(BODY),
+            },
+        },
+        "servers": {},
+        "logs": str(workdir),
+    }
+    await create_database(args.pg_admin_url, db_name)
+    try:
+        hub_db = database_url(args.pg_admin_url, db_name, "postgresql+asyncpg")
+        stock_db = database_url(args.pg_admin_url, db_name, "postgresql")
+        specs = server_specs(
+            bench,
+            hub_db=hub_db,
+            stock_db=stock_db,
+            redis_url=args.redis_url if args.redis else None,
+        )
+        migrate(specs["notifyhub"].env, workdir)
+        for name in args.order.split(","):
+            spec = specs[name]
+            print(f"[fanout] {name}: {args.clients} clients ...", flush=True)
+            try:
+                async with asyncio.timeout(args.max_seconds_per_server):
+                    results["servers"][name] = await run_server_bench(bench, spec)
+            except Exception as exc:
+                results["servers"].setdefault(name, {}).setdefault("errors", []).append(
+                    f"{type(exc).__name__}: {exc}"
+                )
+                print(f"[fanout] {name} failed: {exc}", file=sys.stderr, flush=True)
+            await asyncio.sleep(1)
+    finally:
+        with contextlib.suppress(Exception):
+            await drop_database(args.pg_admin_url, db_name)
+    results.update(summarize(results))
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Socket.IO fan-out benchmark: notifyhub vs a stock python-socketio server "
+            "(broadcast and per-user deliveries/s, idle memory per socket). Loopback only."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=int, default=1000, help="websocket clients (users)")
+    parser.add_argument("--rounds", type=int, default=10, help="measured rounds per metric")
+    parser.add_argument(
+        "--pipeline", type=int, default=4, help="triggers sent back to back per round"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measure each metric this many times; the median is reported",
+    )
+    parser.add_argument(
+        "--redis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="both servers use a Redis Socket.IO manager (cross-process fan-out)",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis URL")
+    parser.add_argument(
+        "--pg-admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL DSN allowed to CREATE/DROP DATABASE (a fresh one is used)",
+    )
+    parser.add_argument("--output", help="results JSON (default benchmarks/results/fanout.json)")
+    parser.add_argument(
+        "--from-json",
+        metavar="RESULTS",
+        help="run nothing: print the table of a results file (and update the doc with "
+        "--update-doc)",
+    )
+    parser.add_argument(
+        "--doc",
+        default=str(REPO / "docs" / "benchmarks.md"),
+        help="markdown file whose results section is rewritten",
+    )
+    parser.add_argument(
+        "--update-doc",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rewrite the results table in --doc (default: yes, except with --quick)",
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
+    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
+    parser.add_argument(
+        "--stock-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the stock server (aiohttp's run_app default is asyncio)",
+    )
+    parser.add_argument("--order", default="notifyhub,stock", help="servers to run, in this order")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 200 clients, 2 rounds, no doc update"
+    )
+    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
+    parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds per connect")
+    parser.add_argument(
+        "--wait-timeout", type=float, default=60.0, help="seconds to wait for one round"
+    )
+    parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before RSS reads")
+    parser.add_argument(
+        "--settle-after", type=float, default=0.3, help="seconds to catch late frames"
+    )
+    parser.add_argument("--start-timeout", type=float, default=30.0, help="server start timeout")
+    parser.add_argument(
+        "--max-seconds-per-server", type=float, default=600.0, help="hard bound per server"
+    )
+    parser.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.15,
+        help="before each measurement wait until the cores are this idle (in cores busy)",
+    )
+    parser.add_argument(
+        "--quiet-timeout", type=float, default=60.0, help="longest wait for a quiet machine"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the servers under cProfile (slower; for finding the limit, no doc update)",
+    )
+    parser.add_argument(
+        "--sample-every", type=int, default=50, help="parse every frame of every k-th client"
+    )
+    return parser
+
+
+def apply_defaults(args: argparse.Namespace) -> None:
+    """What --quick and --profile change, unless given explicitly."""
+    if args.quick:
+        defaults = build_parser().parse_args([])
+        if args.clients == defaults.clients:
+            args.clients = 200
+        if args.rounds == defaults.rounds:
+            args.rounds = 2
+        if args.repeats == defaults.repeats:
+            args.repeats = 1
+    if args.update_doc is None:
+        args.update_doc = not (args.quick or args.profile)
+    if args.output is None:
+        name = (
+            "fanout-profile.json"
+            if args.profile
+            else ("fanout-quick.json" if args.quick else "fanout.json")
+        )
+        args.output = str(Path("benchmarks") / "results" / name)
+
+
+def render_only(args: argparse.Namespace) -> int:
+    """Print the table of a results file and, with --update-doc, rewrite the doc from it."""
+    results = json.loads(Path(args.from_json).read_text())
+    print_table(results)
+    if args.update_doc:
+        update_doc(Path(args.doc), markdown_table(results))
+        print(f"doc: {args.doc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_defaults(args)
+    if args.from_json:
+        return render_only(args)
+    names = [n for n in args.order.split(",") if n]
+    if not names or any(n not in SERVER_NAMES for n in names):
+        print(f"--order takes a comma-separated subset of {SERVER_NAMES}", file=sys.stderr)
+        return 2
+    if min(args.clients, args.rounds, args.pipeline, args.repeats) < 1:
+        print("--clients, --rounds, --pipeline and --repeats must be positive", file=sys.stderr)
+        return 2
+    cpus = os.sched_getaffinity(0)
+    if args.client_cpu in cpus:
+        os.sched_setaffinity(0, {args.client_cpu})
+    if args.server_cpu == args.client_cpu:
+        print("warning: server and load generator share a core", file=sys.stderr)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 4 * args.clients + 256))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+    try:
+        import uvloop
+
+        results = uvloop.run(run(args))
+    except ImportError:
+        results = asyncio.run(run(args))
+
+    output = Path(args.output)
+    if not output.is_absolute():
+        output = REPO / output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print_table(results)
+    print(f"\nresults: {output}\nserver logs: {results['logs']}")
+    if args.update_doc:
+        update_doc(Path(args.doc), markdown_table(results))
+        print(f"doc: {args.doc}")
+    failed = any(server.get("errors") for server in results["servers"].values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
