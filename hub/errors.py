@@ -63,3 +63,9 @@ class RateLimited(HubError):
             details={"retry_after": seconds},
             headers={"Retry-After": str(seconds)},
         )
+
+
+class Unavailable(HubError):
+    """A dependency (Redis, the database) does not answer; the client may retry."""
+
+    status, code = 503, "unavailable"

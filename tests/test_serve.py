@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.harness.hub import RunningHub, SettingsFactory
 from tests.harness.ports import free_port, wait_for_port_async
@@ -76,24 +74,6 @@ async def test_readyz_reports_postgres_and_redis(hub: RunningHub) -> None:
     assert body["checks"] == {"database": "ok", "redis": "ok"}
 
 
-@pytest.fixture
-async def own_redis() -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis server of this test's own, so the test may stop it."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    await wait_for_port_async(port)
-    yield f"redis://127.0.0.1:{port}/0", process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-
-
 async def test_readyz_is_503_naming_redis_when_redis_stops(
     hub_factory: Callable[..., Any],
     hub_settings: SettingsFactory,
@@ -121,3 +101,23 @@ async def test_readyz_is_503_naming_the_database_when_it_is_unreachable(
     status, body = await get_json(f"{hub.url}/readyz")
     assert status == 503
     assert body["failing"] == ["database"]
+
+
+async def test_redis_outage_broadcast_is_503_and_notifications_are_still_stored(
+    hub_factory: Callable[..., Any],
+    hub_settings: SettingsFactory,
+    own_redis: tuple[str, subprocess.Popen[bytes]],
+    tenant: str,
+) -> None:
+    from tests.harness.api import ApiClient
+
+    url, redis_process = own_redis
+    hub = await hub_factory(hub_settings(redis_url=url))
+    redis_process.kill()
+    redis_process.wait()
+    service = ApiClient.for_service(hub.url, tenant)
+    status, body = await service.post("/api/broadcasts/", {"title": "t", "body": "b"})
+    assert (status, body["error"]["code"]) == (503, "unavailable")
+    await service.notify(["u1"])  # 201: stored even though live delivery is down
+    status, page = await ApiClient.for_user(hub.url, tenant, "u1").get("/api/notifications/")
+    assert (status, len(page["items"])) == (200, 1)

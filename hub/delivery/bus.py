@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hub.errors import Unavailable
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,21 @@ class RedisBus:
             "k": "new",
             "i": [[n.tenant_id, n.user_id, n.seq, n.json] for n in encode_new(notifications)],
         }
-        await self._redis.publish(self.channel, orjson.dumps(message))
+        await self._publish(message)
 
     async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
-        message = {"k": "read", "t": tenant_id, "u": user_id, "j": orjson.dumps(event).decode()}
-        await self._redis.publish(self.channel, orjson.dumps(message))
+        await self._publish(
+            {"k": "read", "t": tenant_id, "u": user_id, "j": orjson.dumps(event).decode()}
+        )
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
-        message = {"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()}
-        await self._redis.publish(self.channel, orjson.dumps(message))
+        await self._publish({"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()})
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        try:
+            await self._redis.publish(self.channel, orjson.dumps(message))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
 
     async def run(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
-from hub.errors import InvalidInput, TooLarge
+from hub.errors import InvalidInput, TooLarge, Unavailable
 from hub.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
@@ -188,7 +191,14 @@ async def create_notifications(
                 )
                 .values(notification_ids=ids)
             )
-    await bus.publish_new([serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)])
+    try:
+        await bus.publish_new(
+            [serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)]
+        )
+    except Unavailable:
+        # Stored is what counts: clients get these on their next replay (reconnect with
+        # last_seq) or when the next live one reveals the gap.
+        log.warning("notifications %s stored but not published live", ids[:3])
     return CreateResult(ids=[str(i) for i in ids], created=True)
 
 
@@ -424,5 +434,8 @@ async def mark_read(
             {"all": True} if all_unread else {"ids": [str(i) for i in updated_ids]}
         )
         event["unread_count"] = unread
-        await bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
+        try:
+            await bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
+        except Unavailable:
+            log.warning("read marks stored but not published live")
     return len(updated_ids), unread

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.engine import make_url
 
 from db.migrate import upgrade_to_head
-from tests.harness.ports import free_port, wait_for_port
+from tests.harness.ports import free_port, wait_for_port, wait_for_port_async
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -124,3 +125,21 @@ def kafka_bootstrap() -> Iterator[str]:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of this test's own, so the test may stop it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    await wait_for_port_async(port)
+    yield f"redis://127.0.0.1:{port}/0", process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
