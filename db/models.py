@@ -129,3 +129,42 @@ class Message(TenantScoped, Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column()
+
+
+class Email(TenantScoped, Base):
+    """One email to send: its request, its status and what happened to it.
+
+    ``id`` is the Taskiq task id, so a redelivered or repeated task finds its record.
+    ``lease_until`` guards a send in progress: another worker leaves a leased email alone.
+    """
+
+    __tablename__ = "emails"
+    __table_args__ = (Index("ix_emails_tenant_id_created_at", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    to_email: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(Text)
+    template_key: Mapped[str] = mapped_column(String(200))
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    smtp_message_id: Mapped[str | None] = mapped_column(String(998))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class EmailEvent(TenantScoped, Base):
+    """The status history of an email (append-only): attempts, retries, the outcome."""
+
+    __tablename__ = "email_events"
+    __table_args__ = (Index("ix_email_events_tenant_id_email_id", "tenant_id", "email_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    email_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column()

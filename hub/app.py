@@ -33,6 +33,7 @@ from hub.keys import (
     SEND_LIMITER,
     SETTINGS,
     SOCKETIO,
+    TASK_BROKER,
     TYPING,
     VERIFIER,
 )
@@ -176,6 +177,28 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
         await relay.close()
 
 
+async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
+    """The email task broker. On the embedded defaults tasks also run here, in-process;
+    with Redis, serve only queues them for ``notifyhub worker`` processes."""
+    from tasks.broker import build_broker
+    from tasks.email import RESOURCES_STATE
+    from tasks.resources import email_resources
+
+    settings = app[SETTINGS]
+    broker = build_broker(settings)
+    app[TASK_BROKER] = broker
+    async with email_resources(
+        settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
+    ) as resources:
+        if not settings.redis_url:
+            setattr(broker.state, RESOURCES_STATE, resources)
+        await broker.startup()
+        try:
+            yield
+        finally:
+            await broker.shutdown()
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
     return [
@@ -185,6 +208,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         socketio_context,
         notification_delivery_context,
         chat_context,
+        task_broker_context,
     ]
 
 

@@ -42,6 +42,12 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from tasks.worker import main as run_worker
+
+    return run_worker(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifyhub", description="Realtime notifications and messaging hub."
@@ -52,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default NOTIFYHUB_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default NOTIFYHUB_PORT, 8004)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="run email tasks from Redis until SIGTERM")
+    worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(run=_migrate)

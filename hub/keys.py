@@ -7,6 +7,7 @@ import socketio
 from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from taskiq import AsyncBroker
 
 from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
@@ -32,5 +33,6 @@ NOTIFICATION_LIMITS = web.AppKey("notification_limits", NotificationLimits)
 CHAT_LIMITS = web.AppKey("chat_limits", ChatLimits)
 SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
 TYPING = web.AppKey("typing", TypingRelay)
+TASK_BROKER = web.AppKey("task_broker", AsyncBroker)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -101,3 +101,13 @@ class MessageReadIn(Strict):
 
 class RestReadIn(Strict):
     message_id: Id
+
+
+class SendEmailIn(Strict):
+    """``POST /api/emails/send/``: the seed task's arguments (``tenant_id`` optional)."""
+
+    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    to_email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
+    subject: Annotated[str, StringConstraints(max_length=998)] | None = None
+    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    context: BoundedData = Field(default_factory=dict)

@@ -89,6 +89,21 @@ class Settings(BaseSettings):
     typing_throttle_seconds: float = Field(default=2.0, gt=0)
     typing_expiry_seconds: float = Field(default=5.0, gt=0)
 
+    # Email: attempts and backoff for transient failures (SMTP 4xx, connection errors, the
+    # auth service away); the lease must outlast one attempt, and Redis hands an
+    # unacknowledged task of a dead worker to another after the reclaim interval, which must
+    # exceed the lease.
+    email_max_attempts: int = Field(default=6, ge=1)
+    email_retry_base_seconds: float = Field(default=2.0, gt=0)
+    email_retry_max_seconds: float = Field(default=300.0, gt=0)
+    email_lease_seconds: float = Field(default=60.0, gt=0)
+    email_task_reclaim_seconds: float = Field(default=120.0, gt=0)
+    email_worker_concurrency: int = Field(default=50, ge=1)
+    worker_shutdown_seconds: float = Field(default=8.0, gt=0)
+    auth_service_cache_seconds: float = Field(default=60.0, ge=0)
+    smtp_timeout_seconds: float = Field(default=10.0, gt=0)
+    smtp_max_connections: int = Field(default=4, ge=1)
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -123,6 +138,10 @@ class Settings(BaseSettings):
                 "NOTIFYHUB_JWT_ALGORITHMS names a public-key algorithm: "
                 "set NOTIFYHUB_JWT_PUBLIC_KEY or NOTIFYHUB_JWT_JWKS_URL"
             )
+        if self.redis_url and self.email_task_reclaim_seconds <= self.email_lease_seconds:
+            raise ValueError(
+                "NOTIFYHUB_EMAIL_TASK_RECLAIM_SECONDS must exceed NOTIFYHUB_EMAIL_LEASE_SECONDS"
+            )
         return self
 
     @property
@@ -130,6 +149,10 @@ class Settings(BaseSettings):
         if self.cors_allowed_origins.strip() == "*":
             return "*"
         return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
+
+    @property
+    def smtp_fallback_configured(self) -> bool:
+        return bool(self.smtp_host and self.smtp_from_email)
 
     @property
     def is_production(self) -> bool:

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.harness.auth_service",
     "tests.harness.hub",
     "tests.harness.legacy_ws",
+    "tests.harness.worker",
 ]

@@ -28,6 +28,6 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_cli_commands_parse() -> None:
     parser = build_parser()
     for line in re.findall(r"notifyhub ([a-z][^`\n|]*)", README):
-        words = line.split()
-        if words[0] in {"serve", "migrate", "token"} and "[" not in line and "..." not in line:
+        words = line.split("#", 1)[0].split()
+        if words[0] in {"serve", "migrate", "token", "worker"} and "[" not in line and "..." not in line:
             parser.parse_args(words)

@@ -13,9 +13,10 @@ WEBSOCKET_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
 async def negotiated_extensions(url: str) -> str | None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-        url.replace("http://", "ws://") + WEBSOCKET_PATH, compress=15
-    ) as socket:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url.replace("http://", "ws://") + WEBSOCKET_PATH, compress=15) as socket,
+    ):
         opening = await socket.receive_str()
         assert opening.startswith("0{")
         return socket._response.headers.get("Sec-WebSocket-Extensions")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ class AuthServiceStub:
     jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
     # While set, every call answers this status (e.g. 503) as if the service were down.
     failing_status: int | None = None
+    # Seconds every answer is held back (a slow service; lets a test kill a worker mid-task).
+    delay_seconds: float = 0.0
     requests: list[str] = field(default_factory=list)
 
 
@@ -50,6 +53,8 @@ async def _jwks(request: web.Request) -> web.Response:
 async def _record_and_fail(request: web.Request, handler: Any) -> web.StreamResponse:
     stub = request.app[STATE]
     stub.requests.append(request.path)
+    if stub.delay_seconds:
+        await asyncio.sleep(stub.delay_seconds)
     if stub.failing_status is not None:
         return web.json_response({"detail": "unavailable"}, status=stub.failing_status)
     response: web.StreamResponse = await handler(request)

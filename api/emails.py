@@ -1,0 +1,41 @@
+"""``POST /api/emails/send/`` and ``GET /api/emails/{id}/`` (service role)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.errors import ApiError, json_response
+from api.payloads import read_body, require_service
+from hub.keys import DB_SESSIONS, TASK_BROKER
+from hub.schemas import SendEmailIn
+from hub.services import emails
+from tasks.email import queue_email
+
+
+async def send_email(request: web.Request) -> web.Response:
+    principal = require_service(request)
+    payload = await read_body(request, SendEmailIn)
+    if payload.tenant_id is not None and payload.tenant_id != principal.tenant_id:
+        raise ApiError(403, "forbidden", "a service may only send email for its own tenant")
+    email_id = await queue_email(
+        broker=request.app[TASK_BROKER],
+        sessions=request.app[DB_SESSIONS],
+        request=emails.EmailRequest(
+            tenant_id=principal.tenant_id,
+            to_email=payload.to_email,
+            subject=payload.subject,
+            template_key=payload.template_key,
+            context=payload.context,
+        ),
+    )
+    return json_response({"id": email_id}, status=202)
+
+
+async def get_email(request: web.Request) -> web.Response:
+    principal = require_service(request)
+    email = await emails.get_email(
+        sessions=request.app[DB_SESSIONS],
+        tenant_id=principal.tenant_id,
+        email_id=request.match_info["email_id"],
+    )
+    return json_response(email)

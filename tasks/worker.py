@@ -1,0 +1,98 @@
+"""``notifyhub worker``: run email tasks from the Redis stream until SIGTERM/SIGINT.
+
+Shutdown is bounded: stop taking tasks, give running ones ``worker_shutdown_seconds`` to
+finish, then cancel them (unacknowledged, so another worker picks them up). This is our own
+loop around taskiq's ``Receiver`` rather than ``taskiq worker``, whose shutdown hangs with
+redis-py 8 (see INFRA-NOTES).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from taskiq.acks import AcknowledgeType
+from taskiq.receiver import Receiver
+
+from hub.settings import Settings
+from tasks.broker import build_broker
+from tasks.email import RESOURCES_STATE
+from tasks.resources import email_resources
+
+log = logging.getLogger(__name__)
+
+# Past the graceful window, the process exits even if a library refuses to be cancelled.
+HARD_EXIT_GRACE_SECONDS = 1.5
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
+    if not settings.redis_url:
+        raise SystemExit(
+            "notifyhub worker needs NOTIFYHUB_REDIS_URL: on the embedded defaults email tasks "
+            "run inside `notifyhub serve`"
+        )
+    broker = build_broker(settings)
+    broker.is_worker_process = True
+    async with email_resources(settings) as resources:
+        setattr(broker.state, RESOURCES_STATE, resources)
+        await broker.startup()
+        receiver = Receiver(
+            broker,
+            max_async_tasks=settings.email_worker_concurrency,
+            # Acknowledged only once the task ran: a worker killed mid-task leaves it pending
+            # for another worker to reclaim.
+            ack_type=AcknowledgeType.WHEN_EXECUTED,
+            run_startup=False,
+            propagate_exceptions=False,
+        )
+        finish = asyncio.Event()
+        listening = asyncio.create_task(receiver.listen(finish))
+        log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        log.info(
+            "worker stopping: waiting up to %.0fs for running tasks",
+            settings.worker_shutdown_seconds,
+        )
+        finish.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(listening), settings.worker_shutdown_seconds)
+        except TimeoutError:
+            listening.cancel()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(listening, HARD_EXIT_GRACE_SECONDS)
+        except Exception:
+            log.exception("worker listener failed")
+        try:
+            await asyncio.wait_for(broker.shutdown(), HARD_EXIT_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("broker shutdown timed out")
+    log.info("worker stopped")
+
+
+def main(settings: Settings) -> int:
+    """Run until a signal; never hang past the shutdown window."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        worker = asyncio.create_task(run_worker(settings, stop=stop))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        deadline = settings.worker_shutdown_seconds + 2 * HARD_EXIT_GRACE_SECONDS
+        try:
+            await asyncio.wait_for(asyncio.shield(worker), deadline)
+        except TimeoutError:
+            log.error("worker did not stop within %.0fs; exiting anyway", deadline)
+            logging.shutdown()
+            os._exit(1)
+
+    asyncio.run(runner())
+    return 0
