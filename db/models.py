@@ -168,3 +168,15 @@ class EmailEvent(TenantScoped, Base):
     attempt: Mapped[int] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column()
+
+
+class ProcessedEvent(TenantScoped, Base):
+    """An event applied once: its ``(tenant_id, event_id)`` makes every later copy a no-op."""
+
+    __tablename__ = "processed_events"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    type: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))
+    applied_at: Mapped[datetime] = mapped_column()

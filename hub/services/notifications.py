@@ -164,24 +164,10 @@ async def create_notifications(
                 )
                 return CreateResult(ids=[str(i) for i in stored or []], created=False)
 
-        now = datetime.now(UTC)
-        seq_by_user = await _allocate_seqs(session, tenant_id, recipients)
-        rows = [
-            {
-                "tenant_id": tenant_id,
-                "user_id": user,
-                "seq": seq_by_user[user],
-                "category": notification.category,
-                "title": notification.title,
-                "body": notification.body,
-                "data": notification.data or {},
-                "link": notification.link,
-                "created_at": now,
-                "read_at": None,
-            }
-            for user in recipients
-        ]
-        ids = await _insert_notifications(session, rows)
+        created = await store_notifications(
+            session, [(tenant_id, user, notification) for user in recipients]
+        )
+        ids = [int(item["id"]) for item in created]
         if idempotency_key is not None:
             await session.execute(
                 update(NotificationRequest)
@@ -191,89 +177,143 @@ async def create_notifications(
                 )
                 .values(notification_ids=ids)
             )
-    try:
-        await bus.publish_new(
-            [serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)]
-        )
-    except Unavailable:
-        # Stored is what counts: clients get these on their next replay (reconnect with
-        # last_seq) or when the next live one reveals the gap.
-        log.warning("notifications %s stored but not published live", ids[:3])
+    await publish_created(bus, created)
     return CreateResult(ids=[str(i) for i in ids], created=True)
 
 
-# PostgreSQL: one statement for N recipients with constant SQL text, N only in the array
+async def publish_created(bus: NotificationBus, created: list[dict[str, Any]]) -> None:
+    """Live delivery of committed notifications; a bus outage loses nothing stored."""
+    try:
+        await bus.publish_new(created)
+    except Unavailable:
+        # Stored is what counts: clients get these on their next replay (reconnect with
+        # last_seq) or when the next live one reveals the gap.
+        log.warning("%d notifications stored but not published live", len(created))
+
+
+# PostgreSQL: one statement for N notifications with constant SQL text, N only in the array
 # parameters. (A multi-row VALUES is compiled anew for every N and costs far more than the
 # database work at 1,000 recipients.)
 _PG_ALLOCATE_SEQS = text(
     """
     INSERT INTO notification_counters (tenant_id, user_id, last_seq, unread_count)
-    SELECT :tenant_id, recipient, 1, 1 FROM unnest(CAST(:user_ids AS text[])) AS recipient
+    SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
+                         CAST(:counts AS bigint[]), CAST(:counts AS bigint[]))
     ON CONFLICT (tenant_id, user_id) DO UPDATE
-        SET last_seq = notification_counters.last_seq + 1,
-            unread_count = notification_counters.unread_count + 1
-    RETURNING user_id, last_seq
+        SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq,
+            unread_count = notification_counters.unread_count + EXCLUDED.unread_count
+    RETURNING tenant_id, user_id, last_seq
     """
 )
 _PG_INSERT_NOTIFICATIONS = text(
     """
     INSERT INTO notifications
         (tenant_id, user_id, seq, category, title, body, data, link, created_at)
-    SELECT :tenant_id, recipient.user_id, recipient.seq, :category, :title, :body,
-           CAST(:data AS jsonb), :link, :created_at
-    FROM unnest(CAST(:user_ids AS text[]), CAST(:seqs AS bigint[])) AS recipient(user_id, seq)
-    RETURNING user_id, id
+    SELECT row.tenant_id, row.user_id, row.seq, row.category, row.title, row.body,
+           CAST(row.data AS jsonb), row.link, :created_at
+    FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
+                CAST(:seqs AS bigint[]), CAST(:categories AS text[]), CAST(:titles AS text[]),
+                CAST(:bodies AS text[]), CAST(:data AS text[]), CAST(:links AS text[]))
+         AS row(tenant_id, user_id, seq, category, title, body, data, link)
+    RETURNING tenant_id, user_id, seq, id
     """
 )
 
+Recipient = tuple[str, str]  # (tenant_id, user_id)
 
-async def _allocate_seqs(session: AsyncSession, tenant_id: str, users: list[str]) -> dict[str, int]:
-    """Each recipient's next seq (and unread + 1), under the lock of its counter row."""
+
+async def store_notifications(
+    session: AsyncSession, items: Sequence[tuple[str, str, NewNotification]]
+) -> list[dict[str, Any]]:
+    """Insert notifications (any tenants, users and contents) inside the caller's
+    transaction; returns the CONTRACT objects in the order of ``items``.
+
+    A user may appear several times (several events in one batch): its counter row moves
+    by the count at once and the seqs are handed out in ``items`` order.
+    """
+    counts: dict[Recipient, int] = {}
+    for tenant_id, user_id, _ in items:
+        counts[(tenant_id, user_id)] = counts.get((tenant_id, user_id), 0) + 1
+    last_seqs = await _allocate_seqs(session, counts)
+    next_seq = {key: last_seqs[key] - count + 1 for key, count in counts.items()}
+    now = datetime.now(UTC)
+    rows: list[dict[str, Any]] = []
+    for tenant_id, user_id, notification in items:
+        seq = next_seq[(tenant_id, user_id)]
+        next_seq[(tenant_id, user_id)] = seq + 1
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "seq": seq,
+                "category": notification.category,
+                "title": notification.title,
+                "body": notification.body,
+                "data": notification.data or {},
+                "link": notification.link,
+                "created_at": now,
+                "read_at": None,
+            }
+        )
+    ids = await _insert_notifications(session, rows)
+    return [serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)]
+
+
+async def _allocate_seqs(
+    session: AsyncSession, counts: dict[Recipient, int]
+) -> dict[Recipient, int]:
+    """Move each recipient's counter by its count (and unread with it), under the lock of its
+    counter row, in one sorted order so that concurrent batches never deadlock; returns the
+    new ``last_seq`` of each."""
+    keys = sorted(counts)
     if session.get_bind().dialect.name == "postgresql":
         result = await session.execute(
-            _PG_ALLOCATE_SEQS, {"tenant_id": tenant_id, "user_ids": users}
+            _PG_ALLOCATE_SEQS,
+            {
+                "tenant_ids": [tenant for tenant, _ in keys],
+                "user_ids": [user for _, user in keys],
+                "counts": [counts[key] for key in keys],
+            },
         )
-    else:
-        result = await session.execute(
+        return {(tenant, user): int(seq) for tenant, user, seq in result}
+    last: dict[Recipient, int] = {}
+    for tenant, user in keys:
+        count = counts[(tenant, user)]
+        seq = await session.scalar(
             sqlite.insert(NotificationCounter)
-            .values(
-                [
-                    {"tenant_id": tenant_id, "user_id": user, "last_seq": 1, "unread_count": 1}
-                    for user in users
-                ]
-            )
+            .values(tenant_id=tenant, user_id=user, last_seq=count, unread_count=count)
             .on_conflict_do_update(
                 index_elements=["tenant_id", "user_id"],
                 set_={
-                    "last_seq": NotificationCounter.last_seq + 1,
-                    "unread_count": NotificationCounter.unread_count + 1,
+                    "last_seq": NotificationCounter.last_seq + count,
+                    "unread_count": NotificationCounter.unread_count + count,
                 },
             )
-            .returning(NotificationCounter.user_id, NotificationCounter.last_seq)
+            .returning(NotificationCounter.last_seq)
         )
-    return {user: int(seq) for user, seq in result}
+        last[(tenant, user)] = int(seq or 0)
+    return last
 
 
 async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert rows (one per recipient, same content); their ids in the order of ``rows``."""
+    """Insert rows; their ids in the order of ``rows``."""
     if session.get_bind().dialect.name == "postgresql":
-        first = rows[0]
         result = await session.execute(
             _PG_INSERT_NOTIFICATIONS,
             {
-                "tenant_id": first["tenant_id"],
-                "category": first["category"],
-                "title": first["title"],
-                "body": first["body"],
-                "data": orjson.dumps(first["data"]).decode(),
-                "link": first["link"],
-                "created_at": first["created_at"],
+                "created_at": rows[0]["created_at"],
+                "tenant_ids": [row["tenant_id"] for row in rows],
                 "user_ids": [row["user_id"] for row in rows],
                 "seqs": [row["seq"] for row in rows],
+                "categories": [row["category"] for row in rows],
+                "titles": [row["title"] for row in rows],
+                "bodies": [row["body"] for row in rows],
+                "data": [orjson.dumps(row["data"]).decode() for row in rows],
+                "links": [row["link"] for row in rows],
             },
         )
-        id_by_user = {user: int(notification_id) for user, notification_id in result}
-        return [id_by_user[row["user_id"]] for row in rows]
+        id_by_key = {(t, u, s): int(i) for t, u, s, i in result}
+        return [id_by_key[(row["tenant_id"], row["user_id"], row["seq"])] for row in rows]
     inserted = await session.execute(
         sqlite.insert(Notification).returning(Notification.id, sort_by_parameter_order=True), rows
     )
