@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api import broadcasts, chat, emails, health, legacy_ws, notifications
+from api import broadcasts, chat, emails, events, health, legacy_ws, notifications
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -29,6 +29,7 @@ def setup_routes(app: web.Application) -> None:
     _add(app, "GET", "/api/conversations/", chat.list_conversations)
     _add(app, "GET", "/api/conversations/{conversation_id}/messages/", chat.list_messages)
     _add(app, "POST", "/api/conversations/{conversation_id}/read/", chat.mark_read)
+    _add(app, "POST", "/api/events/", events.take_event)
     _add(app, "POST", "/api/emails/send/", emails.send_email)
     _add(app, "GET", "/api/emails/{email_id}/", emails.get_email)
     _add(app, "GET", "/ws/notifications/{tenant_id}/{user_id}/", legacy_ws.legacy_notifications)

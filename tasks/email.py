@@ -165,6 +165,13 @@ async def queue_email(
     record is then written with the same id, which the task would also create itself.
     """
     email_id = email_id or emails.new_email_id()
+    await kick_email(broker=broker, email_id=email_id, request=request)
+    await emails.record_email(sessions=sessions, email_id=email_id, request=request)
+    return email_id
+
+
+async def kick_email(*, broker: AsyncBroker, email_id: str, request: EmailRequest) -> None:
+    """Put the task on the queue under ``email_id`` (the task creates the record if needed)."""
     try:
         await (
             send_notification_email.kicker()
@@ -180,5 +187,3 @@ async def queue_email(
         )
     except (RedisError, OSError) as exc:
         raise Unavailable("the email queue is unavailable (Redis does not answer)") from exc
-    await emails.record_email(sessions=sessions, email_id=email_id, request=request)
-    return email_id

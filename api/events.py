@@ -1,0 +1,39 @@
+"""``POST /api/events/`` (service role): the Kafka envelope over HTTP, applied once."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from api.errors import ApiError, json_response
+from api.payloads import require_service
+from hub.intake.apply import apply_events
+from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, validate_envelope
+from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
+
+
+async def take_event(request: web.Request) -> web.Response:
+    principal = require_service(request)
+    raw = await request.read()
+    if len(raw) > MAX_EVENT_BYTES:
+        raise ApiError(413, "payload_too_large", f"event larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if isinstance(document, dict) and document.get("tenant_id") not in (None, principal.tenant_id):
+        raise ApiError(403, "forbidden", "a service may only publish events of its own tenant")
+    try:
+        envelope = validate_envelope(document, request.app[NOTIFICATION_LIMITS])
+    except BadEvent as exc:
+        raise ApiError(400, "validation_error", str(exc)) from None
+    outcome = await apply_events(
+        sessions=request.app[DB_SESSIONS],
+        bus=request.app[NOTIFICATION_BUS],
+        broker=request.app[TASK_BROKER],
+        events=[envelope],
+        source="rest",
+    )
+    return json_response(
+        {"event_id": envelope.event_id, "duplicate": outcome.applied == 0}, status=202
+    )

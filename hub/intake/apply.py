@@ -1,0 +1,146 @@
+"""Apply a batch of events once: one transaction, set-based, whatever the source.
+
+Exactly-once effect on at-least-once delivery: ``processed_events`` has one row per
+``(tenant_id, event_id)``; the batch inserts its keys with ON CONFLICT DO NOTHING and only
+the fresh ones create notifications, in the same transaction. Email tasks are kicked before
+the commit with ids derived from the event, so a crash after the kick and before the commit
+re-kicks the same ids on redelivery, which the email records make harmless. Live emits
+happen after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from taskiq import AsyncBroker
+
+from db.models import ProcessedEvent
+from hub.delivery.bus import NotificationBus
+from hub.intake.envelope import EventEnvelope
+from hub.services.emails import EmailRequest
+from hub.services.notifications import publish_created, store_notifications
+
+# Email task ids for event recipients: stable, so redelivery finds the same email.
+EMAIL_ID_NAMESPACE = uuid.UUID("6f1d4b58-2c2e-4f63-9a55-8f0d0c7b2d11")
+
+_PG_CLAIM_EVENTS = text(
+    """
+    INSERT INTO processed_events (tenant_id, event_id, type, source, applied_at)
+    SELECT tenant_id, event_id, type, :source, :now
+    FROM unnest(CAST(:tenant_ids AS text[]), CAST(:event_ids AS text[]), CAST(:types AS text[]))
+         AS event(tenant_id, event_id, type)
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, event_id
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    applied: int
+    duplicates: int
+    notifications: int
+    emails: int
+    duplicate_keys: frozenset[tuple[str, str]]
+
+
+def email_id_for(event: EventEnvelope, user_id: str) -> str:
+    return uuid.uuid5(EMAIL_ID_NAMESPACE, f"{event.tenant_id}\x00{event.event_id}\x00{user_id}").hex
+
+
+async def _claim(
+    session: AsyncSession, events: Sequence[EventEnvelope], source: str
+) -> set[tuple[str, str]]:
+    """Insert the events' keys; the ones that were not there before."""
+    now = datetime.now(UTC)
+    if session.get_bind().dialect.name == "postgresql":
+        result = await session.execute(
+            _PG_CLAIM_EVENTS,
+            {
+                "source": source,
+                "now": now,
+                "tenant_ids": [e.tenant_id for e in events],
+                "event_ids": [e.event_id for e in events],
+                "types": [e.type for e in events],
+            },
+        )
+        return {(tenant, event_id) for tenant, event_id in result}
+    fresh: set[tuple[str, str]] = set()
+    for event in events:
+        inserted = await session.execute(
+            sqlite.insert(ProcessedEvent)
+            .values(
+                tenant_id=event.tenant_id,
+                event_id=event.event_id,
+                type=event.type,
+                source=source,
+                applied_at=now,
+            )
+            .on_conflict_do_nothing()
+            .returning(ProcessedEvent.event_id)
+        )
+        if inserted.first() is not None:
+            fresh.add(event.key)
+    return fresh
+
+
+async def apply_events(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    bus: NotificationBus,
+    broker: AsyncBroker,
+    events: Sequence[EventEnvelope],
+    source: str,
+) -> BatchOutcome:
+    """Apply what is new in ``events`` (duplicates, in the batch or from before, are no-ops)."""
+    from tasks.email import (
+        kick_email,  # tasks imports hub; import here to keep hub importable alone
+    )
+
+    unique: dict[tuple[str, str], EventEnvelope] = {}
+    for event in events:
+        unique.setdefault(event.key, event)
+    emails = 0
+    async with sessions() as session, session.begin():
+        fresh_keys = await _claim(session, list(unique.values()), source)
+        fresh = [event for key, event in unique.items() if key in fresh_keys]
+        items = [
+            (event.tenant_id, recipient.user_id, event.notification.as_new())
+            for event in fresh
+            if event.notification is not None
+            for recipient in event.unique_recipients()
+        ]
+        created = await store_notifications(session, items) if items else []
+        for event in fresh:
+            if event.email is None:
+                continue
+            for recipient in event.unique_recipients():
+                if recipient.email is None:
+                    continue
+                await kick_email(
+                    broker=broker,
+                    email_id=email_id_for(event, recipient.user_id),
+                    request=EmailRequest(
+                        tenant_id=event.tenant_id,
+                        to_email=recipient.email,
+                        subject=event.email.subject,
+                        template_key=event.email.template_key,
+                        context=event.email.context,
+                    ),
+                )
+                emails += 1
+    await publish_created(bus, created)
+    duplicates = frozenset(key for key in unique if key not in fresh_keys)
+    return BatchOutcome(
+        applied=len(fresh),
+        duplicates=len(events) - len(fresh),
+        notifications=len(created),
+        emails=emails,
+        duplicate_keys=duplicates,
+    )

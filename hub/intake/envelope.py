@@ -1,0 +1,124 @@
+"""The event envelope CRM modules publish (CONTRACT "Event intake"), and its decoding.
+
+Unknown fields are ignored, so producers may add fields (and a later envelope ``version``
+may add parts) without breaking consumers that do not know them yet.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from hub.errors import HubError
+from hub.services.notifications import NewNotification, NotificationLimits, check_limits
+
+SUPPORTED_VERSION = 1
+MAX_EVENT_BYTES = 256 * 1024
+
+Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+class BadEvent(Exception):
+    """An event that can never be applied; ``str(err)`` is the reason for the dead letter."""
+
+
+class Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Recipient(Lenient):
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    email: Annotated[str, StringConstraints(min_length=3, max_length=320)] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _plausible_address(cls, value: str | None) -> str | None:
+        if value is not None and ("@" not in value or any(c in value for c in "\r\n ,;<>")):
+            raise ValueError("not a single email address")
+        return value
+
+
+class NotificationPart(Lenient):
+    title: str
+    body: str = ""
+    category: Annotated[str, StringConstraints(max_length=64)] | None = None
+    data: dict[str, Any] | None = None
+    link: str | None = None
+
+    def as_new(self) -> NewNotification:
+        return NewNotification(
+            title=self.title, body=self.body, category=self.category, data=self.data, link=self.link
+        )
+
+
+class EmailPart(Lenient):
+    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    subject: Annotated[str, StringConstraints(max_length=998)] | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventEnvelope(Lenient):
+    version: int = SUPPORTED_VERSION
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    occurred_at: datetime | None = None
+    recipients: list[Recipient] = Field(min_length=1)
+    notification: NotificationPart | None = None
+    email: EmailPart | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.tenant_id, self.event_id)
+
+    def unique_recipients(self) -> list[Recipient]:
+        seen: set[str] = set()
+        unique = []
+        for recipient in self.recipients:
+            if recipient.user_id not in seen:
+                seen.add(recipient.user_id)
+                unique.append(recipient)
+        return unique
+
+
+def validate_envelope(document: object, limits: NotificationLimits) -> EventEnvelope:
+    """A decoded JSON document as an envelope, or :class:`BadEvent` saying why not."""
+    if not isinstance(document, dict):
+        raise BadEvent("event must be a JSON object")
+    try:
+        envelope = EventEnvelope.model_validate(document)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or 'event'}: {err['msg']}"
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        )
+        raise BadEvent(f"invalid event: {problems}"[:1000]) from None
+    if (
+        envelope.version > SUPPORTED_VERSION
+        and envelope.notification is None
+        and envelope.email is None
+    ):
+        raise BadEvent(f"envelope version {envelope.version} has nothing this hub can apply")
+    if envelope.notification is not None:
+        try:
+            check_limits(envelope.notification.as_new(), len(envelope.unique_recipients()), limits)
+        except HubError as exc:
+            raise BadEvent(f"invalid notification: {exc.message}") from None
+    return envelope
+
+
+def decode_event(raw: bytes | None, limits: NotificationLimits) -> EventEnvelope:
+    """Bytes from a queue as an envelope, or :class:`BadEvent`."""
+    if raw is None:
+        raise BadEvent("empty message")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise BadEvent(f"event larger than {MAX_EVENT_BYTES} bytes")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not JSON: {exc}"[:500]) from None
+    return validate_envelope(document, limits)
