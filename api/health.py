@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import text
 
 from api.errors import json_response
-from hub.keys import DB_ENGINE, REDIS
+from hub.keys import DB_ENGINE, KAFKA_INTAKE, REDIS
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,11 @@ async def readyz(request: web.Request) -> web.Response:
     redis = request.app.get(REDIS)
     if redis is not None:
         checks["redis"] = await _check(redis.ping())
+    intake = request.app.get(KAFKA_INTAKE)
+    if intake is not None:
+        checks["kafka"] = (
+            "ok" if intake.ready else f"{intake.stats.state}: {intake.stats.last_error}"
+        )
     failing = sorted(name for name, result in checks.items() if result != "ok")
     if failing:
         return json_response(

@@ -20,11 +20,15 @@ from db.migrate import upgrade_to_head
 from hub.auth import JwksCache, TokenVerifier
 from hub.delivery.bus import LocalBus, RedisBus, notification_channel
 from hub.delivery.notifications import NotificationDelivery
+from hub.intake.apply import BatchOutcome, apply_events
+from hub.intake.envelope import EventEnvelope
+from hub.intake.kafka import KafkaIntake
 from hub.keys import (
     CHAT_LIMITS,
     DB_ENGINE,
     DB_SESSIONS,
     HTTP_CLIENT,
+    KAFKA_INTAKE,
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
     NOTIFICATION_LIMITS,
@@ -199,6 +203,37 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
             await broker.shutdown()
 
 
+async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
+    """Consume CRM events inside serve when Kafka is configured (and not turned off).
+
+    Runs as a background task: an unreachable broker is retried and shown by /readyz while
+    the HTTP side keeps serving.
+    """
+    settings = app[SETTINGS]
+    if not settings.kafka_bootstrap_servers or not settings.kafka_consume_in_serve:
+        yield
+        return
+    sessions, bus, broker = app[DB_SESSIONS], app[NOTIFICATION_BUS], app[TASK_BROKER]
+
+    async def apply(events: Sequence[EventEnvelope]) -> BatchOutcome:
+        return await apply_events(
+            sessions=sessions, bus=bus, broker=broker, events=events, source="kafka"
+        )
+
+    intake = KafkaIntake(settings, apply=apply, limits=app[NOTIFICATION_LIMITS])
+    app[KAFKA_INTAKE] = intake
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(intake.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(consuming, timeout=15)
+        except TimeoutError:
+            log.warning("Kafka consumer did not stop in time")
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
     return [
@@ -209,6 +244,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         notification_delivery_context,
         chat_context,
         task_broker_context,
+        kafka_intake_context,
     ]
 
 

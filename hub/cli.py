@@ -48,6 +48,12 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     return run_worker(settings)
 
 
+def _consume(settings: Settings, _args: argparse.Namespace) -> int:
+    from hub.intake.consume import main as run_consumer
+
+    return run_consumer(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifyhub", description="Realtime notifications and messaging hub."
@@ -61,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run email tasks from Redis until SIGTERM")
     worker.set_defaults(run=_worker)
+
+    consume = commands.add_parser("consume", help="run the Kafka event consumer alone")
+    consume.set_defaults(run=_consume)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(run=_migrate)

@@ -12,6 +12,7 @@ from taskiq import AsyncBroker
 from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import NotificationDelivery
+from hub.intake.kafka import KafkaIntake
 from hub.realtime import Realtime
 from hub.services.chat import ChatLimits
 from hub.services.notifications import NotificationLimits
@@ -34,5 +35,6 @@ CHAT_LIMITS = web.AppKey("chat_limits", ChatLimits)
 SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
 TYPING = web.AppKey("typing", TypingRelay)
 TASK_BROKER = web.AppKey("task_broker", AsyncBroker)
+KAFKA_INTAKE = web.AppKey("kafka_intake", KafkaIntake)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

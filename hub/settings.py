@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     kafka_dlq_topic: str = "crm.events.dlq"
     kafka_group_id: str = "notifyhub"
     kafka_consume_in_serve: bool = True
+    kafka_max_batch: int = Field(default=500, ge=1)
+    # Real Kafka refuses a session timeout under 6 s; tests against Tansu use ~1 s.
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=100)
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=50)
+    kafka_rebalance_timeout_ms: int = Field(default=30_000, ge=100)
 
     jwt_secret: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
     jwt_public_key: str | None = None

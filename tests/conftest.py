@@ -8,4 +8,6 @@ pytest_plugins = [
     "tests.harness.hub",
     "tests.harness.legacy_ws",
     "tests.harness.worker",
+    "tests.harness.proxy",
+    "tests.harness.kafka",
 ]

@@ -29,5 +29,9 @@ def test_readme_cli_commands_parse() -> None:
     parser = build_parser()
     for line in re.findall(r"notifyhub ([a-z][^`\n|]*)", README):
         words = line.split("#", 1)[0].split()
-        if words[0] in {"serve", "migrate", "token", "worker"} and "[" not in line and "..." not in line:
+        if (
+            words[0] in {"serve", "migrate", "token", "worker"}
+            and "[" not in line
+            and "..." not in line
+        ):
             parser.parse_args(words)

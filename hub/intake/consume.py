@@ -1,0 +1,74 @@
+"""``notifyhub consume``: the Kafka consumer alone, outside ``serve``.
+
+It emits through the notification bus on Redis (every ``serve`` node delivers to its own
+sockets) and queues email tasks on the Redis stream, like ``serve`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from db.engine import make_engine, make_session_factory
+from hub.delivery.bus import RedisBus, notification_channel
+from hub.intake.apply import BatchOutcome, apply_events
+from hub.intake.envelope import EventEnvelope
+from hub.intake.kafka import KafkaIntake
+from hub.services.notifications import NotificationLimits
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntake:
+    from tasks.broker import build_broker
+
+    if not settings.kafka_bootstrap_servers:
+        raise SystemExit("notifyhub consume needs NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS")
+    if not settings.redis_url:
+        raise SystemExit(
+            "notifyhub consume needs NOTIFYHUB_REDIS_URL to reach the serve nodes; without "
+            "Redis, let `notifyhub serve` consume (NOTIFYHUB_KAFKA_CONSUME_IN_SERVE=true)"
+        )
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    sessions = make_session_factory(engine)
+    redis = Redis.from_url(settings.redis_url)
+    bus = RedisBus(redis, notification_channel(settings))
+    broker = build_broker(settings)
+    await broker.startup()
+
+    async def apply(events: Sequence[EventEnvelope]) -> BatchOutcome:
+        return await apply_events(
+            sessions=sessions, bus=bus, broker=broker, events=events, source="kafka"
+        )
+
+    intake = KafkaIntake(settings, apply=apply, limits=NotificationLimits.from_settings(settings))
+    try:
+        await intake.run(stop)
+    finally:
+        await broker.shutdown()
+        await redis.aclose()
+        await engine.dispose()
+    return intake
+
+
+def main(settings: Settings) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        intake = await run_consumer(settings, stop=stop)
+        log.info(
+            "consumer stopped: %d applied, %d duplicates, %d dead-lettered",
+            intake.stats.applied,
+            intake.stats.duplicates,
+            intake.stats.dead_lettered,
+        )
+
+    asyncio.run(runner())
+    return 0

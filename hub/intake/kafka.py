@@ -1,0 +1,248 @@
+"""The Kafka source of CRM events: a consumer group, batches, apply once, then commit.
+
+The loop, per ``getmany`` batch:
+
+1. decode every record; the ones that cannot be applied are set aside for the DLQ;
+2. apply the good ones in one transaction (:func:`hub.intake.apply.apply_events`);
+3. produce the bad ones to the DLQ (original bytes, the reason and the source position in
+   headers) and wait for the broker's acknowledgement;
+4. commit the offsets after the batch.
+
+A failure in 2 or 3 (database or Redis down, DLQ unwritable) commits nothing: the consumer
+seeks back to the batch's first offsets, waits with backoff and tries the same batch again,
+so nothing is lost, nothing is dead-lettered twice by design, and applying again is a no-op
+for what was applied. A crash between 2 and 4 redelivers the batch, which the
+``processed_events`` keys make harmless.
+
+Offsets are committed after each batch, so a revoked partition has nothing uncommitted;
+the rebalance listener commits anyway in case a batch finished during the rebalance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from hub.intake.apply import BatchOutcome
+from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
+from hub.services.notifications import NotificationLimits
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ApplyBatch = Callable[[Sequence[EventEnvelope]], Awaitable[BatchOutcome]]
+
+MAX_BACKOFF_SECONDS = 10.0
+
+
+@dataclass
+class IntakeStats:
+    """What the consumer did, for /readyz, metrics and tests."""
+
+    state: str = "starting"
+    batches: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    last_error: str | None = None
+    assigned: set[TopicPartition] = field(default_factory=set)
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, intake: KafkaIntake) -> None:
+        self._intake = intake
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._intake.commit_pending()
+        self._intake.stats.assigned.difference_update(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._intake.stats.assigned.update(assigned)
+
+
+class KafkaIntake:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        apply: ApplyBatch,
+        limits: NotificationLimits,
+        consumer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._apply = apply
+        self._limits = limits
+        self._consumer_options = consumer_options or {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        # Applied but not yet committed: committed after the batch, or on revoke.
+        self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self.stats = IntakeStats()
+
+    @property
+    def ready(self) -> bool:
+        return self.stats.state == "running"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; finish the batch in hand, commit, close."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._start()
+                backoff = 0.5
+                await self._consume(stop)
+            except (KafkaError, OSError) as exc:
+                self.stats.state = "connecting"
+                self.stats.last_error = f"kafka: {exc}"
+                log.warning("Kafka unavailable (%s); retrying in %.1fs", exc, backoff)
+                await self._close()
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        await self._close()
+        self.stats.state = "stopped"
+
+    async def _start(self) -> None:
+        if self._consumer is not None:
+            return
+        settings = self._settings
+        self.stats.state = "connecting"
+        options: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap_servers,
+            "group_id": settings.kafka_group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_poll_records": settings.kafka_max_batch,
+            "session_timeout_ms": settings.kafka_session_timeout_ms,
+            "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
+            "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+        }
+        options.update(self._consumer_options)
+        consumer = AIOKafkaConsumer(**options)
+        consumer.subscribe([settings.kafka_topic], listener=_CommitOnRevoke(self))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5
+        )
+        try:
+            await consumer.start()
+            await producer.start()
+        except BaseException:
+            await _quietly(consumer.stop())
+            await _quietly(producer.stop())
+            raise
+        self._consumer, self._producer = consumer, producer
+        self.stats.state = "running"
+        self.stats.last_error = None
+
+    async def _close(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if consumer is not None:
+            await _quietly(self.commit_pending(consumer))
+            await _quietly(consumer.stop())
+        if producer is not None:
+            await _quietly(producer.stop())
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        assert self._consumer is not None
+        while not stop.is_set():
+            batch = await self._consumer.getmany(timeout_ms=500)
+            records = [record for partition in batch.values() for record in partition]
+            if records:
+                # The batch in hand is finished even when stop is set meanwhile.
+                await self._process_until_done(records, stop)
+
+    async def _process_until_done(self, records: list[ConsumerRecord], stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._process(records)
+                self.stats.state = "running"
+                return
+            except KafkaError:
+                raise  # the broker itself: reconnect in run()
+            except Exception as exc:  # the database, Redis, ...: pause and retry the batch
+                self.stats.state = "paused"
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("event batch not applied (%s); retrying in %.1fs", exc, backoff)
+                if stop.is_set():
+                    return  # nothing committed: the next consumer takes the batch over
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    async def _process(self, records: list[ConsumerRecord]) -> None:
+        good: list[EventEnvelope] = []
+        bad: list[tuple[ConsumerRecord, str]] = []
+        for record in records:
+            try:
+                good.append(decode_event(record.value, self._limits))
+            except BadEvent as exc:
+                bad.append((record, str(exc)))
+        if good:
+            outcome = await self._apply(good)
+            self.stats.applied += outcome.applied
+            self.stats.duplicates += outcome.duplicates
+        if bad:
+            await self._dead_letter(bad)
+            self.stats.dead_lettered += len(bad)
+        for record in records:
+            partition = TopicPartition(record.topic, record.partition)
+            self._pending[partition] = OffsetAndMetadata(record.offset + 1, "")
+        await self.commit_pending()
+        self.stats.batches += 1
+
+    async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
+        assert self._producer is not None
+        sent = []
+        for record, reason in bad:
+            log.info(
+                "dead-lettering %s/%d@%d: %s", record.topic, record.partition, record.offset, reason
+            )
+            headers = [
+                ("error", reason.encode()),
+                ("source-topic", record.topic.encode()),
+                ("source-partition", str(record.partition).encode()),
+                ("source-offset", str(record.offset).encode()),
+            ]
+            sent.append(
+                await self._producer.send(
+                    self._settings.kafka_dlq_topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=headers,
+                )
+            )
+        # Committed only once the DLQ holds them.
+        await asyncio.gather(*sent)
+
+    async def commit_pending(self, consumer: AIOKafkaConsumer | None = None) -> None:
+        consumer = consumer or self._consumer
+        if not self._pending or consumer is None:
+            return
+        offsets, self._pending = self._pending, {}
+        try:
+            await consumer.commit(offsets)
+        except Exception:
+            # Keep them for the next try; re-applying is harmless, losing them is not.
+            for partition, offset in offsets.items():
+                self._pending.setdefault(partition, offset)
+            raise
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ignored while closing: %s", exc)
