@@ -54,6 +54,46 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
     return run_consumer(settings)
 
 
+def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+
+    from hub.producer import InvalidEvent, publish_events, read_event_file
+    from hub.services.notifications import NotificationLimits
+
+    limits = NotificationLimits.from_settings(settings)
+    try:
+        events = read_event_file(args.file, limits=limits)
+    except OSError as exc:
+        print(f"notifyhub publish: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    except InvalidEvent as exc:
+        print(f"notifyhub publish: nothing published:\n{exc}", file=sys.stderr)
+        return 2
+    if not settings.kafka_bootstrap_servers:
+        print(
+            "notifyhub publish: set NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS (host:port,...); "
+            "nothing published",
+            file=sys.stderr,
+        )
+        return 2
+    topic = args.topic or settings.kafka_topic
+    try:
+        count = asyncio.run(
+            publish_events(settings.kafka_bootstrap_servers, events, topic=topic, limits=limits)
+        )
+    except (KafkaError, OSError) as exc:
+        print(
+            f"notifyhub publish: Kafka at {settings.kafka_bootstrap_servers} did not take the "
+            f"events ({type(exc).__name__}: {exc}); publishing again is safe",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"published {count} event{'' if count == 1 else 's'} to {topic}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifyhub", description="Realtime notifications and messaging hub."
@@ -70,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     consume = commands.add_parser("consume", help="run the Kafka event consumer alone")
     consume.set_defaults(run=_consume)
+
+    publish = commands.add_parser(
+        "publish", help="validate CRM events from a JSON file and publish them to Kafka"
+    )
+    publish.add_argument(
+        "--file",
+        required=True,
+        help='one JSON event, a JSON array of events, or JSON lines; "-" reads stdin',
+    )
+    publish.add_argument("--topic", help="topic (default NOTIFYHUB_KAFKA_TOPIC, crm.events)")
+    publish.set_defaults(run=_publish)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
     migrate.set_defaults(run=_migrate)
