@@ -4,7 +4,9 @@ JSON text frames ``{"type", "data"}``, on every node."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -45,12 +47,20 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
         wants_broadcasts=False,
     )
     delivery.start_replay(subscriber)
+    # No refresh on this old protocol: the socket closes when its token expires.
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, principal.expires_at - time.time()),
+        lambda: asyncio.ensure_future(
+            socket.close(code=CLOSE_UNAUTHORIZED, message=b"token expired")
+        ),
+    )
     try:
         async for message in socket:
             # The legacy protocol is server-to-client; client frames are ignored.
             if message.type == WSMsgType.ERROR:
                 break
     finally:
+        expiry.cancel()
         delivery.unsubscribe(subscriber)
         await sink.stop()
     return socket

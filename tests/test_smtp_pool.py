@@ -104,7 +104,7 @@ class Recorder:
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append(message)  # type: ignore[arg-type]
+        self.messages.append(message)
         login = session.auth_data.login.decode() if session.auth_data else None
         self.message_peers.append((session.peer, login))
         return "250 Message accepted for delivery"
@@ -325,22 +325,22 @@ async def test_concurrent_sends_are_bounded_per_server(counting_server: Counting
 
 async def test_idle_connections_expire_in_the_pool(counting_server: CountingServer) -> None:
     config = smtp_config(counting_server.port)
-    async with SmtpPool(idle_seconds=0.1, validate_certs=False) as pool:
+    async with SmtpPool(idle_seconds=0.5, validate_certs=False) as pool:
         await pool.send(config, message_to(config))
         await pool.send(config, message_to(config))
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.8)
         await pool.send(config, message_to(config))
     assert counting_server.recorder.sessions_opened == 2
     assert len(counting_server.recorder.messages) == 3
 
 
 async def test_connection_timed_out_by_the_server_is_replaced() -> None:
-    server = start_counting_server(timeout=0.2)  # aiosmtpd closes idle sessions after 0.2 s
+    server = start_counting_server(timeout=0.5)  # aiosmtpd closes idle sessions after 0.5 s
     try:
         config = smtp_config(server.port)
         async with SmtpPool(validate_certs=False) as pool:
             await pool.send(config, message_to(config))
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
             await pool.send(config, message_to(config))
         assert server.recorder.sessions_opened == 2
         assert len(server.recorder.messages) == 2

@@ -8,7 +8,9 @@ never disconnects it or anybody else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,11 +66,17 @@ def validation_ack(exc: pydantic.ValidationError) -> dict[str, Any]:
 
 
 class AuthenticatedNamespace(socketio.AsyncNamespace):
-    """A namespace whose sockets are authenticated and placed in their tenant/user rooms."""
+    """A namespace whose sockets are authenticated, and disconnected when their token
+    expires unless they sent ``auth:refresh`` with a new one for the same tenant and user."""
+
+    # Namespaces whose events go through Socket.IO rooms; /notifications delivers through
+    # its own registry and saves the room bookkeeping per socket.
+    uses_rooms = True
 
     def __init__(self, namespace: str, app: web.Application) -> None:
         super().__init__(namespace)
         self.app = app
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         handler = getattr(self, "on_" + event.replace(":", "_"), None)
@@ -92,12 +100,56 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         except AuthError as exc:
             raise unauthorized(str(exc)) from None
         await self.save_session(sid, {SESSION_PRINCIPAL: principal})
-        await self.enter_room(sid, tenant_room(principal.tenant_id))
-        await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
+        if self.uses_rooms:
+            await self.enter_room(sid, tenant_room(principal.tenant_id))
+            await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
         await self.after_connect(sid, principal, auth)
+        self._expire_at(sid, principal.expires_at)
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         """Namespace-specific work once the socket is authenticated (replay, presence...)."""
+
+    async def on_disconnect(self, sid: str, *_reason: Any) -> None:
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        await self.after_disconnect(sid)
+
+    async def after_disconnect(self, sid: str) -> None:
+        """Namespace-specific cleanup (the session is still readable here)."""
+
+    async def on_auth_refresh(self, sid: str, payload: object = None) -> dict[str, Any]:
+        """``auth:refresh`` ``{"token"}``: a new token for the same tenant and user."""
+        token = payload.get("token") if isinstance(payload, Mapping) else None
+        if not isinstance(token, str):
+            raise HubError('payload must be {"token": "<jwt>"}', code="validation_error")
+        try:
+            fresh = await self.app[VERIFIER].verify(token)
+        except AuthError as exc:
+            raise HubError(str(exc), code="unauthorized", status=401) from None
+        current = await self.principal(sid)
+        if (fresh.tenant_id, fresh.user_id) != (current.tenant_id, current.user_id):
+            raise HubError(
+                "the new token is for another tenant or user", code="forbidden", status=403
+            )
+        async with self.session(sid) as session:
+            session[SESSION_PRINCIPAL] = fresh
+        self._expire_at(sid, fresh.expires_at)
+        return {"ok": True, "expires_at": int(fresh.expires_at)}
+
+    def _expire_at(self, sid: str, expires_at: float) -> None:
+        previous = self._expiry.pop(sid, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry[sid] = loop.call_later(delay, self._expired, sid)
+
+    def _expired(self, sid: str) -> None:
+        self._expiry.pop(sid, None)
+        log.info("socket %s disconnected: token expired", sid)
+        task = asyncio.ensure_future(self.disconnect(sid))
+        task.add_done_callback(lambda done: done.exception())
 
     async def principal(self, sid: str) -> Principal:
         session = await self.get_session(sid)

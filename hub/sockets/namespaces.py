@@ -40,6 +40,8 @@ def last_seq_from(auth: object) -> int | None:
 class NotificationsNamespace(AuthenticatedNamespace):
     """Notification center of one user: replay, live ``notification:new``, mark read."""
 
+    uses_rooms = False
+
     def __init__(self, namespace: str, app: Any) -> None:
         super().__init__(namespace, app)
         self._subscribers: dict[str, Subscriber] = {}
@@ -58,7 +60,7 @@ class NotificationsNamespace(AuthenticatedNamespace):
         # queued, so replayed notifications reach a connected client.
         delivery.start_replay(subscriber)
 
-    async def on_disconnect(self, sid: str, *_reason: Any) -> None:
+    async def after_disconnect(self, sid: str) -> None:
         subscriber = self._subscribers.pop(sid, None)
         if subscriber is not None:
             self.app[NOTIFICATION_DELIVERY].unsubscribe(subscriber)
@@ -151,7 +153,7 @@ class ChatNamespace(AuthenticatedNamespace):
         known[conversation] = (peer, stamp)
         return {"ok": True}
 
-    async def on_disconnect(self, sid: str, *_reason: Any) -> None:
+    async def after_disconnect(self, sid: str) -> None:
         conversations = self._typing.pop(sid, {})
         if not any(stamp for _, stamp in conversations.values()):
             return
