@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from api.errors import json_response
@@ -14,6 +15,13 @@ from hub.keys import DB_ENGINE, KAFKA_INTAKE, REDIS
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process's metrics."""
+    return web.Response(
+        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def healthz(_request: web.Request) -> web.Response:

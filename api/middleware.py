@@ -12,7 +12,8 @@ from aiohttp import web
 from api.errors import Handler, error_response
 from hub.auth import AuthError, bearer_token
 from hub.keys import PRINCIPAL, VERIFIER
-from hub.logs import request_id_var
+from hub.logs import bind_caller, request_id_var, unbind
+from hub.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = logging.getLogger("hub.http")
 
@@ -32,20 +33,38 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
     token = request_id_var.set(request_id)
     started = time.perf_counter()
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
         if not response.prepared:
             response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        route = _route_template(request)
+        HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        HTTP_LATENCY.labels(route, request.method).observe(elapsed)
+        principal = request.get(PRINCIPAL)
         log.debug(
             "%s %s %s %.1fms",
             request.method,
             request.path,
-            response.status,
-            (time.perf_counter() - started) * 1000,
+            status,
+            elapsed * 1000,
+            extra={
+                "tenant_id": principal.tenant_id if principal else None,
+                "user_id": principal.user_id if principal else None,
+            },
         )
-        return response
-    finally:
         request_id_var.reset(token)
+
+
+def _route_template(request: web.Request) -> str:
+    """The route as registered ("/api/conversations/{conversation_id}/read/"), never the
+    raw path: raw paths would make one time series per id."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
@@ -63,4 +82,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="notifyhub"'}
         )
     request[PRINCIPAL] = principal
-    return await handler(request)
+    bound = bind_caller(principal.tenant_id, principal.user_id)
+    try:
+        return await handler(request)
+    finally:
+        unbind(bound)

@@ -20,6 +20,7 @@ def _add(app: web.Application, method: str, path: str, view: View) -> None:
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
     _add(app, "POST", "/api/broadcasts/", broadcasts.create_broadcast)
     _add(app, "GET", "/api/notifications/", notifications.list_notifications)
     _add(app, "POST", "/api/notifications/", notifications.create_notifications)

@@ -41,6 +41,7 @@ from hub.keys import (
     TYPING,
     VERIFIER,
 )
+from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
 from hub.services.chat import ChatLimits
 from hub.services.notifications import NotificationLimits, replay_page
@@ -80,9 +81,11 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     app[DB_ENGINE] = engine
     app[DB_SESSIONS] = make_session_factory(engine)
+    pool_metric = register_pool(getattr(engine.pool, "checkedout", lambda: 0))
     try:
         yield
     finally:
+        unregister(pool_metric)
         await engine.dispose()
 
 

@@ -10,15 +10,34 @@ from datetime import UTC, datetime
 import orjson
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# Who the current request or socket event is for, when known (never the token itself).
+tenant_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant_id", default=None)
+user_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("user_id", default=None)
 
-_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "request_id"}
+_CONTEXT_ATTRS = {"request_id", "tenant_id", "user_id"}
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message"} | _CONTEXT_ATTRS
+
+
+def bind_caller(tenant_id: str, user_id: str) -> tuple[contextvars.Token[str | None], ...]:
+    """Put the caller in every log line of the current context; undo with :func:`unbind`."""
+    return (tenant_var.set(tenant_id), user_var.set(user_id))
+
+
+def unbind(tokens: tuple[contextvars.Token[str | None], ...]) -> None:
+    tenant_token, user_token = tokens
+    tenant_var.reset(tenant_token)
+    user_var.reset(user_token)
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamp each record with the request id of the context that logged it."""
+    """Stamp each record with the request id, tenant and user of the context that logged it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        # A record may name the caller itself (extra=...), e.g. the request summary line.
+        if getattr(record, "tenant_id", None) is None:
+            record.tenant_id = tenant_var.get()
+            record.user_id = user_var.get()
         return True
 
 
@@ -33,6 +52,9 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "message": record.getMessage(),
         }
+        for key in ("tenant_id", "user_id"):
+            if getattr(record, key, None) is not None:
+                entry[key] = getattr(record, key)
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from hub.metrics import EMITS
 from hub.sockets.rooms import tenant_room, user_room
 
 NOTIFICATIONS_NAMESPACE = "/notifications"
@@ -30,6 +31,8 @@ class Realtime:
         self, *, tenant_id: str, user_id: str, event: str, data: Any, namespace: str
     ) -> None:
         await self._emitter.emit(event, data, to=user_room(tenant_id, user_id), namespace=namespace)
+        EMITS.labels(event).inc()
 
     async def to_tenant(self, *, tenant_id: str, event: str, data: Any, namespace: str) -> None:
         await self._emitter.emit(event, data, to=tenant_room(tenant_id), namespace=namespace)
+        EMITS.labels(event).inc()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
+from hub.metrics import TASK_RETRIES
 from hub.services import emails
 from hub.services.emails import EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
@@ -101,6 +102,7 @@ async def deliver(resources: EmailResources, *, email_id: str, request: EmailReq
                 error=str(exc),
                 retry_at=datetime.now(UTC) + timedelta(seconds=delay),
             )
+            TASK_RETRIES.labels(TASK_NAME).inc()
             log.info(
                 "email %s attempt %d failed (%s); retry in %.1fs", email_id, attempt, exc, delay
             )

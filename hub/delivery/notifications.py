@@ -27,6 +27,7 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.delivery.bus import NewNotification, ReadEvent, TenantBroadcast
+from hub.metrics import EMITS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
 BROADCAST_EVENT = "broadcast"
 REPLAY_PAGE_SIZE = 500
+_EMITTED = {event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, BROADCAST_EVENT)}
 
 # (session, tenant_id, user_id, after_seq, limit) -> notification objects, oldest first
 FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str]]]]
@@ -232,6 +234,8 @@ class NotificationDelivery:
             await subscriber.sink.send(event, data_json)
         except Exception:  # a broken connection is that connection's problem only
             log.debug("send to a closing connection failed", exc_info=True)
+            return
+        _EMITTED[event].inc()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

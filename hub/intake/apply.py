@@ -23,6 +23,7 @@ from taskiq import AsyncBroker
 from db.models import ProcessedEvent
 from hub.delivery.bus import NotificationBus
 from hub.intake.envelope import EventEnvelope
+from hub.metrics import EVENTS
 from hub.services.emails import EmailRequest
 from hub.services.notifications import publish_created, store_notifications
 
@@ -137,6 +138,8 @@ async def apply_events(
                 emails += 1
     await publish_created(bus, created)
     duplicates = frozenset(key for key in unique if key not in fresh_keys)
+    EVENTS.labels(source, "applied").inc(len(fresh))
+    EVENTS.labels(source, "duplicate").inc(len(events) - len(fresh))
     return BatchOutcome(
         applied=len(fresh),
         duplicates=len(events) - len(fresh),

@@ -33,6 +33,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from hub.intake.apply import BatchOutcome
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
+from hub.metrics import EVENTS, KAFKA_LAG
 from hub.services.notifications import NotificationLimits
 from hub.settings import Settings
 
@@ -158,6 +159,18 @@ class KafkaIntake:
             if records:
                 # The batch in hand is finished even when stop is set meanwhile.
                 await self._process_until_done(records, stop)
+            await self._record_lag()
+
+    async def _record_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for partition in consumer.assignment():
+            end = consumer.highwater(partition)
+            if end is None:
+                continue
+            position = await consumer.position(partition)
+            KAFKA_LAG.labels(partition.topic, str(partition.partition)).set(max(0, end - position))
 
     async def _process_until_done(self, records: list[ConsumerRecord], stop: asyncio.Event) -> None:
         backoff = 0.5
@@ -192,6 +205,7 @@ class KafkaIntake:
         if bad:
             await self._dead_letter(bad)
             self.stats.dead_lettered += len(bad)
+            EVENTS.labels("kafka", "dead_lettered").inc(len(bad))
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
             self._pending[partition] = OffsetAndMetadata(record.offset + 1, "")

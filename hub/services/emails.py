@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Email, EmailEvent
 from hub.errors import NotFound
+from hub.metrics import EMAILS
 
 QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
 FINAL = frozenset({SENT, FAILED})
@@ -163,6 +164,7 @@ async def finish(
     """Record the outcome of an attempt: ``sent``, ``failed`` or ``retrying`` (until
     ``retry_at``, which is also the lease: nobody else takes it before then)."""
     now = datetime.now(UTC)
+    EMAILS.labels(status).inc()
     values: dict[str, Any] = {"status": status, "updated_at": now, "lease_until": retry_at}
     if error is not None:
         values["last_error"] = error[:2000]

@@ -21,6 +21,8 @@ from aiohttp import web
 from hub.auth import AuthError, Principal, bearer_token
 from hub.errors import HubError
 from hub.keys import VERIFIER
+from hub.logs import bind_caller, unbind
+from hub.metrics import SOCKETS_CONNECTED
 from hub.sockets.rooms import tenant_room, user_room
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,9 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             return None
         if event in LIFECYCLE_EVENTS:
             return await handler(*args)
+        session = await self.get_session(args[0])
+        principal: Principal | None = session.get(SESSION_PRINCIPAL)
+        bound = bind_caller(principal.tenant_id, principal.user_id) if principal else None
         try:
             return await handler(*args)
         except HubError as exc:
@@ -93,6 +98,9 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         except Exception:
             log.exception("socket event %r failed", event)
             return {"ok": False, "error": {"code": "internal_error", "message": "internal error"}}
+        finally:
+            if bound is not None:
+                unbind(bound)
 
     async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: object = None) -> None:
         try:
@@ -105,14 +113,17 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
         await self.after_connect(sid, principal, auth)
         self._expire_at(sid, principal.expires_at)
+        SOCKETS_CONNECTED.labels(self.namespace).inc()
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         """Namespace-specific work once the socket is authenticated (replay, presence...)."""
 
     async def on_disconnect(self, sid: str, *_reason: Any) -> None:
         timer = self._expiry.pop(sid, None)
-        if timer is not None:
-            timer.cancel()
+        if timer is None:
+            return  # never authenticated
+        timer.cancel()
+        SOCKETS_CONNECTED.labels(self.namespace).dec()
         await self.after_disconnect(sid)
 
     async def after_disconnect(self, sid: str) -> None:
@@ -146,7 +157,6 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         self._expiry[sid] = loop.call_later(delay, self._expired, sid)
 
     def _expired(self, sid: str) -> None:
-        self._expiry.pop(sid, None)
         log.info("socket %s disconnected: token expired", sid)
         task = asyncio.ensure_future(self.disconnect(sid))
         task.add_done_callback(lambda done: done.exception())
