@@ -441,3 +441,32 @@ def test_dockerfile_exposes_the_port_and_checks_healthz() -> None:
     environment = " ".join(args for instruction, args in final if instruction == "ENV")
     assert "NOTIFYHUB_HOST=0.0.0.0" in environment
     assert (ROOT / ".dockerignore").is_file()
+
+
+def _duplicate_keys(node: yaml.Node, path: str = "") -> list[str]:
+    """Mapping keys given twice anywhere (PyYAML silently keeps the last one)."""
+    found: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen and name != "<<":
+                found.append(f"{path}/{name}")
+            seen.add(name)
+            found += _duplicate_keys(value, f"{path}/{name}")
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{path}[{index}]")
+    return found
+
+
+def test_no_key_is_given_twice() -> None:
+    node = yaml.compose((ROOT / "docker-compose.yml").read_text())
+    assert node is not None
+    assert _duplicate_keys(node) == []
+
+
+def test_the_hub_leaves_kafka_to_the_consumer_service() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert {"hub", "worker", "consumer"} <= set(services)
+    assert services["hub"]["environment"]["NOTIFYHUB_KAFKA_CONSUME_IN_SERVE"] == "false"
