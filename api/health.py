@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from api.errors import json_response
-from hub.keys import DB_ENGINE, KAFKA_INTAKE, REDIS
+from hub.keys import DB_ENGINE, KAFKA_INTAKE, RABBITMQ_INTAKE, REDIS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["kafka"] = (
             "ok" if intake.ready else f"{intake.stats.state}: {intake.stats.last_error}"
         )
+    rabbit = request.app.get(RABBITMQ_INTAKE)
+    if rabbit is not None:
+        checks["rabbitmq"] = "ok" if rabbit.ready else f"{rabbit.status} ({rabbit.last_error})"
     failing = sorted(name for name, result in checks.items() if result != "ok")
     if failing:
         return json_response(

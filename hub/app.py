@@ -23,6 +23,7 @@ from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import EventEnvelope
 from hub.intake.kafka import KafkaIntake
+from hub.intake.rabbitmq import RabbitIntake
 from hub.keys import (
     CHAT_LIMITS,
     DB_ENGINE,
@@ -32,6 +33,7 @@ from hub.keys import (
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
     NOTIFICATION_LIMITS,
+    RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
     SEND_LIMITER,
@@ -237,6 +239,37 @@ async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
             log.warning("Kafka consumer did not stop in time")
 
 
+async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
+    """Consume CRM events from RabbitMQ inside serve when NOTIFYHUB_RABBITMQ_URL is set."""
+    settings = app[SETTINGS]
+    if not settings.rabbitmq_url:
+        yield
+        return
+    intake = RabbitIntake(
+        url=settings.rabbitmq_url,
+        queue=settings.rabbitmq_queue,
+        dead_letter_exchange=settings.rabbitmq_dead_letter_exchange,
+        sessions=app[DB_SESSIONS],
+        bus=app[NOTIFICATION_BUS],
+        broker=app[TASK_BROKER],
+        limits=app[NOTIFICATION_LIMITS],
+        prefetch=settings.rabbitmq_prefetch,
+        batch_max=settings.rabbitmq_max_batch,
+        batch_wait_seconds=settings.rabbitmq_batch_wait_seconds,
+    )
+    app[RABBITMQ_INTAKE] = intake
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(intake.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(consuming, timeout=15)
+        except TimeoutError:
+            log.warning("RabbitMQ intake did not stop in time")
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
     return [
@@ -248,6 +281,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         chat_context,
         task_broker_context,
         kafka_intake_context,
+        rabbitmq_intake_context,
     ]
 
 

@@ -171,15 +171,23 @@ class TokenVerifier:
 
 def _principal_from(claims: Mapping[str, Any]) -> Principal:
     subject, tenant = claims["sub"], claims["tenant_id"]
-    if not isinstance(subject, str) or not subject or len(subject) > 128:
-        raise AuthError("claim 'sub' must be a non-empty string")
-    if not isinstance(tenant, str) or not tenant or len(tenant) > 64:
-        raise AuthError("claim 'tenant_id' must be a non-empty string")
+    if not _is_identifier(subject, 128):
+        raise AuthError("claim 'sub' must be a non-empty string without control characters")
+    if not _is_identifier(tenant, 64):
+        raise AuthError("claim 'tenant_id' must be a non-empty string without control characters")
     roles = claims.get("roles", [])
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise AuthError("claim 'roles' must be a list of strings")
     return Principal(
         tenant_id=tenant, user_id=subject, roles=frozenset(roles), expires_at=float(claims["exp"])
+    )
+
+
+def _is_identifier(value: object, max_length: int) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and not any(ord(char) < 0x20 or char == "\x7f" for char in value)
     )
 
 

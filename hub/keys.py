@@ -13,6 +13,7 @@ from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.kafka import KafkaIntake
+from hub.intake.rabbitmq import RabbitIntake
 from hub.realtime import Realtime
 from hub.services.chat import ChatLimits
 from hub.services.notifications import NotificationLimits
@@ -36,5 +37,6 @@ SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
 TYPING = web.AppKey("typing", TypingRelay)
 TASK_BROKER = web.AppKey("task_broker", AsyncBroker)
 KAFKA_INTAKE = web.AppKey("kafka_intake", KafkaIntake)
+RABBITMQ_INTAKE = web.AppKey("rabbitmq_intake", RabbitIntake)
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -1,4 +1,7 @@
-"""Request models shared by REST bodies, socket payloads and (later) the OpenAPI document."""
+"""Request models shared by REST bodies, socket payloads and the OpenAPI document.
+
+Descriptions and examples here only document; they change no validation.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from pydantic import (
     model_validator,
 )
 
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Identifiers: no control characters (PostgreSQL refuses NUL; the rest only cause trouble).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 NotificationId = Annotated[str | int, Field(union_mode="left_to_right")]
 
 
@@ -38,8 +43,29 @@ class Strict(BaseModel):
 class MarkReadIn(Strict):
     """``{"ids": [...]}`` or ``{"all": true}``."""
 
-    ids: list[NotificationId] | None = Field(default=None, max_length=1000)
-    all: StrictBool = False
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": 'Either `{"ids": [...]}` or `{"all": true}`, not both.',
+            "oneOf": [
+                {
+                    "required": ["ids"],
+                    "properties": {"ids": {"type": "array"}, "all": {"const": False}},
+                },
+                {
+                    "required": ["all"],
+                    "properties": {"all": {"const": True}, "ids": {"type": "null"}},
+                },
+            ],
+            "examples": [{"ids": ["1042", "1043"]}, {"all": True}],
+        }
+    )
+
+    ids: list[NotificationId] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Notification ids to mark as read; ids that are not the caller's are ignored",
+    )
+    all: StrictBool = Field(default=False, description="true: mark every unread one as read")
 
     @model_validator(mode="after")
     def _one_of(self) -> Self:
@@ -49,23 +75,65 @@ class MarkReadIn(Strict):
 
 
 class CreateNotificationsIn(Strict):
-    user_ids: list[UserId] = Field(min_length=1)
-    title: str
-    body: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_ids": ["u-42", "u-43"],
+                    "title": "Deal won",
+                    "body": "ACME Corp signed the contract.",
+                    "category": "deals",
+                    "data": {"deal_id": 981},
+                    "link": "/deals/981",
+                    "idempotency_key": "deal-981-won",
+                }
+            ]
+        }
+    )
+
+    user_ids: list[UserId] = Field(
+        min_length=1,
+        description="Recipients, users of the caller's tenant (at most 1,000 by default, "
+        "configurable; duplicates count once)",
+    )
+    title: str = Field(
+        description="Must not be blank; at most 200 characters by default (configurable; "
+        "longer is 413)"
+    )
+    body: str = Field(description="At most 5,000 characters by default (configurable; 413)")
     category: Annotated[str, StringConstraints(max_length=64)] | None = None
-    data: dict[str, Any] | None = None
-    link: str | None = None
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    data: dict[str, Any] | None = Field(
+        default=None, description="Any JSON object, at most 16 KiB encoded by default (413)"
+    )
+    link: str | None = Field(default=None, description="At most 2,000 characters (413)")
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="A repeated key returns the first request's ids and creates nothing",
+    )
 
 
 class BroadcastIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Maintenance tonight",
+                    "body": "The CRM is read-only from 22:00 to 22:30 UTC.",
+                    "data": {"severity": "info"},
+                }
+            ]
+        }
+    )
+
     title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     body: Annotated[str, StringConstraints(max_length=5000)]
     data: BoundedData = Field(default_factory=dict)
 
 
 Id = Annotated[str | int, Field(union_mode="left_to_right")]
-ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ClientMessageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=ID_PATTERN)
+]
 
 
 class SendMessageIn(Strict):
@@ -84,9 +152,19 @@ class SendMessageIn(Strict):
 
 
 class RestSendMessageIn(Strict):
-    to_user_id: UserId
-    body: str
-    client_msg_id: ClientMessageId | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"to_user_id": "u-43", "body": "Hi Bob!", "client_msg_id": "c-1f3a"}]
+        }
+    )
+
+    to_user_id: UserId = Field(description="The other participant (not the caller: 400)")
+    body: str = Field(description="1 to 4,000 characters by default (configurable; longer is 413)")
+    client_msg_id: ClientMessageId | None = Field(
+        default=None,
+        description="The client's id for retries: a repeat from the same sender returns the "
+        "first message with 200",
+    )
 
 
 class TypingIn(Strict):
@@ -100,14 +178,37 @@ class MessageReadIn(Strict):
 
 
 class RestReadIn(Strict):
-    message_id: Id
+    model_config = ConfigDict(json_schema_extra={"examples": [{"message_id": "5001"}]})
+
+    message_id: Id = Field(description="Read up to and including this message")
 
 
 class SendEmailIn(Strict):
     """``POST /api/emails/send/``: the seed task's arguments (``tenant_id`` optional)."""
 
-    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "to_email": "ann@example.com",
+                    "template_key": "deal_won",
+                    "context": {"First Name": "Ann", "Deal": "ACME Corp"},
+                }
+            ]
+        }
+    )
+
+    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Defaults to the token's tenant; any other tenant is 403"
+    )
     to_email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
-    subject: Annotated[str, StringConstraints(max_length=998)] | None = None
-    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    context: BoundedData = Field(default_factory=dict)
+    subject: Annotated[str, StringConstraints(max_length=998)] | None = Field(
+        default=None, description="Overrides the template's subject"
+    )
+    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="Template of the tenant, from the auth service"
+    )
+    context: BoundedData = Field(
+        default_factory=dict,
+        description="Values of the template's `{{ Placeholder }}` fields (keys may contain spaces)",
+    )

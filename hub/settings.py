@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=50)
     kafka_rebalance_timeout_ms: int = Field(default=30_000, ge=100)
 
+    rabbitmq_url: str | None = None
+    rabbitmq_queue: str = "crm.events"
+    rabbitmq_dead_letter_exchange: str = "crm.events.dlx"
+    rabbitmq_prefetch: int = Field(default=200, ge=1)
+    rabbitmq_max_batch: int = Field(default=200, ge=1)
+    rabbitmq_batch_wait_seconds: float = Field(default=0.05, ge=0)
+
     jwt_secret: SecretStr = SecretStr(DEFAULT_JWT_SECRET)
     jwt_public_key: str | None = None
     jwt_jwks_url: str | None = None

@@ -27,4 +27,11 @@ if ! answers 6379; then
   fi
   wait_for 6379 || echo "ensure-services: Redis still not answering; the tests will say so" >&2
 fi
+if ! answers 5672; then
+  # RabbitMQ takes ~10 s to come up.
+  echo "ensure-services: RabbitMQ not answering on 5672, starting it"
+  command -v rabbitmq-server >/dev/null && { rabbitmq-server -detached || true; }
+  for _ in $(seq 1 150); do answers 5672 && break; sleep 0.2; done
+  answers 5672 || echo "ensure-services: RabbitMQ still not answering; the tests will say so" >&2
+fi
 exit 0

@@ -74,3 +74,29 @@ async def test_events_need_the_service_role(hub: RunningHub, tenant: str) -> Non
         "/api/events/", envelope(tenant, "e-2")
     )
     assert status == 403
+
+
+async def test_nul_characters_are_refused_not_a_500(hub: RunningHub, tenant: str) -> None:
+    service = ApiClient.for_service(hub.url, tenant)
+    for body in (
+        envelope(tenant, "nul-1", notification={"title": "bad\x00title"}),
+        envelope(tenant, "nul\x00id"),
+        envelope(tenant, "nul-2", recipients=[{"user_id": "a\x00b"}]),
+    ):
+        status, answer = await service.post("/api/events/", body)
+        assert status == 400, answer
+    for path, body in (
+        ("/api/notifications/", {"user_ids": ["u"], "title": "t", "body": "\x00"}),
+        ("/api/notifications/", {"user_ids": ["u\x00"], "title": "t", "body": "b"}),
+        (
+            "/api/notifications/",
+            {"user_ids": ["u"], "title": "t", "body": "b", "data": {"k": "\x00"}},
+        ),
+    ):
+        status, answer = await service.post(path, body)
+        assert status == 400, (path, answer)
+    alice = ApiClient.for_user(hub.url, tenant, "alice")
+    status, answer = await alice.post(
+        "/api/messages/send/", {"to_user_id": "bob", "body": "a\x00b"}
+    )
+    assert status == 400, answer

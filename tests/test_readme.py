@@ -16,7 +16,11 @@ def test_every_setting_is_in_the_configuration_table() -> None:
     documented = set(re.findall(r"`(NOTIFYHUB_[A-Z_]+)`", README))
     settings = {f"NOTIFYHUB_{name.upper()}" for name in Settings.model_fields}
     assert settings - documented == set(), "settings missing from README"
-    test_only = {"NOTIFYHUB_TEST_DATABASE_URL", "NOTIFYHUB_TEST_REDIS_URL"}
+    test_only = {
+        "NOTIFYHUB_TEST_DATABASE_URL",
+        "NOTIFYHUB_TEST_REDIS_URL",
+        "NOTIFYHUB_TEST_RABBITMQ_URL",
+    }
     assert documented - settings - test_only == set(), "README names settings that do not exist"
 
 

@@ -14,6 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hub.errors import HubError
+from hub.schemas import ID_PATTERN
 from hub.services.notifications import NewNotification, NotificationLimits, check_limits
 
 SUPPORTED_VERSION = 1
@@ -31,7 +32,7 @@ class Lenient(BaseModel):
 
 
 class Recipient(Lenient):
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
     email: Annotated[str, StringConstraints(min_length=3, max_length=320)] | None = None
 
     @field_validator("email")
@@ -56,16 +57,18 @@ class NotificationPart(Lenient):
 
 
 class EmailPart(Lenient):
-    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    template_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)
+    ]
     subject: Annotated[str, StringConstraints(max_length=998)] | None = None
     context: dict[str, Any] = Field(default_factory=dict)
 
 
 class EventEnvelope(Lenient):
     version: int = SUPPORTED_VERSION
-    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    type: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
+    tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=ID_PATTERN)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
     occurred_at: datetime | None = None
     recipients: list[Recipient] = Field(min_length=1)
     notification: NotificationPart | None = None

@@ -87,7 +87,7 @@ _TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
 _EVENT_SQLSTATE_CLASSES: Final = frozenset({"22", "23"})
 _OUTAGE_TYPES: Final = (
     Unavailable,
-    OSError,  # ConnectionRefusedError, TimeoutError (an alias of OSError's subclass in 3.11+)
+    OSError,  # ConnectionRefusedError, ConnectionResetError, TimeoutError (all OSError)
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.DisconnectionError,
@@ -244,13 +244,18 @@ class RabbitIntake:
                 try:
                     await self._consume(connection, stop)
                     return
-                except CONNECTION_EXCEPTIONS as exc:
-                    # Declaring failed (e.g. the queue exists with other arguments) or the
-                    # broker went away before the topology was in place: start over.
+                except Exception as exc:
+                    # Declaring failed (e.g. the queue exists with other arguments), the
+                    # broker went away before the topology was in place, or a bug: start
+                    # over on a new connection rather than leave serve without its intake.
+                    # Nothing is lost: unacked deliveries go back when the connection closes.
                     self.last_error = f"rabbitmq: {describe(exc)}"
-                    log.warning(
-                        "RabbitMQ intake setup failed (%s); retrying in %.1fs", exc, backoff
-                    )
+                    if isinstance(exc, CONNECTION_EXCEPTIONS):
+                        log.warning(
+                            "RabbitMQ intake interrupted (%s); retrying in %.1fs", exc, backoff
+                        )
+                    else:
+                        log.exception("RabbitMQ intake failed; restarting in %.1fs", backoff)
                     await _sleep_or_stop(stop, backoff)
                     backoff = min(backoff * 2, self._retry_max)
                 finally:
@@ -427,7 +432,9 @@ class RabbitIntake:
             except (*CONNECTION_EXCEPTIONS, aiormq.exceptions.AMQPError) as exc:
                 # Nothing of it happened; the broker redelivers these messages, and
                 # applying them again is a no-op.
-                log.warning("could not settle %d messages (%s); they come back", len(ops), exc)
+                log.warning(
+                    "could not settle %d messages (%s); they come back", len(channel_ops), exc
+                )
                 if self._tx_channel is channel:
                     self._tx_channel = None
 

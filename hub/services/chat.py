@@ -79,6 +79,8 @@ def _check_body(body: str, limits: ChatLimits) -> None:
         raise InvalidInput("body must not be empty")
     if len(body) > limits.body_max_chars:
         raise TooLarge(f"body is longer than {limits.body_max_chars} characters")
+    if "\x00" in body:
+        raise InvalidInput("body must not contain NUL characters")
 
 
 async def _conversation_with(

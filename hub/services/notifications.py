@@ -112,14 +112,25 @@ def check_limits(
         raise InvalidInput(f"at most {limits.max_recipients} recipients per request")
     if not notification.title.strip():
         raise InvalidInput("title must not be empty")
+    if has_nul(notification.title, notification.body, notification.link, notification.category):
+        raise InvalidInput("text must not contain NUL characters")
     if len(notification.title) > limits.title_max_chars:
         raise TooLarge(f"title is longer than {limits.title_max_chars} characters")
     if len(notification.body) > limits.body_max_chars:
         raise TooLarge(f"body is longer than {limits.body_max_chars} characters")
     if notification.link is not None and len(notification.link) > limits.link_max_chars:
         raise TooLarge(f"link is longer than {limits.link_max_chars} characters")
-    if notification.data and len(orjson.dumps(notification.data)) > limits.data_max_bytes:
-        raise TooLarge(f"data encodes to more than {limits.data_max_bytes} bytes of JSON")
+    if notification.data:
+        encoded = orjson.dumps(notification.data)
+        if len(encoded) > limits.data_max_bytes:
+            raise TooLarge(f"data encodes to more than {limits.data_max_bytes} bytes of JSON")
+        if b"\\u0000" in encoded:
+            raise InvalidInput("data must not contain NUL characters")
+
+
+def has_nul(*texts: str | None) -> bool:
+    """PostgreSQL text cannot hold U+0000: such input is refused up front, not a 500."""
+    return any(text is not None and "\x00" in text for text in texts)
 
 
 def _insert_for(session: AsyncSession) -> Any:

@@ -1,0 +1,324 @@
+"""Response models: the JSON every REST route answers with, and (through them) the OpenAPI
+document's response schemas.
+
+Views shape their replies through these models (``Model.model_validate(...).model_dump(
+mode="json")``), so the published schema and the bytes on the wire come from one
+definition. Unknown keys a service might add are dropped rather than leaked: a field
+reaches clients only once it is declared here (and therefore documented).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Timestamp = Annotated[
+    str,
+    Field(
+        description="ISO 8601 UTC timestamp",
+        json_schema_extra={"format": "date-time", "examples": ["2025-03-01T09:30:00.123456Z"]},
+    ),
+]
+Cursor = Annotated[
+    str | None,
+    Field(
+        description="Opaque cursor of the next (older) page; null on the last page. "
+        "Pass it back unchanged as the `cursor` query parameter."
+    ),
+]
+Count = Annotated[int, Field(ge=0)]
+
+
+class Out(BaseModel):
+    """Base of every response model."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+
+class Notification(Out):
+    """One stored notification of one user."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "1042",
+                    "tenant_id": "acme",
+                    "user_id": "u-42",
+                    "seq": 17,
+                    "category": "deals",
+                    "title": "Deal won",
+                    "body": "ACME Corp signed the contract.",
+                    "data": {"deal_id": 981},
+                    "link": "/deals/981",
+                    "created_at": "2025-03-01T09:30:00.123456Z",
+                    "read_at": None,
+                }
+            ]
+        }
+    )
+
+    id: str = Field(description="Notification id (a string)")
+    tenant_id: str
+    user_id: str
+    seq: int = Field(
+        ge=1, description="Per-user sequence number, +1 per new notification (resume cursor)"
+    )
+    category: str | None
+    title: str
+    body: str
+    data: dict[str, Any] = Field(description="Free-form JSON object given by the producer")
+    link: str | None
+    created_at: Timestamp
+    read_at: Timestamp | None = Field(description="null while unread")
+
+
+class NotificationPage(Out):
+    items: list[Notification] = Field(description="Newest first")
+    next_cursor: Cursor
+    unread_count: Count = Field(description="The caller's unread notifications, all categories")
+
+
+class UnreadCount(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"unread_count": 3}]})
+
+    unread_count: Count
+
+
+class MarkReadResult(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"updated": 2, "unread_count": 1}]})
+
+    updated: Count = Field(description="Notifications that went from unread to read")
+    unread_count: Count
+
+
+class CreatedNotifications(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": ["1042", "1043"]}]})
+
+    ids: list[str] = Field(
+        description="One id per distinct recipient; the same ids again for a repeated "
+        "idempotency key"
+    )
+
+
+class BroadcastAccepted(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "accepted"}]})
+
+    status: Literal["accepted"]
+
+
+# -- chat -------------------------------------------------------------------------------------
+
+
+class Message(Out):
+    """One chat message."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5001",
+                    "conversation_id": "77",
+                    "sender_id": "u-42",
+                    "body": "Hi Bob!",
+                    "client_msg_id": "c-1f3a",
+                    "created_at": "2025-03-01T09:30:00.123456Z",
+                    "seq": 4,
+                }
+            ]
+        }
+    )
+
+    id: str
+    conversation_id: str
+    sender_id: str
+    body: str
+    client_msg_id: str | None
+    created_at: Timestamp
+    seq: int = Field(ge=1, description="+1 per message of its conversation")
+
+
+class SentMessage(Out):
+    message: Message
+
+
+class Conversation(Out):
+    id: str
+    participants: list[str] = Field(description="Both user ids, sorted")
+    last_message: Message | None
+    unread_count: Count = Field(description="The caller's unread messages in it")
+
+
+class ConversationPage(Out):
+    items: list[Conversation] = Field(description="Most recently active first")
+    next_cursor: Cursor
+
+
+class MessagePage(Out):
+    items: list[Message] = Field(description="Newest first")
+    next_cursor: Cursor
+
+
+class ReadReceiptResult(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ok": True, "unread_count": 0}]})
+
+    ok: Literal[True]
+    unread_count: Count = Field(description="The caller's unread messages in the conversation")
+
+
+# -- events and email -------------------------------------------------------------------------
+
+
+class EventAccepted(Out):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"event_id": "deal-981-won", "duplicate": False}]}
+    )
+
+    event_id: str
+    duplicate: bool = Field(description="true when this event had been applied before")
+
+
+EmailState = Literal["queued", "sending", "sent", "retrying", "failed"]
+
+
+class EmailQueued(Out):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "3f2b9c0e5d7a4e8f9a1b2c3d4e5f6a7b"}]}
+    )
+
+    id: str = Field(description="Email id, for GET /api/emails/{email_id}/")
+
+
+class EmailAttempt(Out):
+    status: EmailState
+    attempt: int = Field(ge=0)
+    error: str | None
+    at: Timestamp
+
+
+class EmailStatus(Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2b9c0e5d7a4e8f9a1b2c3d4e5f6a7b",
+                    "status": "sent",
+                    "attempts": 1,
+                    "last_error": None,
+                    "created_at": "2025-03-01T09:30:00.123456Z",
+                    "sent_at": "2025-03-01T09:30:01.004211Z",
+                    "to_email": "ann@example.com",
+                    "template_key": "deal_won",
+                    "history": [
+                        {
+                            "status": "queued",
+                            "attempt": 0,
+                            "error": None,
+                            "at": "2025-03-01T09:30:00.123456Z",
+                        },
+                        {
+                            "status": "sending",
+                            "attempt": 1,
+                            "error": None,
+                            "at": "2025-03-01T09:30:00.501234Z",
+                        },
+                        {
+                            "status": "sent",
+                            "attempt": 1,
+                            "error": None,
+                            "at": "2025-03-01T09:30:01.004211Z",
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+
+    id: str
+    status: EmailState
+    attempts: Count = Field(description="Delivery attempts so far")
+    last_error: str | None
+    created_at: Timestamp
+    sent_at: Timestamp | None
+    to_email: str
+    template_key: str
+    history: list[EmailAttempt] = Field(description="Every status change, oldest first")
+
+
+# -- errors and operations --------------------------------------------------------------------
+
+
+class ErrorDetail(Out):
+    code: str = Field(
+        description="Stable machine-readable code, e.g. validation_error, invalid_json, "
+        "invalid_cursor, unauthorized, forbidden, not_found, payload_too_large, "
+        "rate_limited, unavailable"
+    )
+    message: str = Field(description="Human-readable explanation")
+    details: Any = Field(
+        default=None,
+        description="Extra data or null: for validation_error a list of "
+        '`{"loc", "msg", "type"}`; for rate_limited `{"retry_after": seconds}`',
+    )
+
+
+class Error(Out):
+    """Every REST error: ``{"error": {"code", "message", "details"}}``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        "code": "validation_error",
+                        "message": "request is not valid",
+                        "details": [{"loc": ["title"], "msg": "Field required", "type": "missing"}],
+                    }
+                }
+            ]
+        },
+    )
+
+    error: ErrorDetail
+
+
+class Health(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class Ready(Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ok", "checks": {"database": "ok", "redis": "ok"}}]
+        }
+    )
+
+    status: Literal["ok"]
+    checks: dict[str, str] = Field(description='Each configured dependency: "ok"')
+
+
+class NotReady(Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "unavailable",
+                    "failing": ["redis"],
+                    "checks": {
+                        "database": "ok",
+                        "redis": "error: ConnectionError: connection refused",
+                    },
+                }
+            ]
+        }
+    )
+
+    status: Literal["unavailable"]
+    failing: list[str] = Field(description="Names of the dependencies that do not answer")
+    checks: dict[str, str] = Field(description='Each configured dependency: "ok" or the error')
