@@ -14,18 +14,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Conversation, ConversationMember, Message
 from hub.errors import InvalidInput, NotFound, TooLarge
 from hub.realtime import CHAT_NAMESPACE, Realtime
+from hub.services.common import clamp_limit, insert_for, iso_utc
 from hub.services.ratelimit import RateLimiter
 from hub.settings import Settings
 
 MESSAGES = Message.__table__
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 20
 NOT_FOUND_MESSAGE = "conversation not found"
 
 
@@ -44,12 +42,6 @@ class SendResult:
     created: bool  # False: a retried client_msg_id; the first message, nothing stored
 
 
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def serialize_message(row: Mapping[Any, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
@@ -57,7 +49,7 @@ def serialize_message(row: Mapping[Any, Any]) -> dict[str, Any]:
         "sender_id": row["sender_id"],
         "body": row["body"],
         "client_msg_id": row["client_msg_id"],
-        "created_at": _iso(row["created_at"]),
+        "created_at": iso_utc(row["created_at"]),
         "seq": row["seq"],
     }
 
@@ -68,10 +60,6 @@ def parse_id(value: object) -> int:
     if not text.isdigit() or len(text) > 18:
         raise NotFound(NOT_FOUND_MESSAGE)
     return int(text)
-
-
-def _insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def _check_body(body: str, limits: ChatLimits) -> None:
@@ -89,7 +77,7 @@ async def _conversation_with(
     """The pair's conversation, created if missing: exactly one, even when both sides send
     their first message at the same moment (the unique pair + ON CONFLICT settle it)."""
     user_a, user_b = sorted((user_id, peer_id))
-    insert = _insert_for(session)
+    insert = insert_for(session)
     await session.execute(
         insert(Conversation)
         .values(tenant_id=tenant_id, user_a=user_a, user_b=user_b, last_seq=0, created_at=now)
@@ -218,7 +206,7 @@ async def send_message(
             .values(last_seq=Conversation.last_seq + 1)
             .returning(Conversation.last_seq)
         )
-        insert = _insert_for(session)
+        insert = insert_for(session)
         inserted = (
             (
                 await session.execute(
@@ -295,10 +283,6 @@ def _decode_cursor(cursor: str, arity: int) -> list[str]:
     if len(parts) != arity:
         raise InvalidInput("cursor is not valid", code="invalid_cursor")
     return parts
-
-
-def clamp_limit(limit: int | None) -> int:
-    return DEFAULT_PAGE_SIZE if limit is None else max(1, min(MAX_PAGE_SIZE, limit))
 
 
 async def list_messages(
@@ -464,7 +448,7 @@ async def mark_conversation_read(
             "conversation_id": str(target),
             "user_id": user_id,
             "message_id": str(wanted),
-            "read_at": _iso(now),
+            "read_at": iso_utc(now),
         }
         for participant in (user_id, peer_id):
             await realtime.to_user(

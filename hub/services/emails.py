@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Email, EmailEvent
 from hub.errors import NotFound
 from hub.metrics import EMAILS
+from hub.services.common import insert_for, iso_utc
 
 QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
 FINAL = frozenset({SENT, FAILED})
@@ -39,18 +39,6 @@ def new_email_id() -> str:
     return uuid.uuid4().hex
 
 
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _insert_for(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 async def record_email(
     *, sessions: async_sessionmaker[AsyncSession], email_id: str, request: EmailRequest
 ) -> bool:
@@ -58,7 +46,7 @@ async def record_email(
     now = datetime.now(UTC)
     async with sessions() as session, session.begin():
         inserted = await session.execute(
-            _insert_for(session)(Email)
+            insert_for(session)(Email)
             .values(
                 id=email_id,
                 tenant_id=request.tenant_id,
@@ -100,7 +88,7 @@ async def get_email(
             .order_by(EmailEvent.id)
         )
         history = [
-            {"status": e.status, "attempt": e.attempt, "error": e.error, "at": _iso(e.at)}
+            {"status": e.status, "attempt": e.attempt, "error": e.error, "at": iso_utc(e.at)}
             for e in events
         ]
     return {
@@ -108,8 +96,8 @@ async def get_email(
         "status": email.status,
         "attempts": email.attempts,
         "last_error": email.last_error,
-        "created_at": _iso(email.created_at),
-        "sent_at": _iso(email.sent_at),
+        "created_at": iso_utc(email.created_at),
+        "sent_at": iso_utc(email.sent_at) if email.sent_at else None,
         "to_email": email.to_email,
         "template_key": email.template_key,
         "history": history,

@@ -17,18 +17,17 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
 from hub.errors import InvalidInput, TooLarge, Unavailable
+from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 20
 _CURSOR_PREFIX = b"n1:"
 
 
@@ -92,15 +91,9 @@ def serialize(row: Mapping[Any, Any]) -> dict[str, Any]:
         "body": row["body"],
         "data": row["data"] or {},
         "link": row["link"],
-        "created_at": _iso(row["created_at"]),
-        "read_at": _iso(read_at) if read_at is not None else None,
+        "created_at": iso_utc(row["created_at"]),
+        "read_at": iso_utc(read_at) if read_at is not None else None,
     }
-
-
-def _iso(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are stored as UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def check_limits(
@@ -133,11 +126,6 @@ def has_nul(*texts: str | None) -> bool:
     return any(text is not None and "\x00" in text for text in texts)
 
 
-def _insert_for(session: AsyncSession) -> Any:
-    """The dialect's INSERT with ON CONFLICT support (PostgreSQL or SQLite)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 async def create_notifications(
     *,
     sessions: async_sessionmaker[AsyncSession],
@@ -157,7 +145,7 @@ async def create_notifications(
     recipients = sorted(set(user_ids))  # sorted: counter rows are always locked in one order
     check_limits(notification, len(recipients), limits)
     async with sessions() as session, session.begin():
-        insert = _insert_for(session)
+        insert = insert_for(session)
         if idempotency_key is not None:
             claimed = await session.execute(
                 insert(NotificationRequest)
@@ -277,7 +265,7 @@ async def _allocate_seqs(
     counter row, in one sorted order so that concurrent batches never deadlock; returns the
     new ``last_seq`` of each."""
     keys = sorted(counts)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         result = await session.execute(
             _PG_ALLOCATE_SEQS,
             {
@@ -308,7 +296,7 @@ async def _allocate_seqs(
 
 async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
     """Insert rows; their ids in the order of ``rows``."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         result = await session.execute(
             _PG_INSERT_NOTIFICATIONS,
             {
@@ -347,12 +335,6 @@ def decode_cursor(cursor: str) -> int:
     except (ValueError, binascii.Error):
         raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
     return seq
-
-
-def clamp_limit(limit: int | None) -> int:
-    if limit is None:
-        return DEFAULT_PAGE_SIZE
-    return max(1, min(MAX_PAGE_SIZE, limit))
 
 
 def _owned(tenant_id: str, user_id: str) -> Any:
@@ -474,7 +456,7 @@ async def mark_read(
             )
             .values(
                 unread_count=func.greatest(NotificationCounter.unread_count - len(updated_ids), 0)
-                if session.get_bind().dialect.name == "postgresql"
+                if is_postgresql(session)
                 else func.max(NotificationCounter.unread_count - len(updated_ids), 0)
             )
             .returning(NotificationCounter.unread_count)
