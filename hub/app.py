@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from api.errors import error_middleware
 from api.middleware import auth_middleware, request_id_middleware
+from api.playground import setup_playground
 from api.routes import setup_routes
 from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade_to_head
@@ -299,6 +300,8 @@ def create_app(
     server.attach(app)
     app[SOCKETIO] = server
     setup_routes(app)
+    if settings.playground_enabled:
+        setup_playground(app, settings)
     app.cleanup_ctx.extend(
         default_cleanup_contexts() if cleanup_contexts is None else cleanup_contexts
     )

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1)
 
+    # The playground page at / (None: on unless production).
+    playground: bool | None = None
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
@@ -165,6 +168,10 @@ class Settings(BaseSettings):
     @property
     def smtp_fallback_configured(self) -> bool:
         return bool(self.smtp_host and self.smtp_from_email)
+
+    @property
+    def playground_enabled(self) -> bool:
+        return self.playground if self.playground is not None else not self.is_production
 
     @property
     def is_production(self) -> bool:
