@@ -7,6 +7,7 @@ from aiohttp import web
 from api.errors import json_response
 from api.payloads import read_body, require_service
 from hub.keys import NOTIFICATION_BUS
+from hub.responses import BroadcastAccepted
 from hub.schemas import BroadcastIn
 from hub.services.broadcasts import broadcast
 
@@ -21,4 +22,4 @@ async def create_broadcast(request: web.Request) -> web.Response:
         body=payload.body,
         data=payload.data,
     )
-    return json_response({"status": "accepted"}, status=202)
+    return json_response(BroadcastAccepted(status="accepted").model_dump(mode="json"), status=202)

@@ -8,6 +8,7 @@ from api.errors import json_response
 from api.notifications import query_limit
 from api.payloads import read_body
 from hub.keys import CHAT_LIMITS, DB_SESSIONS, PRINCIPAL, REALTIME, SEND_LIMITER
+from hub.responses import ConversationPage, MessagePage, ReadReceiptResult, SentMessage
 from hub.schemas import RestReadIn, RestSendMessageIn
 from hub.services import chat
 
@@ -26,7 +27,8 @@ async def send_message(request: web.Request) -> web.Response:
         to_user_id=payload.to_user_id,
         client_msg_id=payload.client_msg_id,
     )
-    return json_response({"message": result.message}, status=201 if result.created else 200)
+    reply = SentMessage.model_validate({"message": result.message})
+    return json_response(reply.model_dump(mode="json"), status=201 if result.created else 200)
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -38,7 +40,8 @@ async def list_conversations(request: web.Request) -> web.Response:
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
     )
-    return json_response({"items": items, "next_cursor": next_cursor})
+    reply = ConversationPage.model_validate({"items": items, "next_cursor": next_cursor})
+    return json_response(reply.model_dump(mode="json"))
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -51,7 +54,8 @@ async def list_messages(request: web.Request) -> web.Response:
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
     )
-    return json_response({"items": items, "next_cursor": next_cursor})
+    reply = MessagePage.model_validate({"items": items, "next_cursor": next_cursor})
+    return json_response(reply.model_dump(mode="json"))
 
 
 async def mark_read(request: web.Request) -> web.Response:
@@ -65,4 +69,4 @@ async def mark_read(request: web.Request) -> web.Response:
         conversation_id=request.match_info["conversation_id"],
         message_id=payload.message_id,
     )
-    return json_response({"ok": True, "unread_count": unread})
+    return json_response(ReadReceiptResult(ok=True, unread_count=unread).model_dump(mode="json"))

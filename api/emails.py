@@ -6,7 +6,9 @@ from aiohttp import web
 
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
+from hub.errors import NotFound
 from hub.keys import DB_SESSIONS, TASK_BROKER
+from hub.responses import EmailQueued, EmailStatus
 from hub.schemas import SendEmailIn
 from hub.services import emails
 from tasks.email import queue_email
@@ -28,14 +30,15 @@ async def send_email(request: web.Request) -> web.Response:
             context=payload.context,
         ),
     )
-    return json_response({"id": email_id}, status=202)
+    return json_response(EmailQueued(id=email_id).model_dump(mode="json"), status=202)
 
 
 async def get_email(request: web.Request) -> web.Response:
     principal = require_service(request)
+    email_id = request.match_info["email_id"]
+    if "\x00" in email_id:  # no email has one; PostgreSQL could not even compare it
+        raise NotFound("email not found")
     email = await emails.get_email(
-        sessions=request.app[DB_SESSIONS],
-        tenant_id=principal.tenant_id,
-        email_id=request.match_info["email_id"],
+        sessions=request.app[DB_SESSIONS], tenant_id=principal.tenant_id, email_id=email_id
     )
-    return json_response(email)
+    return json_response(EmailStatus.model_validate(email).model_dump(mode="json"))

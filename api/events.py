@@ -10,6 +10,7 @@ from api.payloads import require_service
 from hub.intake.apply import apply_events
 from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, validate_envelope
 from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
+from hub.responses import EventAccepted
 
 
 async def take_event(request: web.Request) -> web.Response:
@@ -34,6 +35,5 @@ async def take_event(request: web.Request) -> web.Response:
         events=[envelope],
         source="rest",
     )
-    return json_response(
-        {"event_id": envelope.event_id, "duplicate": outcome.applied == 0}, status=202
-    )
+    reply = EventAccepted(event_id=envelope.event_id, duplicate=outcome.applied == 0)
+    return json_response(reply.model_dump(mode="json"), status=202)

@@ -7,6 +7,7 @@ from aiohttp import web
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
 from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, PRINCIPAL
+from hub.responses import CreatedNotifications, MarkReadResult, NotificationPage, UnreadCount
 from hub.schemas import CreateNotificationsIn, MarkReadIn
 from hub.services import notifications
 
@@ -20,6 +21,15 @@ def _query_bool(request: web.Request, name: str) -> bool:
     if raw.lower() not in _BOOLEANS:
         raise ApiError(400, "validation_error", f"'{name}' must be true or false")
     return _BOOLEANS[raw.lower()]
+
+
+def _query_text(request: web.Request, name: str) -> str | None:
+    """A free-text filter; NUL (which PostgreSQL text cannot hold, so nothing stored has it)
+    is a 400, not a database error."""
+    raw = request.query.get(name) or None
+    if raw is not None and "\x00" in raw:
+        raise ApiError(400, "validation_error", f"'{name}' must not contain NUL characters")
+    return raw
 
 
 def query_limit(request: web.Request) -> int | None:
@@ -41,11 +51,12 @@ async def list_notifications(request: web.Request) -> web.Response:
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
         unread_only=_query_bool(request, "unread"),
-        category=request.query.get("category") or None,
+        category=_query_text(request, "category"),
     )
-    return json_response(
+    reply = NotificationPage.model_validate(
         {"items": page.items, "next_cursor": page.next_cursor, "unread_count": page.unread_count}
     )
+    return json_response(reply.model_dump(mode="json"))
 
 
 async def unread_count(request: web.Request) -> web.Response:
@@ -55,7 +66,7 @@ async def unread_count(request: web.Request) -> web.Response:
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
     )
-    return json_response({"unread_count": count})
+    return json_response(UnreadCount(unread_count=count).model_dump(mode="json"))
 
 
 async def mark_as_read(request: web.Request) -> web.Response:
@@ -69,7 +80,8 @@ async def mark_as_read(request: web.Request) -> web.Response:
         ids=payload.ids,
         all_unread=payload.all,
     )
-    return json_response({"updated": updated, "unread_count": unread})
+    reply = MarkReadResult(updated=updated, unread_count=unread)
+    return json_response(reply.model_dump(mode="json"))
 
 
 async def create_notifications(request: web.Request) -> web.Response:
@@ -92,4 +104,5 @@ async def create_notifications(request: web.Request) -> web.Response:
         idempotency_key=payload.idempotency_key,
     )
     headers = {} if result.created else {"Idempotent-Replayed": "true"}
-    return json_response({"ids": result.ids}, status=201, headers=headers)
+    reply = CreatedNotifications(ids=result.ids)
+    return json_response(reply.model_dump(mode="json"), status=201, headers=headers)

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api import broadcasts, chat, emails, events, health, legacy_ws, notifications
+from api import broadcasts, chat, emails, events, health, legacy_ws, notifications, openapi
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -21,6 +21,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    # Documented in api/openapi.py (OPERATIONS), which covers every route added here.
+    app.router.add_get("/api/openapi.json", openapi.openapi_json)
+    app.router.add_get("/api/docs", openapi.docs_page)
     _add(app, "POST", "/api/broadcasts/", broadcasts.create_broadcast)
     _add(app, "GET", "/api/notifications/", notifications.list_notifications)
     _add(app, "POST", "/api/notifications/", notifications.create_notifications)

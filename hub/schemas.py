@@ -1,6 +1,6 @@
 """Request models shared by REST bodies, socket payloads and the OpenAPI document.
 
-Descriptions and examples here only document; they change no validation.
+Descriptions and examples here only document; constraints validate.
 """
 
 from __future__ import annotations
@@ -34,6 +34,28 @@ def _bounded_data(value: dict[str, Any]) -> dict[str, Any]:
 
 
 BoundedData = Annotated[dict[str, Any], AfterValidator(_bounded_data)]
+
+# Free text that is stored: anything but NUL, which PostgreSQL text and jsonb cannot hold.
+TEXT_PATTERN = r"^[^\x00]*$"
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
+def _storable_data(value: dict[str, Any]) -> dict[str, Any]:
+    if _has_nul(value):
+        raise ValueError("data must not contain NUL characters")
+    return value
+
+
+StoredData = Annotated[BoundedData, AfterValidator(_storable_data)]
 
 
 class Strict(BaseModel):
@@ -97,8 +119,10 @@ class CreateNotificationsIn(Strict):
         "configurable; duplicates count once)",
     )
     title: str = Field(
-        description="Must not be blank; at most 200 characters by default (configurable; "
-        "longer is 413)"
+        description="Must not be blank (400); at most 200 characters by default "
+        "(configurable; longer is 413)",
+        # Checked by the service (whose limits are configurable); documented here.
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
     )
     body: str = Field(description="At most 5,000 characters by default (configurable; 413)")
     category: Annotated[str, StringConstraints(max_length=64)] | None = None
@@ -106,7 +130,9 @@ class CreateNotificationsIn(Strict):
         default=None, description="Any JSON object, at most 16 KiB encoded by default (413)"
     )
     link: str | None = Field(default=None, description="At most 2,000 characters (413)")
-    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+    idempotency_key: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)] | None
+    ) = Field(
         default=None,
         description="A repeated key returns the first request's ids and creates nothing",
     )
@@ -159,7 +185,12 @@ class RestSendMessageIn(Strict):
     )
 
     to_user_id: UserId = Field(description="The other participant (not the caller: 400)")
-    body: str = Field(description="1 to 4,000 characters by default (configurable; longer is 413)")
+    body: str = Field(
+        description="1 to 4,000 characters by default (configurable; longer is 413), not "
+        "blank (400)",
+        # Checked by the chat service (whose limit is configurable); documented here.
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
     client_msg_id: ClientMessageId | None = Field(
         default=None,
         description="The client's id for retries: a repeat from the same sender returns the "
@@ -201,14 +232,15 @@ class SendEmailIn(Strict):
     tenant_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="Defaults to the token's tenant; any other tenant is 403"
     )
-    to_email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
-    subject: Annotated[str, StringConstraints(max_length=998)] | None = Field(
+    to_email: Annotated[str, StringConstraints(min_length=3, max_length=320, pattern=ID_PATTERN)]
+    subject: Annotated[str, StringConstraints(max_length=998, pattern=TEXT_PATTERN)] | None = Field(
         default=None, description="Overrides the template's subject"
     )
-    template_key: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
-        description="Template of the tenant, from the auth service"
-    )
-    context: BoundedData = Field(
+    template_key: Annotated[
+        str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)
+    ] = Field(description="Template of the tenant, from the auth service")
+    context: StoredData = Field(
         default_factory=dict,
-        description="Values of the template's `{{ Placeholder }}` fields (keys may contain spaces)",
+        description="Values of the template's `{{ Placeholder }}` fields (keys may contain "
+        "spaces); no NUL characters",
     )

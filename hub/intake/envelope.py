@@ -14,7 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hub.errors import HubError
-from hub.schemas import ID_PATTERN
+from hub.schemas import ID_PATTERN, TEXT_PATTERN, StoredData
 from hub.services.notifications import NewNotification, NotificationLimits, check_limits
 
 SUPPORTED_VERSION = 1
@@ -57,11 +57,13 @@ class NotificationPart(Lenient):
 
 
 class EmailPart(Lenient):
+    """The email to send each recipient that has an address (same rules as REST)."""
+
     template_key: Annotated[
         str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)
     ]
-    subject: Annotated[str, StringConstraints(max_length=998)] | None = None
-    context: dict[str, Any] = Field(default_factory=dict)
+    subject: Annotated[str, StringConstraints(max_length=998, pattern=TEXT_PATTERN)] | None = None
+    context: StoredData = Field(default_factory=dict)
 
 
 class EventEnvelope(Lenient):

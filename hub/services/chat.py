@@ -343,9 +343,12 @@ async def list_conversations(
     if cursor:
         activity_text, id_text = _decode_cursor(cursor, 2)
         try:
-            activity = datetime.fromisoformat(activity_text)
+            # Normalised to UTC here, so an offset that pushes it past year 9999 fails now.
+            activity = datetime.fromisoformat(activity_text).astimezone(UTC)
+            if not id_text.isdigit() or len(id_text) > 18:  # stays within BIGINT
+                raise ValueError
             last_id = int(id_text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
         query = query.where(
             or_(

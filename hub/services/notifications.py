@@ -329,7 +329,10 @@ def decode_cursor(cursor: str) -> int:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError
-        seq = int(raw[len(_CURSOR_PREFIX) :])
+        digits = raw[len(_CURSOR_PREFIX) :]
+        if not digits.isdigit() or len(digits) > 18:  # stays within BIGINT
+            raise ValueError
+        seq = int(digits)
         if seq < 1:
             raise ValueError
     except (ValueError, binascii.Error):
