@@ -111,12 +111,12 @@ async def apply_events(
     async with sessions() as session, session.begin():
         fresh_keys = await _claim(session, list(unique.values()), source)
         fresh = [event for key, event in unique.items() if key in fresh_keys]
-        items = [
-            (event.tenant_id, recipient.user_id, event.notification.as_new())
-            for event in fresh
-            if event.notification is not None
-            for recipient in event.unique_recipients()
-        ]
+        items = []
+        for event in fresh:
+            if event.notification is None:
+                continue
+            content = event.notification.as_new()  # one per event, shared by its recipients
+            items += [(event.tenant_id, r.user_id, content) for r in event.unique_recipients()]
         created = await store_notifications(session, items) if items else []
         for event in fresh:
             if event.email is None:
