@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(default=10_000, ge=100)
     kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=50)
     kafka_rebalance_timeout_ms: int = Field(default=30_000, ge=100)
+    # How long a fetch may wait for data: the floor of produce -> apply latency on a quiet
+    # topic with brokers that hold fetches (aiokafka's default, 500 ms, is for throughput).
+    kafka_fetch_max_wait_ms: int = Field(default=50, ge=0)
+    # Offsets are committed after the batches they cover, at most this often (and when
+    # idle, on revoke and on shutdown): a commit per small batch would double latency.
+    kafka_commit_interval_ms: int = Field(default=200, ge=0)
 
     rabbitmq_url: str | None = None
     rabbitmq_queue: str = "crm.events"

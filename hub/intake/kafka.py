@@ -6,7 +6,8 @@ The loop, per ``getmany`` batch:
 2. apply the good ones in one transaction (:func:`hub.intake.apply.apply_events`);
 3. produce the bad ones to the DLQ (original bytes, the reason and the source position in
    headers) and wait for the broker's acknowledgement;
-4. commit the offsets after the batch.
+4. commit the offsets of applied batches (at most every ``kafka_commit_interval_ms``, and
+   whenever the topic is idle, partitions are revoked or the consumer stops).
 
 A failure in 2 or 3 (database or Redis down, DLQ unwritable) commits nothing: the consumer
 seeks back to the batch's first offsets, waits with backoff and tries the same batch again,
@@ -14,8 +15,8 @@ so nothing is lost, nothing is dead-lettered twice by design, and applying again
 for what was applied. A crash between 2 and 4 redelivers the batch, which the
 ``processed_events`` keys make harmless.
 
-Offsets are committed after each batch, so a revoked partition has nothing uncommitted;
-the rebalance listener commits anyway in case a batch finished during the rebalance.
+The rebalance listener commits what was applied before the partitions go to another
+consumer, so a rebalance redelivers nothing that was applied here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +88,7 @@ class KafkaIntake:
         self._producer: AIOKafkaProducer | None = None
         # Applied but not yet committed: committed after the batch, or on revoke.
         self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._committed_at = 0.0
         self.stats = IntakeStats()
 
     @property
@@ -124,6 +127,7 @@ class KafkaIntake:
             "session_timeout_ms": settings.kafka_session_timeout_ms,
             "heartbeat_interval_ms": settings.kafka_heartbeat_interval_ms,
             "rebalance_timeout_ms": settings.kafka_rebalance_timeout_ms,
+            "fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         }
         options.update(self._consumer_options)
         consumer = AIOKafkaConsumer(**options)
@@ -159,6 +163,8 @@ class KafkaIntake:
             if records:
                 # The batch in hand is finished even when stop is set meanwhile.
                 await self._process_until_done(records, stop)
+            else:
+                await self.commit_pending()  # idle: nothing applied stays uncommitted
             await self._record_lag()
 
     async def _record_lag(self) -> None:
@@ -209,8 +215,10 @@ class KafkaIntake:
         for record in records:
             partition = TopicPartition(record.topic, record.partition)
             self._pending[partition] = OffsetAndMetadata(record.offset + 1, "")
-        await self.commit_pending()
         self.stats.batches += 1
+        interval = self._settings.kafka_commit_interval_ms / 1000
+        if time.monotonic() - self._committed_at >= interval:
+            await self.commit_pending()
 
     async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
         assert self._producer is not None
@@ -241,6 +249,7 @@ class KafkaIntake:
         if not self._pending or consumer is None:
             return
         offsets, self._pending = self._pending, {}
+        self._committed_at = time.monotonic()
         try:
             await consumer.commit(offsets)
         except Exception:
