@@ -27,10 +27,6 @@ async def read_body(request: web.Request, model: type[Model]) -> Model:
     return model.model_validate(document)
 
 
-def principal_of(request: web.Request) -> Principal:
-    return request[PRINCIPAL]
-
-
 def require_service(request: web.Request) -> Principal:
     """The caller, who must hold the ``service`` role (403 otherwise)."""
     principal = request[PRINCIPAL]
