@@ -78,8 +78,9 @@ class Page:
 NOTIFICATIONS = Notification.__table__
 
 
-def serialize(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """The CONTRACT notification object from a row mapping."""
+def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> dict[str, Any]:
+    """The CONTRACT notification object from a row mapping (``created_at`` pre-formatted
+    when a whole batch shares it)."""
     read_at = row["read_at"]
     return {
         "id": str(row["id"]),
@@ -91,7 +92,7 @@ def serialize(row: Mapping[Any, Any]) -> dict[str, Any]:
         "body": row["body"],
         "data": row["data"] or {},
         "link": row["link"],
-        "created_at": iso_utc(row["created_at"]),
+        "created_at": created_at or iso_utc(row["created_at"]),
         "read_at": iso_utc(read_at) if read_at is not None else None,
     }
 
@@ -255,7 +256,10 @@ async def store_notifications(
             }
         )
     ids = await _insert_notifications(session, rows)
-    return [serialize({"id": i, **row}) for i, row in zip(ids, rows, strict=True)]
+    created_at = iso_utc(now)  # one timestamp for the whole batch: format it once
+    return [
+        serialize({"id": i, **row}, created_at=created_at) for i, row in zip(ids, rows, strict=True)
+    ]
 
 
 async def _allocate_seqs(
