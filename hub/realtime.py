@@ -1,7 +1,9 @@
-"""The one way services push events to clients, on every node of the hub.
+"""Room emits through python-socketio's manager, on every node of the hub (chat events).
 
-Services never touch Socket.IO directly: they call a :class:`Realtime`, which a serve process
-builds around its ``AsyncServer`` and a worker or consumer around a write-only Redis manager.
+Services never touch Socket.IO directly: they call a :class:`Realtime`, built around the
+serve process's ``AsyncServer`` (whose Redis manager reaches the other nodes). Notifications,
+read marks and broadcasts take the notification bus instead (:mod:`hub.delivery`), which
+orders them per user and replays what a reconnecting client missed.
 """
 
 from __future__ import annotations
