@@ -25,16 +25,10 @@ class OrjsonModule:
         return orjson.loads(data)
 
 
-def build_client_manager(settings: Settings, *, write_only: bool = False) -> socketio.AsyncManager:
+def build_client_manager(settings: Settings) -> socketio.AsyncManager:
+    """Redis when configured (several processes, one hub), else in-process."""
     if settings.redis_url:
-        return socketio.AsyncRedisManager(
-            settings.redis_url,
-            channel=settings.socketio_channel,
-            write_only=write_only,
-            json=OrjsonModule if write_only else None,
-        )
-    if write_only:
-        raise ValueError("a write-only Socket.IO manager needs NOTIFYHUB_REDIS_URL")
+        return socketio.AsyncRedisManager(settings.redis_url, channel=settings.socketio_channel)
     return socketio.AsyncManager()
 
 
