@@ -36,14 +36,11 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import ssl  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -53,6 +50,15 @@ from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from email.message import EmailMessage  # noqa: E402
 from typing import Any  # noqa: E402
+
+from benchmarks.machine import (  # noqa: E402
+    core_times,
+    cpu_model,
+    free_port,
+    own_cpu_seconds,
+    package_version,
+    wait_for_quiet,
+)
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
@@ -125,21 +131,6 @@ Run:
 # -- machine info -------------------------------------------------------------------------
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
 def code_commit() -> dict[str, Any]:
     git = shutil.which("git")
     if git is None:
@@ -183,51 +174,6 @@ def process_cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def core_times() -> dict[str, tuple[int, int]]:
-    """Per core ``(busy, total)`` jiffies from /proc/stat."""
-    cores: dict[str, tuple[int, int]] = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *rest = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            values = [int(v) for v in rest]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            cores[name] = (sum(values[:8]) - idle, sum(values[:8]))
-    return cores
-
-
-async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
-    """Wait until the cores are nearly idle (other jobs on the machine); say if they never were."""
-    started = time.monotonic()
-    while True:
-        before = core_times()
-        await asyncio.sleep(0.5)
-        after = core_times()
-        busy = sum(
-            (after[n][0] - b0) / max(1, after[n][1] - t0)
-            for n, (b0, t0) in before.items()
-            if n in after
-        )
-        waited = time.monotonic() - started
-        if busy <= threshold or waited >= limit:
-            return {
-                "busy_cores": round(busy, 3),
-                "waited_s": round(waited, 1),
-                "quiet": busy <= threshold,
-            }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def pin(cpu: int) -> bool:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -38,7 +37,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import asyncpg
-import jwt
+# Run as a script, this folder comes first on sys.path, where benchmarks/email.py would shadow
+# the standard library's ``email``; the repository root, home of benchmarks.machine, is not.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import aiohttp  # noqa: E402
+import asyncpg  # noqa: E402
+import jwt  # noqa: E402
+
+from benchmarks.machine import (  # noqa: E402
+    code_version,
+    core_times,
+    cpu_model,
+    free_port,
+    own_cpu_seconds,
+    package_version,
+    wait_for_quiet,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -82,58 +96,6 @@ SERVER_NAMES = ("notifyhub", "stock")
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def code_version() -> dict[str, Any]:
-    """The commit of the hub under test and whether its code differs from it."""
-    info: dict[str, Any] = {}
-    git = shutil.which("git")
-    if git is None:
-        return info
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations"],
-            check=False,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        info = {
-            "commit": head.stdout.strip() or None,
-            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
-        }
-    return info
 
 
 def machine_info() -> dict[str, Any]:
@@ -177,50 +139,6 @@ def process_cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def core_times() -> dict[str, tuple[int, int]]:
-    """Per core ``(busy, total)`` jiffies from /proc/stat."""
-    cores: dict[str, tuple[int, int]] = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *rest = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            values = [int(v) for v in rest]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            total = sum(values[:8])
-            cores[name] = (total - idle, total)
-    return cores
-
-
-async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
-    """Wait until the machine's cores are nearly idle (other jobs, autovacuum, a test run).
-
-    ``threshold`` is in cores (0.15 = 15% of one core); gives up after ``limit`` seconds and
-    says so: the numbers of a busy machine are then marked.
-    """
-    started = time.monotonic()
-    busy = 0.0
-    while True:
-        before = core_times()
-        await asyncio.sleep(0.5)
-        after = core_times()
-        busy = sum(
-            (after[n][0] - b0) / max(1, after[n][1] - t0)
-            for n, (b0, t0) in before.items()
-            if n in after
-        )
-        waited = time.monotonic() - started
-        if busy <= threshold or waited >= limit:
-            return {
-                "busy_cores": round(busy, 3),
-                "waited_s": round(waited, 1),
-                "quiet": busy <= threshold,
-            }
 
 
 def make_token(

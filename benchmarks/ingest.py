@@ -55,16 +55,13 @@ if str(REPO) not in sys.path:
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import resource  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -82,6 +79,15 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from benchmarks.machine import (  # noqa: E402
+    code_version,
+    core_times,
+    cpu_model,
+    free_port,
+    own_cpu_seconds,
+    package_version,
+    wait_for_quiet,
+)
 from hub.producer import event_key, publish_events  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -107,57 +113,6 @@ BODY = (
 
 
 # -- machine ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
-def code_version() -> dict[str, Any]:
-    """The commit of the hub under test and which of its files differ from it."""
-    git = shutil.which("git")
-    if git is None:
-        return {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations", "tasks"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return {
-            "commit": head.stdout.strip() or None,
-            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
-        }
-    return {}
 
 
 def machine_info() -> dict[str, Any]:
@@ -193,11 +148,6 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def pids_named(*names: str) -> list[int]:
     """Processes whose command name is one of ``names`` (PostgreSQL's, Redis's)."""
     found = []
@@ -207,39 +157,6 @@ def pids_named(*names: str) -> list[int]:
                 if (entry / "comm").read_text().strip() in names:
                     found.append(int(entry.name))
     return found
-
-
-def core_times() -> dict[str, tuple[int, int]]:
-    """Per core ``(busy, total)`` jiffies from /proc/stat."""
-    cores: dict[str, tuple[int, int]] = {}
-    for line in Path("/proc/stat").read_text().splitlines():
-        name, *rest = line.split()
-        if name.startswith("cpu") and name != "cpu":
-            values = [int(v) for v in rest]
-            idle = values[3] + (values[4] if len(values) > 4 else 0)
-            cores[name] = (sum(values[:8]) - idle, sum(values[:8]))
-    return cores
-
-
-async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
-    """Wait until the cores are nearly idle (other jobs on the machine); say if never."""
-    started = time.monotonic()
-    while True:
-        before = core_times()
-        await asyncio.sleep(0.5)
-        after = core_times()
-        busy = sum(
-            (after[n][0] - b0) / max(1, after[n][1] - t0)
-            for n, (b0, t0) in before.items()
-            if n in after
-        )
-        waited = time.monotonic() - started
-        if busy <= threshold or waited >= limit:
-            return {
-                "busy_cores": round(busy, 3),
-                "waited_s": round(waited, 1),
-                "quiet": busy <= threshold,
-            }
 
 
 @dataclass

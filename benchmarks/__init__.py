@@ -1,0 +1,1 @@
+"""Benchmark scripts (run by hand, not timed tests); shared helpers in ``machine``."""

@@ -1,0 +1,106 @@
+"""What every benchmark records about the machine and the code, and how it waits for quiet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import resource
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the hub under test and which of its files differ from it."""
+    git = shutil.which("git")
+    if git is None:
+        return {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, "rev-parse", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations", "tasks"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return {
+            "commit": head.stdout.strip() or None,
+            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
+        }
+    return {}
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def core_times() -> dict[str, tuple[int, int]]:
+    """Per core ``(busy, total)`` jiffies from /proc/stat."""
+    cores: dict[str, tuple[int, int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *rest = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            values = [int(v) for v in rest]
+            idle = values[3] + (values[4] if len(values) > 4 else 0)
+            cores[name] = (sum(values[:8]) - idle, sum(values[:8]))
+    return cores
+
+
+async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
+    """Wait until the cores are nearly idle (other jobs on the machine); say if they never were."""
+    started = time.monotonic()
+    while True:
+        before = core_times()
+        await asyncio.sleep(0.5)
+        after = core_times()
+        busy = sum(
+            (after[n][0] - b0) / max(1, after[n][1] - t0)
+            for n, (b0, t0) in before.items()
+            if n in after
+        )
+        waited = time.monotonic() - started
+        if busy <= threshold or waited >= limit:
+            return {
+                "busy_cores": round(busy, 3),
+                "waited_s": round(waited, 1),
+                "quiet": busy <= threshold,
+            }
