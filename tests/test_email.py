@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -73,6 +73,34 @@ def smtp_config(sink: SmtpSink, sender: str, name: str) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def tenant_mail(auth_service: AuthServiceStub, smtp_server: SmtpSink, tenant: str) -> str:
+    """``tenant`` with SMTP settings (the ``smtp_server`` sink) and the interview template."""
+    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
+    auth_service.templates[(tenant, "interview")] = TEMPLATE
+    return tenant
+
+
+MailStack = Callable[..., Awaitable[tuple[RunningHub, Settings]]]
+
+
+@pytest.fixture
+def mail_stack(
+    hub_factory: Callable[..., Any],
+    email_settings: Callable[..., Settings],
+    worker_process: WorkerStarter,
+) -> MailStack:
+    """Start a hub and one worker process on settings of this test's own."""
+
+    async def start(**overrides: Any) -> tuple[RunningHub, Settings]:
+        settings = email_settings(**overrides)
+        hub: RunningHub = await hub_factory(settings)
+        await worker_process(settings)
+        return hub, settings
+
+    return start
+
+
 async def queue(hub: RunningHub, tenant: str, to: str, **extra: Any) -> str:
     status, body = await ApiClient.for_service(hub.url, tenant).post(
         "/api/emails/send/",
@@ -117,9 +145,7 @@ async def wait_status(
 
 
 async def test_each_tenant_mails_through_its_own_server(
-    hub_factory: Callable[..., Any],
-    email_settings: Callable[..., Settings],
-    worker_process: WorkerStarter,
+    mail_stack: MailStack,
     auth_service: AuthServiceStub,
     smtp_server: SmtpSink,
     second_smtp_server: SmtpSink,
@@ -131,9 +157,7 @@ async def test_each_tenant_mails_through_its_own_server(
     )
     for tenant in (tenant_a, tenant_b):
         auth_service.templates[(tenant, "interview")] = TEMPLATE
-    settings = email_settings()
-    hub = await hub_factory(settings)
-    await worker_process(settings)
+    hub, _ = await mail_stack()
 
     id_a = await queue(hub, tenant_a, "ada@example.com")
     id_b = await queue(hub, tenant_b, "bob@example.com", subject="Custom {{ Job Title }}")
@@ -156,19 +180,14 @@ async def test_each_tenant_mails_through_its_own_server(
 
 
 async def test_auth_service_outage_is_retried_until_it_returns(
-    hub_factory: Callable[..., Any],
-    email_settings: Callable[..., Settings],
-    worker_process: WorkerStarter,
+    mail_stack: MailStack,
     auth_service: AuthServiceStub,
     smtp_server: SmtpSink,
-    tenant: str,
+    tenant_mail: str,
 ) -> None:
-    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
-    auth_service.templates[(tenant, "interview")] = TEMPLATE
+    tenant = tenant_mail
     auth_service.failing_status = 503
-    settings = email_settings(email_max_attempts=20)
-    hub = await hub_factory(settings)
-    await worker_process(settings)
+    hub, _ = await mail_stack(email_max_attempts=20)
     email_id = await queue(hub, tenant, "x@example.com")
 
     async def retried_twice() -> bool:
@@ -185,18 +204,13 @@ async def test_auth_service_outage_is_retried_until_it_returns(
 
 
 async def test_smtp_5xx_fails_and_4xx_retries(
-    hub_factory: Callable[..., Any],
-    email_settings: Callable[..., Settings],
-    worker_process: WorkerStarter,
+    mail_stack: MailStack,
     auth_service: AuthServiceStub,
     smtp_server: SmtpSink,
-    tenant: str,
+    tenant_mail: str,
 ) -> None:
-    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
-    auth_service.templates[(tenant, "interview")] = TEMPLATE
-    settings = email_settings()
-    hub = await hub_factory(settings)
-    await worker_process(settings)
+    tenant = tenant_mail
+    hub, _ = await mail_stack()
 
     smtp_server.scripted_replies.append(
         "550 5.1.1 <nobody@example.com>: Recipient address rejected"
@@ -222,18 +236,13 @@ async def test_smtp_5xx_fails_and_4xx_retries(
 
 
 async def test_missing_template_and_missing_key_fail_with_reasons(
-    hub_factory: Callable[..., Any],
-    email_settings: Callable[..., Settings],
-    worker_process: WorkerStarter,
+    mail_stack: MailStack,
     auth_service: AuthServiceStub,
     smtp_server: SmtpSink,
-    tenant: str,
+    tenant_mail: str,
 ) -> None:
-    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
-    auth_service.templates[(tenant, "interview")] = TEMPLATE
-    settings = email_settings()
-    hub = await hub_factory(settings)
-    await worker_process(settings)
+    tenant = tenant_mail
+    hub, _ = await mail_stack()
     missing_template = await queue(hub, tenant, "a@example.com", template_key="nope")
     _, body = await ApiClient.for_service(hub.url, tenant).post(
         "/api/emails/send/",
@@ -253,10 +262,9 @@ async def test_killed_worker_task_is_redelivered_and_sent_once(
     worker_process: WorkerStarter,
     auth_service: AuthServiceStub,
     smtp_server: SmtpSink,
-    tenant: str,
+    tenant_mail: str,
 ) -> None:
-    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
-    auth_service.templates[(tenant, "interview")] = TEMPLATE
+    tenant = tenant_mail
     auth_service.delay_seconds = 1.0  # the worker sits in the middle of its task
     settings = email_settings()
     hub = await hub_factory(settings)
@@ -353,20 +361,12 @@ asyncio.run(main())
 
 
 async def test_seed_style_kiq_from_another_process_is_delivered(
-    hub_factory: Callable[..., Any],
-    email_settings: Callable[..., Settings],
-    worker_process: WorkerStarter,
-    auth_service: AuthServiceStub,
-    smtp_server: SmtpSink,
-    tenant: str,
+    mail_stack: MailStack, smtp_server: SmtpSink, tenant_mail: str
 ) -> None:
     import os
 
-    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
-    auth_service.templates[(tenant, "interview")] = TEMPLATE
-    settings = email_settings()
-    hub = await hub_factory(settings)
-    await worker_process(settings)
+    tenant = tenant_mail
+    hub, settings = await mail_stack()
     caller = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", SEED_CALLER, tenant],
