@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 
 from hub.auth import AuthError
 from hub.delivery.sinks import WebSocketSink
-from hub.keys import NOTIFICATION_DELIVERY, VERIFIER
+from hub.keys import NOTIFICATION_DELIVERY, SETTINGS, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
     last_seq = int(last_seq_text) if last_seq_text.isdigit() and len(last_seq_text) < 19 else None
 
     delivery = request.app[NOTIFICATION_DELIVERY]
-    sink = WebSocketSink(socket)
+    sink = WebSocketSink(socket, max_buffer_bytes=request.app[SETTINGS].socket_max_buffer_bytes)
     subscriber = delivery.subscribe(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
@@ -62,5 +62,4 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
     finally:
         expiry.cancel()
         delivery.unsubscribe(subscriber)
-        await sink.stop()
     return socket

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -79,3 +80,29 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # aiohttp's access log repeats what our own request logging says.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+class ThrottledLog:
+    """At most one line per key (a socket, a peer) per interval.
+
+    For what clients cause: a client that sends 1,000 malformed frames a second must not
+    write 1,000 lines a second. Keys are forgotten once their interval has passed.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, *, interval_seconds: float = 60.0, max_keys: int = 10_000
+    ) -> None:
+        self._logger = logger
+        self._interval = interval_seconds
+        self._max_keys = max_keys
+        self._last: dict[str, float] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return
+        if len(self._last) >= self._max_keys:
+            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
+        self._last[key] = now
+        self._logger.warning(message, *args)

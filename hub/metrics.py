@@ -78,3 +78,15 @@ def register_pool(checked_out: Callable[[], int]) -> PoolCollector:
 
 def unregister(collector: Collector) -> None:
     REGISTRY.unregister(collector)
+
+
+SLOW_CONSUMERS = Counter(
+    "notifyhub_slow_consumer_disconnects_total",
+    "Connections dropped because their unsent frames passed the per-socket buffer limit.",
+    ["transport"],
+)
+PROTOCOL_ERRORS = Counter(
+    "notifyhub_socket_protocol_errors_total",
+    "Malformed or forbidden frames received from clients, by kind.",
+    ["kind"],
+)

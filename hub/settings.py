@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     socketio_channel: str = "notifyhub"
     # permessage-deflate costs ~100 KB per idle socket; off unless asked for.
     socketio_websocket_compression: bool = False
+    # Unsent bytes one connection may hold (Socket.IO or legacy WebSocket); a client that
+    # stops reading is disconnected past this, so it can never stall or bloat the node.
+    socket_max_buffer_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
 
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str = "crm.events"

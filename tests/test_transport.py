@@ -33,3 +33,25 @@ async def test_deflate_when_configured(
     hub = await hub_factory(hub_settings(socketio_websocket_compression=True))
     extensions = await negotiated_extensions(hub.url)
     assert extensions is not None and "permessage-deflate" in extensions
+
+
+def test_internals_the_direct_writes_rely_on_are_there() -> None:
+    """hub/sockets/transport.py writes frames through private parts of aiohttp and
+    python-engineio; an upgrade that moves them must fail here, not in production."""
+    import asyncio
+    import inspect
+
+    from aiohttp._websocket.writer import WebSocketWriter
+    from engineio.async_socket import AsyncSocket
+
+    parameters = inspect.signature(WebSocketWriter._write_websocket_frame).parameters
+    assert list(parameters) == ["self", "message", "opcode", "rsv"], (
+        "aiohttp's WebSocketWriter._write_websocket_frame changed: update transport.py"
+    )
+    assert "self._limit" in inspect.getsource(WebSocketWriter.send_frame), (
+        "aiohttp's drain threshold moved: update transport.NO_DRAIN"
+    )
+    assert hasattr(asyncio.Queue(), "_getters"), "asyncio.Queue._getters is gone"
+    assert "self.queue.get()" in inspect.getsource(AsyncSocket.poll), (
+        "engine.io's writer no longer waits on its queue: direct writes may reorder frames"
+    )

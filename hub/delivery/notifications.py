@@ -44,11 +44,12 @@ FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[i
 class Sink(Protocol):
     """Where a subscriber's frames go: a Socket.IO socket or a legacy WebSocket.
 
-    ``send`` queues the frame and returns without waiting for the network, so frames leave
-    in the order they were sent and a slow client never holds up delivery to others.
+    ``send`` buffers the frame and returns without waiting for the network, so frames leave
+    in the order they were sent and a slow client never holds up delivery to others. It
+    returns False when the connection is gone (or was just dropped for not reading).
     """
 
-    async def send(self, event: str, data_json: str) -> None: ...
+    async def send(self, event: str, data_json: str) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -231,11 +232,12 @@ class NotificationDelivery:
         if subscriber.closed:
             return
         try:
-            await subscriber.sink.send(event, data_json)
+            sent = await subscriber.sink.send(event, data_json)
         except Exception:  # a broken connection is that connection's problem only
             log.debug("send to a closing connection failed", exc_info=True)
             return
-        _EMITTED[event].inc()
+        if sent:
+            _EMITTED[event].inc()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -1,14 +1,20 @@
-"""Sinks: how one connection receives frames (see :class:`hub.delivery.notifications.Sink`)."""
+"""Sinks: how one connection receives frames (see :class:`hub.delivery.notifications.Sink`).
+
+Both write without waiting for the client: a frame is appended to the connection's buffer,
+and a connection whose buffer passes the configured limit is dropped (see
+:mod:`hub.sockets.transport`), so delivery to everybody else never waits on one reader.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp._websocket.writer import WebSocketWriter
 
-from hub.sockets.transport import send_socketio_packet
+from hub.metrics import SLOW_CONSUMERS
+from hub.sockets.transport import NO_DRAIN, TEXT, send_socketio_packet
 
 log = logging.getLogger(__name__)
 
@@ -17,19 +23,18 @@ class SocketIOSink:
     """A Socket.IO socket. The event packet is assembled around the already-encoded data,
     so a notification is JSON-encoded once however many sockets receive it."""
 
-    __slots__ = ("_eio", "_eio_sid", "_namespace", "_prefix", "_server", "_sid")
+    __slots__ = ("_eio_sid", "_namespace", "_prefix", "_server", "_sid")
 
     def __init__(self, server: Any, sid: str, namespace: str) -> None:
         self._server = server
-        self._eio = server.eio
         self._sid = sid
         self._namespace = namespace
         self._eio_sid = server.manager.eio_sid_from_sid(sid, namespace)
         # Socket.IO EVENT packet: type 2, the namespace, then ["event", data].
         self._prefix = f'2{namespace},["'
 
-    async def send(self, event: str, data_json: str) -> None:
-        await send_socketio_packet(
+    async def send(self, event: str, data_json: str) -> bool:
+        return send_socketio_packet(
             self._server, self._eio_sid, f'{self._prefix}{event}",{data_json}]'
         )
 
@@ -38,37 +43,33 @@ class SocketIOSink:
 
 
 class WebSocketSink:
-    """A legacy plain WebSocket: JSON text frames ``{"type", "data"}``, written by a task of
-    its own so that ``send`` never waits on a slow client."""
+    """A legacy plain WebSocket: JSON text frames ``{"type", "data"}``, written straight to
+    the connection's buffer; past ``max_buffer_bytes`` unsent, the connection is aborted."""
 
-    MAX_QUEUED = 10_000
+    __slots__ = ("_max_buffer_bytes", "_socket", "_writer")
 
-    def __init__(self, socket: web.WebSocketResponse) -> None:
+    def __init__(self, socket: web.WebSocketResponse, *, max_buffer_bytes: int) -> None:
+        writer = socket._writer
+        if writer is None:
+            raise RuntimeError("the WebSocket must be prepared before it becomes a sink")
+        # aiohttp would otherwise await a drain inside send: we measure the buffer instead.
+        writer._limit = NO_DRAIN
         self._socket = socket
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(self.MAX_QUEUED)
-        self._writer = asyncio.create_task(self._write())
+        self._writer: WebSocketWriter = writer
+        self._max_buffer_bytes = max_buffer_bytes
 
-    async def send(self, event: str, data_json: str) -> None:
-        try:
-            self._queue.put_nowait(f'{{"type":"{event}","data":{data_json}}}')
-        except asyncio.QueueFull:
-            log.warning("legacy WebSocket client too slow; closing it")
-            await self.close()
-
-    async def _write(self) -> None:
-        while (frame := await self._queue.get()) is not None:
-            try:
-                await self._socket.send_str(frame)
-            except (ConnectionError, RuntimeError):
-                return
+    async def send(self, event: str, data_json: str) -> bool:
+        transport = self._writer.transport
+        if transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > self._max_buffer_bytes:
+            SLOW_CONSUMERS.labels("legacy_websocket").inc()
+            log.warning("legacy WebSocket dropped: it does not read")
+            transport.abort()
+            return False
+        frame = f'{{"type":"{event}","data":{data_json}}}'.encode()
+        self._writer._write_websocket_frame(frame, TEXT, 0)
+        return True
 
     async def close(self) -> None:
         await self._socket.close()
-
-    async def stop(self) -> None:
-        """Stop the writer after it has sent what is queued."""
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self._writer.cancel()
-        await asyncio.gather(self._writer, return_exceptions=True)

@@ -1,4 +1,12 @@
-"""Build the python-socketio server: in-process manager, or Redis when configured."""
+"""Build the python-socketio server: in-process manager, or Redis when configured.
+
+:class:`HubServer` is python-socketio's ``AsyncServer`` with two duties added at its edge:
+every outgoing packet goes through the bounded, non-waiting writes of
+:mod:`hub.sockets.transport`, and every incoming packet is checked before any handler sees
+it (malformed frames, reserved event names, a second CONNECT), so that what a client gets
+wrong costs it an error ack or its connection, never a traceback or a handler it must not
+reach.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +15,21 @@ from typing import Any
 import orjson
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
+from hub.metrics import PROTOCOL_ERRORS
 from hub.settings import Settings
 from hub.sockets import transport
 from hub.sockets.namespaces import NAMESPACE_CLASSES
+
+# Names the Socket.IO protocol gives meaning to: a client sending them as events would
+# otherwise run the server's own lifecycle handlers (a second connect, a fake disconnect).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+# Every event handler takes one payload; more arguments are a client bug, told as such.
+MAX_EVENT_ARGUMENTS = 1
 
 
 class OrjsonModule:
@@ -25,6 +44,89 @@ class OrjsonModule:
         return orjson.loads(data)
 
 
+def error_ack(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+class HubServer(socketio.AsyncServer):
+    async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            transport.send_socketio_packet(self, eio_sid, encoded)
+            return
+        for part in encoded:  # binary attachments: rare, engine.io's own path
+            await self.eio.send(eio_sid, part)
+
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: eio_packet.Packet) -> None:
+        # Room emits (chat) arrive here, already encoded once for every recipient.
+        if eio_pkt.packet_type == eio_packet.MESSAGE and isinstance(eio_pkt.data, str):
+            transport.send_socketio_packet(self, eio_sid, eio_pkt.data)
+            return
+        await super()._send_eio_packet(eio_sid, eio_pkt)
+
+    async def _handle_eio_message(self, eio_sid: str, data: str | bytes) -> None:
+        if eio_sid in self._binary_packet or isinstance(data, bytes):
+            await super()._handle_eio_message(eio_sid, data)
+            return
+        try:
+            pkt = self.packet_class(encoded_packet=data)
+        except (ValueError, TypeError, IndexError):
+            await self._violation(eio_sid, "malformed", "not a Socket.IO packet")
+            return
+        kind = pkt.packet_type
+        if kind == sio_packet.EVENT:
+            await self._checked_event(eio_sid, pkt)
+        elif kind == sio_packet.CONNECT:
+            if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is not None:
+                await self._violation(eio_sid, "reconnect", "second CONNECT to a namespace")
+                return
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        elif kind == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif kind == sio_packet.ACK:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+            await self._violation(eio_sid, "binary", "binary packets are not accepted")
+        else:
+            await self._violation(eio_sid, "malformed", f"unexpected packet type {kind!r}")
+
+    async def _checked_event(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
+        """An EVENT whose shape is wrong is answered with an error ack and dropped; one that
+        asked for no ack costs the connection."""
+        data = pkt.data
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            problem = "an event is [name, payload] with a string name"
+        elif data[0] in RESERVED_EVENTS:
+            problem = f"event name {data[0]!r} is reserved"
+        elif len(data) > 1 + MAX_EVENT_ARGUMENTS:
+            problem = "an event carries one payload"
+        else:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, data)
+            return
+        if pkt.id is None:  # nothing to answer to: the client must learn it some way
+            await self._violation(eio_sid, "bad_event", problem)
+            return
+        PROTOCOL_ERRORS.labels("bad_event").inc()
+        transport.log_protocol_violation(eio_sid, problem)
+        namespace = pkt.namespace or "/"
+        if self.manager.is_connected(self.manager.sid_from_eio_sid(eio_sid, namespace), namespace):
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    sio_packet.ACK,
+                    namespace=pkt.namespace,
+                    id=pkt.id,
+                    data=[error_ack("bad_request", problem)],
+                ),
+            )
+
+    async def _violation(self, eio_sid: str, kind: str, reason: str) -> None:
+        """A frame no client library sends: drop the connection, log once per interval."""
+        PROTOCOL_ERRORS.labels(kind).inc()
+        transport.log_protocol_violation(eio_sid, reason)
+        await transport.abort_session(self, eio_sid)
+
+
 def build_client_manager(settings: Settings) -> socketio.AsyncManager:
     """Redis when configured (several processes, one hub), else in-process."""
     if settings.redis_url:
@@ -33,7 +135,7 @@ def build_client_manager(settings: Settings) -> socketio.AsyncManager:
 
 
 def build_socketio_server(settings: Settings, app: web.Application) -> socketio.AsyncServer:
-    server = socketio.AsyncServer(
+    server = HubServer(
         async_mode="aiohttp",
         client_manager=build_client_manager(settings),
         json=OrjsonModule,
@@ -41,7 +143,11 @@ def build_socketio_server(settings: Settings, app: web.Application) -> socketio.
         logger=False,
         engineio_logger=False,
     )
-    transport.install(server, compress=settings.socketio_websocket_compression)
+    transport.install(
+        server,
+        compress=settings.socketio_websocket_compression,
+        max_buffer_bytes=settings.socket_max_buffer_bytes,
+    )
     for name, namespace_class in NAMESPACE_CLASSES.items():
         server.register_namespace(namespace_class(name, app))
     return server

@@ -1,27 +1,63 @@
-"""engine.io's aiohttp WebSocket transport, adjusted in two ways:
+"""engine.io's aiohttp WebSocket transport, adjusted for a hub that fans out to many sockets:
 
 - permessage-deflate is off unless configured: a browser always offers it, and a deflate
   context costs ~100 KB per idle socket;
-- the hub can write a frame straight to the socket's WebSocket when nothing is queued for
-  it, skipping engine.io's per-socket queue and writer task (the cost that dominates fan-out).
+- every Socket.IO packet is written straight to the socket's transport when nothing that
+  engine.io queued is still unsent, skipping engine.io's per-socket queue and writer task
+  (the cost that dominates fan-out);
+- **nothing ever waits for a client to read**. A write only appends to the transport's
+  buffer; a socket whose unsent bytes pass ``max_buffer_bytes`` is a slow consumer and is
+  aborted at once (and counted), so one client that stops reading can neither stall the
+  delivery loop that serves everybody else nor grow the process without bound.
 
 Direct writes keep frame order: they only happen while engine.io's writer task is parked on
-an empty queue, i.e. when nothing engine.io queued (CONNECT, acks, pings) is still unsent.
+an empty queue, i.e. when nothing engine.io queued (pings, the handshake) is still unsent.
+aiohttp's own flow control (awaiting a drain above 64 KB) is turned off for these sockets:
+with it, engine.io's writer would stop at the first full buffer and our frames would pile
+up in its unbounded queue instead, where no limit could see them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import socketio
 from aiohttp import WSMsgType, web
+from aiohttp._websocket.writer import WebSocketWriter
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+from hub.logs import ThrottledLog
+from hub.metrics import SLOW_CONSUMERS
+
+log = logging.getLogger(__name__)
+# What clients get wrong is logged once per socket per minute, whatever they send.
+PROTOCOL_LOG = ThrottledLog(log)
 
 # engine.io frames a Socket.IO packet as a MESSAGE, type "4".
 ENGINEIO_MESSAGE = "4"
+# A socket on long-polling has no transport buffer to measure: bound its queue by packets.
+MAX_QUEUED_PACKETS = 1000
+# aiohttp drains once this many bytes were written since the last drain: never, for us.
+NO_DRAIN = 1 << 62
+TEXT = int(WSMsgType.TEXT)
+_closing: set[asyncio.Future[Any]] = set()
 
 
-def make_websocket_class(*, compress: bool) -> type[Any]:
+class DirectWriter:
+    """Per-socket state for direct writes: the aiohttp writer, its transport and the limit."""
+
+    __slots__ = ("limit", "transport", "writer")
+
+    def __init__(self, writer: WebSocketWriter, limit: int) -> None:
+        self.writer = writer
+        self.transport = writer.transport
+        self.limit = limit
+
+
+def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
     class HubWebSocket(engineio_aiohttp.WebSocket):
         async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
             request = environ["aiohttp.request"]
@@ -29,38 +65,98 @@ def make_websocket_class(*, compress: bool) -> type[Any]:
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
             await self._sock.prepare(request)
+            writer = self._sock._writer
+            assert writer is not None  # prepare() created it
+            writer._limit = NO_DRAIN
             self.environ = environ
             # ``handler`` is the bound ``_websocket_handler`` of the engine.io socket.
             engineio_socket = self.handler.__self__
-            engineio_socket.hub_websocket = self._sock
+            engineio_socket.hub_direct = DirectWriter(writer, max_buffer_bytes)
             try:
                 await self.handler(self)
             finally:
-                engineio_socket.hub_websocket = None
+                engineio_socket.hub_direct = None
             return self._sock
+
+        async def wait(self) -> bytes | str:
+            data: bytes | str = await super().wait()
+            # engine.io decodes text frames by their first character; anything else would
+            # raise inside its receive loop and end the request as a 500 with a traceback.
+            if isinstance(data, str) and (not data or data[0] not in "0123456"):
+                engineio_socket = self.handler.__self__
+                log_protocol_violation(engineio_socket.sid, "not an Engine.IO packet")
+                # No close handshake: a client sending garbage would not answer it.
+                if engineio_socket.hub_direct is not None:
+                    engineio_socket.hub_direct.transport.abort()
+                raise OSError("not an Engine.IO packet")
+            return data
 
     return HubWebSocket
 
 
-def install(server: socketio.AsyncServer, *, compress: bool) -> None:
+def install(server: socketio.AsyncServer, *, compress: bool, max_buffer_bytes: int) -> None:
     """Use :func:`make_websocket_class` for this server only (the driver table is shared)."""
-    server.eio._async = {**server.eio._async, "websocket": make_websocket_class(compress=compress)}
+    websocket_class = make_websocket_class(compress=compress, max_buffer_bytes=max_buffer_bytes)
+    server.eio._async = {**server.eio._async, "websocket": websocket_class}
 
 
-async def send_socketio_packet(server: socketio.AsyncServer, eio_sid: str, packet: str) -> None:
-    """Send an encoded Socket.IO packet to one engine.io session, directly when possible."""
+def send_socketio_packet(server: socketio.AsyncServer, eio_sid: str, packet: str) -> bool:
+    """Send an encoded Socket.IO packet to one engine.io session without waiting.
+
+    Returns False when the session is gone or was just dropped as a slow consumer.
+    """
+    engineio_socket = server.eio.sockets.get(eio_sid)
+    if engineio_socket is None or engineio_socket.closed:
+        return False
+    direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
+    queue = engineio_socket.queue
+    if direct is not None:
+        transport = direct.transport
+        if transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > direct.limit:
+            drop_slow_consumer(engineio_socket, direct, "websocket")
+            return False
+        if not engineio_socket.upgrading and queue.empty() and queue._getters:
+            # The writer task waits on the queue: nothing of its is in flight.
+            direct.writer._write_websocket_frame((ENGINEIO_MESSAGE + packet).encode(), TEXT, 0)
+            return True
+    elif queue.qsize() >= MAX_QUEUED_PACKETS:
+        drop_slow_consumer(engineio_socket, None, "polling")
+        return False
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
+    return True
+
+
+def drop_slow_consumer(engineio_socket: Any, direct: DirectWriter | None, kind: str) -> None:
+    """Abort a socket that does not read: its unsent frames are discarded, not flushed."""
+    SLOW_CONSUMERS.labels(kind).inc()
+    log.warning(
+        "socket %s dropped: it does not read (%s unsent bytes)",
+        engineio_socket.sid,
+        direct.transport.get_write_buffer_size() if direct else "many",
+    )
+    if direct is not None:
+        direct.transport.abort()
+    else:
+        # A poller: end its session without flushing; the queued packets are never sent.
+        closing = asyncio.ensure_future(engineio_socket.close(wait=False, abort=True))
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+
+async def abort_session(server: socketio.AsyncServer, eio_sid: str) -> None:
+    """End a session at once, without the close handshake a hostile client would ignore."""
     engineio_socket = server.eio.sockets.get(eio_sid)
     if engineio_socket is None:
         return
-    websocket: web.WebSocketResponse | None = getattr(engineio_socket, "hub_websocket", None)
-    queue = engineio_socket.queue
-    if (
-        websocket is not None
-        and not engineio_socket.upgrading
-        and queue.empty()
-        and queue._getters  # the writer task waits on the queue: nothing of its is in flight
-        and not websocket.closed
-    ):
-        await websocket.send_frame((ENGINEIO_MESSAGE + packet).encode(), WSMsgType.TEXT)
-        return
-    await server.eio.send(eio_sid, packet)
+    direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
+    if direct is not None:
+        # The receive loop sees the connection end and runs the disconnect handlers.
+        direct.transport.abort()
+    else:
+        await engineio_socket.close(wait=False, abort=True)
+
+
+def log_protocol_violation(sid: str, reason: str) -> None:
+    PROTOCOL_LOG.warning(sid, "socket %s: protocol violation (%s)", sid, reason)
