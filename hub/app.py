@@ -47,7 +47,7 @@ from hub.keys import (
 from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
 from hub.services.chat import ChatLimits
-from hub.services.notifications import NotificationLimits, replay_page
+from hub.services.notifications import NotificationLimits, latest_seqs, replay_page
 from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
 from hub.services.typing import LocalTypingState, RedisTypingState, TypingRelay, TypingState
 from hub.settings import Settings
@@ -122,7 +122,9 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
 async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:
     """The notification bus (Redis pub/sub or in-process) and this node's live delivery."""
     settings = app[SETTINGS]
-    delivery = NotificationDelivery(sessions=app[DB_SESSIONS], fetch_after=replay_page)
+    delivery = NotificationDelivery(
+        sessions=app[DB_SESSIONS], fetch_after=replay_page, latest_seqs=latest_seqs
+    )
     app[NOTIFICATION_DELIVERY] = delivery
     app[NOTIFICATION_LIMITS] = NotificationLimits.from_settings(settings)
     listening: asyncio.Task[None] | None = None
@@ -142,12 +144,20 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
             await asyncio.wait_for(subscribed.wait(), timeout=5)
         except TimeoutError:
             log.warning("notification bus not subscribed yet; continuing")
+    # With a bus that can lose messages (Redis away, a publisher dead after its commit),
+    # the database is checked for what never came.
+    watching = (
+        asyncio.create_task(delivery.watch_for_lag(settings.delivery_lag_check_seconds))
+        if redis is not None
+        else None
+    )
     try:
         yield
     finally:
-        if listening is not None:
-            listening.cancel()
-            await asyncio.gather(listening, return_exceptions=True)
+        for task in (listening, watching):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await delivery.close()
 
 

@@ -90,3 +90,9 @@ PROTOCOL_ERRORS = Counter(
     "Malformed or forbidden frames received from clients, by kind.",
     ["kind"],
 )
+CATCH_UPS = Counter(
+    "notifyhub_delivery_catch_ups_total",
+    "Subscribers sent what they missed from the database, by reason (connect, gap, "
+    "resubscribed: the bus came back, lagging: a stored notification never came by the bus).",
+    ["reason"],
+)

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Unsent bytes one connection may hold (Socket.IO or legacy WebSocket); a client that
     # stops reading is disconnected past this, so it can never stall or bloat the node.
     socket_max_buffer_bytes: int = Field(default=1024 * 1024, ge=64 * 1024)
+    # How often each node compares the latest stored seq of its connected users with what
+    # it sent them, to deliver notifications whose bus message was lost (within ~2 checks).
+    delivery_lag_check_seconds: float = Field(default=1.5, gt=0)
 
     kafka_bootstrap_servers: str | None = None
     kafka_topic: str = "crm.events"

@@ -137,24 +137,29 @@ class RedisBus:
     ) -> None:
         """Listen until cancelled; reconnect with backoff, then ask the listener to catch up."""
         backoff = 0.1
-        first = True
+        first, lost = True, False
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
                     if subscribed is not None:
                         subscribed.set()
+                    if lost:
+                        log.warning("notification bus has Redis again; catching up")
                     if not first:
                         await listener.on_resubscribed()
-                    first, backoff = False, 0.1
+                    first, lost, backoff = False, False, 0.1
                     async for message in pubsub.listen():
                         await self._dispatch(listener, message["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("notification bus lost Redis (%s); retrying in %.1fs", exc, backoff)
+                # One line when the outage starts and one when it ends, not one per retry.
+                if not lost:
+                    log.warning("notification bus lost Redis (%s); retrying", exc)
+                lost = True
                 await sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
 
     async def _dispatch(self, listener: BusListener, raw: bytes) -> None:
         try:

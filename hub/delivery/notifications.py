@@ -10,7 +10,13 @@ that remembers the last ``seq`` it was sent. Delivery keeps three promises:
   the database is read, so anything committed later arrives over the bus and is buffered
   until the replay has been sent;
 - **one slow client hurts nobody**: sends only queue frames; catch-ups run as tasks of
-  their own.
+  their own;
+- **nothing stored is missed for long**, even when its bus message never comes (Redis was
+  away when it was published, or the node that stored it died between commit and publish):
+  every ``lag_check_seconds`` the node reads the latest ``seq`` of each user it serves, and
+  a subscriber still behind a ``seq`` that was committed a whole check earlier catches up
+  from the database. A live-only subscriber (no ``last_seq``) starts from the user's latest
+  ``seq`` at connect, so it is covered too.
 
 A higher ``seq`` committed implies every lower one is committed: seqs of a user are
 allocated under the lock of its counter row, which is held until commit.
@@ -27,9 +33,11 @@ from typing import Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.delivery.bus import NewNotification, ReadEvent, TenantBroadcast
-from hub.metrics import EMITS
+from hub.logs import ThrottledLog
+from hub.metrics import CATCH_UPS, EMITS
 
 log = logging.getLogger(__name__)
+LAG_CHECK_LOG = ThrottledLog(log)
 
 NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
@@ -37,8 +45,13 @@ BROADCAST_EVENT = "broadcast"
 REPLAY_PAGE_SIZE = 500
 _EMITTED = {event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, BROADCAST_EVENT)}
 
+LAG_CHECK_CHUNK = 500
+UserKey = tuple[str, str]  # (tenant_id, user_id)
+
 # (session, tenant_id, user_id, after_seq, limit) -> notification objects, oldest first
 FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str]]]]
+# (session, users) -> the latest stored seq of each of those users that has any
+LatestSeqs = Callable[[AsyncSession, Sequence[UserKey]], Awaitable[dict[UserKey, int]]]
 
 
 class Sink(Protocol):
@@ -70,10 +83,15 @@ class NotificationDelivery:
     """The registry of this node's subscribers and the ordering rules above."""
 
     def __init__(
-        self, *, sessions: async_sessionmaker[AsyncSession], fetch_after: FetchAfter
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        fetch_after: FetchAfter,
+        latest_seqs: LatestSeqs,
     ) -> None:
         self._sessions = sessions
         self._fetch_after = fetch_after
+        self._latest_seqs = latest_seqs
         self._by_user: dict[tuple[str, str], set[Subscriber]] = {}
         self._by_tenant: dict[str, set[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -103,6 +121,7 @@ class NotificationDelivery:
     def start_replay(self, subscriber: Subscriber) -> None:
         """Send what the subscriber missed since its ``last_seq``, then switch to live."""
         self._spawn(self._catch_up(subscriber, read_database=subscriber.last_seq is not None))
+        CATCH_UPS.labels("connect").inc()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.closed = True
@@ -144,9 +163,48 @@ class NotificationDelivery:
     async def on_resubscribed(self) -> None:
         for group in tuple(self._by_user.values()):
             for subscriber in tuple(group):
-                if subscriber.last_seq is not None and not subscriber.catching_up:
-                    subscriber.catching_up = True
-                    self._spawn(self._catch_up(subscriber, read_database=True))
+                self._begin_catch_up(subscriber, "resubscribed")
+
+    # -- lag checks -------------------------------------------------------------------
+
+    async def watch_for_lag(self, interval_seconds: float) -> None:
+        """Run :meth:`check_lag` every ``interval_seconds`` until cancelled."""
+        seen: dict[UserKey, int] = {}
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                seen = await self.check_lag(seen)
+            except Exception as exc:  # the database is away: try again next time
+                LAG_CHECK_LOG.warning("lag", "delivery lag check failed: %s", exc)
+
+    async def check_lag(self, seen_before: dict[UserKey, int]) -> dict[UserKey, int]:
+        """Catch up subscribers behind a ``seq`` that ``seen_before`` (the previous check)
+        already found committed; return the latest seqs now, for the next check.
+
+        Comparing with the previous check rather than this one leaves bus messages in flight
+        (milliseconds old) alone: only what stayed missing for a whole interval is fetched.
+        """
+        keys = [
+            key
+            for key, group in self._by_user.items()
+            if any(s.last_seq is not None and not s.catching_up for s in group)
+        ]
+        seen: dict[UserKey, int] = {}
+        for start in range(0, len(keys), LAG_CHECK_CHUNK):
+            async with self._sessions() as session:
+                seen.update(await self._latest_seqs(session, keys[start : start + LAG_CHECK_CHUNK]))
+        for key, committed in seen_before.items():
+            for subscriber in tuple(self._by_user.get(key, ())):
+                if subscriber.last_seq is not None and subscriber.last_seq < committed:
+                    self._begin_catch_up(subscriber, "lagging")
+        return seen
+
+    def _begin_catch_up(self, subscriber: Subscriber, reason: str) -> None:
+        if subscriber.last_seq is None or subscriber.catching_up or subscriber.closed:
+            return  # its own catch-up is running and will read the database anyway
+        subscriber.catching_up = True
+        CATCH_UPS.labels(reason).inc()
+        self._spawn(self._catch_up(subscriber, read_database=True))
 
     # -- ordering ---------------------------------------------------------------------
 
@@ -160,14 +218,15 @@ class NotificationDelivery:
             await self._send(subscriber, NEW_EVENT, data_json)
         elif seq > last + 1:
             # Something between is committed but not here yet: fetch it, then go on in order.
-            subscriber.catching_up = True
             subscriber.pending.append((seq, data_json))
-            self._spawn(self._catch_up(subscriber, read_database=True))
+            self._begin_catch_up(subscriber, "gap")
         # seq <= last: already sent (replayed, or a late duplicate), drop it.
 
     async def _catch_up(self, subscriber: Subscriber, *, read_database: bool) -> None:
         stalls = 0
         try:
+            if subscriber.last_seq is None:
+                await self._set_live_baseline(subscriber)
             while not subscriber.closed:
                 sent = await self._send_from_database(subscriber) if read_database else 0
                 read_database = True
@@ -190,6 +249,22 @@ class NotificationDelivery:
             log.exception("replay failed; closing the connection so the client resumes")
             self.unsubscribe(subscriber)
             await subscriber.sink.close()
+
+    async def _set_live_baseline(self, subscriber: Subscriber) -> None:
+        """A live-only subscriber starts after the user's latest stored ``seq``; anything the
+        bus brought since it registered is still sent (it is newer than the connect)."""
+        key = (subscriber.tenant_id, subscriber.user_id)
+        try:
+            async with self._sessions() as session:
+                latest = (await self._latest_seqs(session, [key])).get(key, 0)
+        except Exception as exc:
+            # Nothing can be stored while the database is away; go live without a baseline
+            # (the first notification received sets it) rather than refuse the client.
+            LAG_CHECK_LOG.warning("baseline", "live delivery baseline not read: %s", exc)
+            return
+        if subscriber.pending:
+            latest = min(latest, min(seq for seq, _ in subscriber.pending) - 1)
+        subscriber.last_seq = latest
 
     async def _send_from_database(self, subscriber: Subscriber) -> int:
         sent = 0

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import and_, func, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -407,6 +407,21 @@ async def replay_page(
         session=session, tenant_id=tenant_id, user_id=user_id, after_seq=after_seq, limit=limit
     )
     return [(item["seq"], orjson.dumps(item).decode()) for item in items]
+
+
+async def latest_seqs(
+    session: AsyncSession, users: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The latest ``seq`` stored for each of ``users`` (those with any): what live delivery
+    compares with what it sent, to find notifications whose bus message never came."""
+    if not users:
+        return {}
+    rows = await session.execute(
+        select(
+            NotificationCounter.tenant_id, NotificationCounter.user_id, NotificationCounter.last_seq
+        ).where(tuple_(NotificationCounter.tenant_id, NotificationCounter.user_id).in_(users))
+    )
+    return {(tenant_id, user_id): int(seq) for tenant_id, user_id, seq in rows}
 
 
 async def count_unread(

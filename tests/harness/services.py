@@ -127,6 +127,40 @@ def kafka_bootstrap() -> Iterator[str]:
             process.kill()
 
 
+class PrivateRedis:
+    """A Redis server of a test's own on a fixed port, to kill and start again under traffic."""
+
+    def __init__(self, binary: str) -> None:
+        self._binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        await wait_for_port_async(self.port)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    """A running :class:`PrivateRedis`; killed after the test."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)", pytrace=False)
+    server = PrivateRedis(binary)
+    await server.start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture
 async def own_redis() -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
     """A Redis server of this test's own, so the test may stop it."""
