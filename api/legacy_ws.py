@@ -12,7 +12,7 @@ from aiohttp import WSMsgType, web
 
 from hub.auth import AuthError
 from hub.delivery.sinks import WebSocketSink
-from hub.keys import NOTIFICATION_DELIVERY, SETTINGS, VERIFIER
+from hub.keys import LEGACY_SOCKETS, NOTIFICATION_DELIVERY, SETTINGS, VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
         wants_broadcasts=False,
     )
     delivery.start_replay(subscriber)
+    request.app[LEGACY_SOCKETS].add(socket)
     # No refresh on this old protocol: the socket closes when its token expires.
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, principal.expires_at - time.time()),
@@ -61,5 +62,6 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         expiry.cancel()
+        request.app[LEGACY_SOCKETS].discard(socket)
         delivery.unsubscribe(subscriber)
     return socket

@@ -31,6 +31,7 @@ from hub.keys import (
     DB_SESSIONS,
     HTTP_CLIENT,
     KAFKA_INTAKE,
+    LEGACY_SOCKETS,
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
     NOTIFICATION_LIMITS,
@@ -51,6 +52,7 @@ from hub.services.notifications import NotificationLimits, latest_seqs, replay_p
 from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
 from hub.services.typing import LocalTypingState, RedisTypingState, TypingRelay, TypingState
 from hub.settings import Settings
+from hub.sockets import transport
 from hub.sockets.server import build_socketio_server
 
 log = logging.getLogger(__name__)
@@ -281,6 +283,17 @@ async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
             log.warning("RabbitMQ intake did not stop in time")
 
 
+async def close_client_connections(app: web.Application) -> None:
+    """On shutdown, end every client connection at once instead of waiting for each close
+    handshake: the process exits in seconds, and clients reconnect to another node and
+    resume from their ``last_seq``, losing nothing."""
+    transport.close_all(app[SOCKETIO])
+    legacy_sockets = app[LEGACY_SOCKETS]
+    for socket in list(legacy_sockets):
+        if socket._writer is not None:
+            transport.going_away(socket._writer)
+
+
 def default_cleanup_contexts() -> list[CleanupContext]:
     """Resources in dependency order; they are torn down in reverse."""
     return [
@@ -309,6 +322,8 @@ def create_app(
     server: socketio.AsyncServer = build_socketio_server(settings, app)
     server.attach(app)
     app[SOCKETIO] = server
+    app[LEGACY_SOCKETS] = set()
+    app.on_shutdown.append(close_client_connections)
     setup_routes(app)
     if settings.playground_enabled:
         setup_playground(app, settings)

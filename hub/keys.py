@@ -38,5 +38,7 @@ TYPING = web.AppKey("typing", TypingRelay)
 TASK_BROKER = web.AppKey("task_broker", AsyncBroker)
 KAFKA_INTAKE = web.AppKey("kafka_intake", KafkaIntake)
 RABBITMQ_INTAKE = web.AppKey("rabbitmq_intake", RabbitIntake)
+# Open legacy WebSockets, closed at once when the node shuts down.
+LEGACY_SOCKETS = web.AppKey("legacy_sockets", set[web.WebSocketResponse])
 
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import Any
 
 import socketio
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.writer import WebSocketWriter
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
@@ -43,6 +44,8 @@ MAX_QUEUED_PACKETS = 1000
 # aiohttp drains once this many bytes were written since the last drain: never, for us.
 NO_DRAIN = 1 << 62
 TEXT = int(WSMsgType.TEXT)
+CLOSE = int(WSMsgType.CLOSE)
+GOING_AWAY = struct.pack("!H", WSCloseCode.GOING_AWAY) + b"server shutting down"
 _closing: set[asyncio.Future[Any]] = set()
 
 
@@ -156,6 +159,29 @@ async def abort_session(server: socketio.AsyncServer, eio_sid: str) -> None:
         direct.transport.abort()
     else:
         await engineio_socket.close(wait=False, abort=True)
+
+
+def going_away(writer: WebSocketWriter) -> None:
+    """Tell a WebSocket client this node is going away (close code 1001) and close the
+    connection once the frame is out, without waiting for its answer. Socket.IO clients read
+    this as a lost transport and reconnect (to another node), resuming with ``last_seq``."""
+    transport = writer.transport
+    if transport.is_closing():
+        return
+    writer._write_websocket_frame(GOING_AWAY, CLOSE, 0)
+    transport.close()
+
+
+def close_all(server: socketio.AsyncServer) -> None:
+    """Close every Socket.IO connection of this node at once (shutdown)."""
+    for engineio_socket in tuple(server.eio.sockets.values()):
+        direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
+        if direct is not None:
+            going_away(direct.writer)
+        elif not engineio_socket.closed:
+            closing = asyncio.ensure_future(engineio_socket.close(wait=False, abort=True))
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
 
 
 def log_protocol_violation(sid: str, reason: str) -> None:
