@@ -1,4 +1,9 @@
-"""The ``notifyhub`` command line: serve, migrate, token."""
+"""The ``notifyhub`` command line: serve, worker, consume, publish, migrate, token, healthcheck.
+
+A mistake in configuration or in the environment at start (a bad URL, a port in use, a
+database or Redis that does not answer) is one line on stderr and exit code 2, never a
+traceback: the reader is an operator, and the line says what to change.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,13 @@ from collections.abc import Sequence
 from pydantic import ValidationError
 
 from hub.logs import setup_logging
-from hub.settings import ConfigurationError, Settings, load_settings
+from hub.settings import (
+    ConfigurationError,
+    Settings,
+    StartupError,
+    describe_settings_error,
+    load_settings,
+)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -19,11 +30,17 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from db.migrate import current_revision, upgrade_to_head
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from db.migrate import DatabaseNotReady, current_revision, upgrade_to_head, wait_for_database
 
-    upgrade_to_head(settings.database_url)
-    print(f"database at revision {current_revision(settings.database_url)}")
+    wait: float = settings.migrate_wait_seconds if args.wait is None else args.wait
+    try:
+        wait_for_database(settings.database_url, timeout=wait)
+        upgrade_to_head(settings.database_url)
+        revision = current_revision(settings.database_url)
+    except DatabaseNotReady as exc:
+        raise StartupError(str(exc)) from None
+    print(f"database at revision {revision}")
     return 0
 
 
@@ -103,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP + Socket.IO server")
     serve.add_argument("--host", help="interface to bind (default NOTIFYHUB_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default NOTIFYHUB_PORT, 8004)")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=_serve, uses_database=True)
 
     worker = commands.add_parser("worker", help="run email tasks from Redis until SIGTERM")
-    worker.set_defaults(run=_worker)
+    worker.set_defaults(run=_worker, uses_database=True)
 
     consume = commands.add_parser("consume", help="run the Kafka event consumer alone")
-    consume.set_defaults(run=_consume)
+    consume.set_defaults(run=_consume, uses_database=True)
 
     publish = commands.add_parser(
         "publish", help="validate CRM events from a JSON file and publish them to Kafka"
@@ -123,7 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(run=_publish)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to head")
-    migrate.set_defaults(run=_migrate)
+    migrate.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long to wait for the database to accept connections "
+        "(default NOTIFYHUB_MIGRATE_WAIT_SECONDS, 30)",
+    )
+    migrate.set_defaults(run=_migrate, uses_database=True)
 
     token = commands.add_parser("token", help="mint a development JWT")
     token.add_argument("--tenant", required=True, help="tenant_id claim")
@@ -136,14 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
         settings.check_for_production()
-    except (ValidationError, ConfigurationError) as exc:
+        if getattr(args, "uses_database", False):
+            settings.check_database_for_production()
+    except ValidationError as exc:
+        print(f"notifyhub: configuration error: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:
         print(f"notifyhub: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    result: int = args.run(settings, args)
+    try:
+        result: int = args.run(settings, args)
+    except StartupError as exc:
+        print(f"notifyhub {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result

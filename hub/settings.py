@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_JWT_SECRET = "notifyhub-development-secret-change-me"  # noqa: S105 - refused in production
@@ -20,7 +20,12 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 )
 
 
-class ConfigurationError(RuntimeError):
+class StartupError(RuntimeError):
+    """A command cannot start as configured (port taken, a service unreachable); the
+    message is one line saying what to change. The CLI prints it and exits with 2."""
+
+
+class ConfigurationError(StartupError):
     """The settings cannot be used as given; the message says what to change."""
 
 
@@ -39,6 +44,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     # The embedded profile migrates its own SQLite file at start so the first run just works.
     auto_migrate: bool | None = None
+    # `notifyhub migrate` retries an unreachable database this long before giving up: in a
+    # compose stack or a deploy job it often starts before PostgreSQL accepts connections.
+    migrate_wait_seconds: float = Field(default=30.0, ge=0)
 
     redis_url: str | None = None
     # Socket.IO and the REST API authenticate with bearer tokens, not cookies, so any origin
@@ -128,11 +136,24 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1)
 
+    # `worker` and `consume` touch this file while they are healthy (their dependencies
+    # answer), every heartbeat interval; `notifyhub healthcheck` fails when it is stale. Unset:
+    # no heartbeat (nothing outside a container asks).
+    heartbeat_file: str | None = None
+    heartbeat_interval_seconds: float = Field(default=10.0, gt=0)
+
     # The playground page at / (None: on unless production).
     playground: bool | None = None
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        # The hub is async end to end: only asyncpg and aiosqlite work. A bare
+        # postgresql:// would make SQLAlchemy import psycopg deep inside the first connect.
+        return check_database_url(value)
 
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
@@ -218,6 +239,65 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 "NOTIFYHUB_JWT_SECRET must be at least 32 characters in production"
             )
+
+    def check_database_for_production(self) -> None:
+        """Refuse SQLite in production: one file on one machine, lost with the container.
+
+        Separate from :meth:`check_for_production` because only the commands that open the
+        database (serve, migrate, worker, consume) need a real one; ``token`` does not.
+        """
+        if self.is_production and self.is_sqlite:
+            raise ConfigurationError(
+                "NOTIFYHUB_ENV=production refuses SQLite (the embedded default): set "
+                "NOTIFYHUB_DATABASE_URL=postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB"
+            )
+
+
+SUPPORTED_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+# Other spellings of the two backends that users bring from other tools.
+BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql", "sqlite3": "sqlite"}
+
+
+def check_database_url(url: str) -> str:
+    """``url`` if it names an async driver the hub ships; otherwise a ValueError that says
+    which URL to write instead (never echoing the URL: it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL: use postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB "
+            "or sqlite+aiosqlite:///PATH"
+        ) from None
+    backend = BACKEND_ALIASES.get(parsed.get_backend_name(), parsed.get_backend_name())
+    wanted = SUPPORTED_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError(
+            f"{parsed.drivername}:// is not supported: use "
+            "postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB or sqlite+aiosqlite:///PATH"
+        )
+    if parsed.drivername != wanted:
+        raise ValueError(
+            f"{parsed.drivername}:// needs the async driver the hub ships: write "
+            f"{wanted}:// instead (same host, database and credentials)"
+        )
+    return url
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """A pydantic error as one line naming the variables, without the values (secrets)."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems: list[str] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        fields = [str(part) for part in error["loc"] if isinstance(part, str)]
+        if fields:
+            problems.append(f"{prefix}{fields[0].upper()}: {message}")
+        else:
+            problems.append(message)
+    return "; ".join(problems)
 
 
 def load_settings(**overrides: object) -> Settings:

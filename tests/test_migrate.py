@@ -1,7 +1,11 @@
-"""``notifyhub migrate`` on PostgreSQL and SQLite: empty database to head, then a no-op."""
+"""``notifyhub migrate`` on PostgreSQL and SQLite: empty database to head, then a no-op; it
+waits for a database that is not up yet, and says in one line what is wrong when it cannot."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +14,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.harness.processes import clean_environment, run_cli
+from tests.harness.ports import free_port
+from tests.harness.processes import NOTIFYHUB, assert_startup_error, clean_environment, run_cli
+from tests.harness.proxy import TcpProxy
 from tests.harness.services import _asyncpg_dsn
 
 EXPECTED_TABLES = {"alembic_version", "notifications", "notification_counters"}
@@ -87,3 +93,78 @@ def test_migrate_sqlite_to_head_then_noop(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "Running upgrade" not in second.stderr
     assert schema() == before
+
+
+def unreachable_url() -> str:
+    return f"postgresql+asyncpg://postgres:s3cret-pw@127.0.0.1:{free_port()}/notifyhub"
+
+
+@pytest.mark.parametrize("how", ["flag", "setting"])
+def test_migrate_waits_for_an_unreachable_database_then_gives_one_line(how: str) -> None:
+    env = clean_environment(NOTIFYHUB_DATABASE_URL=unreachable_url())
+    args = ["migrate"]
+    if how == "flag":
+        args += ["--wait", "2"]
+    else:
+        env["NOTIFYHUB_MIGRATE_WAIT_SECONDS"] = "2"
+    started = time.monotonic()
+    result = run_cli(*args, env=env)
+    elapsed = time.monotonic() - started
+    line = assert_startup_error(
+        result, "did not accept connections within 2s", "NOTIFYHUB_DATABASE_URL", "--wait"
+    )
+    assert "s3cret-pw" not in line
+    assert 1.5 < elapsed < 15, f"waited {elapsed:.1f}s"
+
+
+async def test_migrate_completes_once_the_database_comes_up(empty_postgres_database: str) -> None:
+    url = make_url(empty_postgres_database)
+    # A proxy that is not listening yet: PostgreSQL "starting" as seen from the client.
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    through_proxy = url.set(host="127.0.0.1", port=proxy.port)
+    env = clean_environment(
+        NOTIFYHUB_DATABASE_URL=through_proxy.render_as_string(hide_password=False)
+    )
+    process = subprocess.Popen(
+        [NOTIFYHUB, "migrate", "--wait", "30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(2)
+        assert process.poll() is None, "migrate gave up instead of waiting"
+        await proxy.start()
+        stdout, stderr = await asyncio.to_thread(process.communicate, None, 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await proxy.stop()
+    assert process.returncode == 0, stderr
+    assert "waiting up to 30s" in stderr
+    tables, version, _ = await postgres_schema(empty_postgres_database)
+    assert tables >= EXPECTED_TABLES
+    assert f"database at revision {version}" in stdout
+
+
+def test_migrate_a_missing_database_fails_at_once_saying_how_to_create_it(
+    postgres_url: str,
+) -> None:
+    missing = make_url(postgres_url).set(database="notifyhub_no_such_db")
+    env = clean_environment(NOTIFYHUB_DATABASE_URL=missing.render_as_string(hide_password=False))
+    started = time.monotonic()
+    result = run_cli("migrate", "--wait", "30", env=env)
+    assert_startup_error(result, 'database "notifyhub_no_such_db" does not exist', "createdb")
+    assert time.monotonic() - started < 10, "waiting cannot create a database"
+
+
+def test_migrate_with_an_unknown_role_fails_at_once(postgres_url: str) -> None:
+    stranger = make_url(postgres_url).set(username="notifyhub_nobody")
+    env = clean_environment(NOTIFYHUB_DATABASE_URL=stranger.render_as_string(hide_password=False))
+    assert_startup_error(
+        run_cli("migrate", "--wait", "30", env=env, timeout=20),
+        "refused user 'notifyhub_nobody'",
+        "NOTIFYHUB_DATABASE_URL",
+    )

@@ -29,3 +29,15 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def assert_startup_error(result: subprocess.CompletedProcess[str], *phrases: str) -> str:
+    """The CLI refused to start as an operator needs: exit code 2, no traceback, and one
+    line on stderr that carries every phrase (what is wrong and what to do). Returns it."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-4000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("notifyhub")]
+    assert len(lines) == 1, result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+    return lines[0]
