@@ -1,4 +1,4 @@
-"""The ``notifyhub`` command line: serve, worker, consume, publish, migrate, token, healthcheck.
+"""The ``notifyhub`` command line: serve, worker, consume, publish, migrate, healthcheck, token.
 
 A mistake in configuration or in the environment at start (a bad URL, a port in use, a
 database or Redis that does not answer) is one line on stderr and exit code 2, never a
@@ -69,6 +69,30 @@ def _consume(settings: Settings, _args: argparse.Namespace) -> int:
     from hub.intake.consume import main as run_consumer
 
     return run_consumer(settings)
+
+
+def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hub.heartbeat import STALE_AFTER_INTERVALS, heartbeat_problem
+
+    if not settings.heartbeat_file:
+        raise ConfigurationError(
+            "set NOTIFYHUB_HEARTBEAT_FILE (the same for the process and this check): "
+            "`worker` and `consume` then keep it fresh while healthy"
+        )
+    max_age: float = (
+        args.max_age
+        if args.max_age is not None
+        else STALE_AFTER_INTERVALS * settings.heartbeat_interval_seconds
+    )
+    problem = heartbeat_problem(Path(settings.heartbeat_file), max_age_seconds=max_age)
+    if problem is not None:
+        # Exit 1 is "unhealthy" to Docker's HEALTHCHECK; 2 stays "misconfigured".
+        print(f"notifyhub healthcheck: unhealthy: {problem}", file=sys.stderr)
+        return 1
+    print("healthy")
+    return 0
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
@@ -148,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default NOTIFYHUB_MIGRATE_WAIT_SECONDS, 30)",
     )
     migrate.set_defaults(run=_migrate, uses_database=True)
+
+    healthcheck = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when the worker or consumer of this container is healthy "
+        "(its NOTIFYHUB_HEARTBEAT_FILE is fresh), 1 when not",
+    )
+    healthcheck.add_argument(
+        "--max-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="oldest heartbeat still healthy (default 3 x NOTIFYHUB_HEARTBEAT_INTERVAL_SECONDS)",
+    )
+    healthcheck.set_defaults(run=_healthcheck)
 
     token = commands.add_parser("token", help="mint a development JWT")
     token.add_argument("--tenant", required=True, help="tenant_id claim")

@@ -13,11 +13,15 @@ import contextlib
 import logging
 import os
 import signal
+from pathlib import Path
 
+from redis.asyncio import Redis
 from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
-from hub.settings import Settings
+from hub.heartbeat import run_heartbeat
+from hub.settings import ConfigurationError, Settings
+from hub.startup import redis_problem, require_redis
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE
 from tasks.resources import email_resources
@@ -30,10 +34,12 @@ HARD_EXIT_GRACE_SECONDS = 1.5
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
     if not settings.redis_url:
-        raise SystemExit(
-            "notifyhub worker needs NOTIFYHUB_REDIS_URL: on the embedded defaults email tasks "
-            "run inside `notifyhub serve`"
+        raise ConfigurationError(
+            "needs NOTIFYHUB_REDIS_URL: on the embedded defaults email tasks run inside "
+            "`notifyhub serve`"
         )
+    # A wrong URL is found here, in one line, rather than as a traceback from the broker.
+    await require_redis(settings.redis_url)
     broker = build_broker(settings)
     broker.is_worker_process = True
     async with email_resources(settings) as resources:
@@ -51,9 +57,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         finish = asyncio.Event()
         listening = asyncio.create_task(receiver.listen(finish))
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
+        beating = _start_heartbeat(settings, listening, stop)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        if beating is not None:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
         log.info(
             "worker stopping: waiting up to %.0fs for running tasks",
             settings.worker_shutdown_seconds,
@@ -72,6 +82,33 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         except TimeoutError:
             log.warning("broker shutdown timed out")
     log.info("worker stopped")
+
+
+def _start_heartbeat(
+    settings: Settings, listening: asyncio.Task[None], stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """Healthy while the task listener runs and Redis answers (NOTIFYHUB_HEARTBEAT_FILE)."""
+    if not settings.heartbeat_file or not settings.redis_url:
+        return None
+    redis = Redis.from_url(settings.redis_url)
+
+    async def probe() -> str | None:
+        if listening.done():
+            return "the task listener stopped"
+        return await redis_problem(redis)
+
+    async def beat() -> None:
+        try:
+            await run_heartbeat(
+                Path(settings.heartbeat_file or ""),
+                interval_seconds=settings.heartbeat_interval_seconds,
+                probe=probe,
+                stop=stop,
+            )
+        finally:
+            await redis.aclose()
+
+    return asyncio.create_task(beat())
 
 
 def main(settings: Settings) -> int:

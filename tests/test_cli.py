@@ -148,3 +148,29 @@ def test_serve_that_cannot_create_its_sqlite_file_says_so(tmp_path: Path) -> Non
     env = clean_environment(NOTIFYHUB_DATABASE_URL="sqlite+aiosqlite:////proc/notifyhub.db")
     result = run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
     assert_startup_error(result, "/proc/notifyhub.db")
+
+
+@pytest.mark.parametrize("command", ["worker", "consume"])
+def test_worker_and_consumer_with_a_wrong_redis_port_say_so(command: str) -> None:
+    port = free_port()
+    env = clean_environment(
+        NOTIFYHUB_REDIS_URL=f"redis://:r3dis-pw@127.0.0.1:{port}/0",
+        NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+    )
+    line = assert_startup_error(
+        run_cli(command, env=env, timeout=30),
+        f"Redis at 127.0.0.1:{port}/0 does not answer",
+        "NOTIFYHUB_REDIS_URL",
+    )
+    assert "r3dis-pw" not in line
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        ("worker", "NOTIFYHUB_REDIS_URL"),
+        ("consume", "NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS"),
+    ],
+)
+def test_worker_and_consumer_name_the_setting_they_need(command: str, variable: str) -> None:
+    assert_startup_error(run_cli(command, env=clean_environment(), timeout=30), variable)

@@ -11,16 +11,19 @@ import gc
 import logging
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 from redis.asyncio import Redis
 
 from db.engine import make_engine, make_session_factory
 from hub.delivery.bus import RedisBus, notification_channel
+from hub.heartbeat import run_heartbeat
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import EventEnvelope
 from hub.intake.kafka import KafkaIntake
 from hub.services.notifications import NotificationLimits
-from hub.settings import Settings
+from hub.settings import ConfigurationError, Settings
+from hub.startup import redis_problem, require_redis
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,15 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     from tasks.broker import build_broker
 
     if not settings.kafka_bootstrap_servers:
-        raise SystemExit("notifyhub consume needs NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS")
+        raise ConfigurationError("needs NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS (host:port,...)")
     if not settings.redis_url:
-        raise SystemExit(
-            "notifyhub consume needs NOTIFYHUB_REDIS_URL to reach the serve nodes; without "
+        raise ConfigurationError(
+            "needs NOTIFYHUB_REDIS_URL to reach the serve nodes; without "
             "Redis, let `notifyhub serve` consume (NOTIFYHUB_KAFKA_CONSUME_IN_SERVE=true)"
         )
+    # Checked once here, for a one-line error; Kafka is not: an unreachable broker is
+    # retried with backoff for as long as the process runs (and shown by the heartbeat).
+    await require_redis(settings.redis_url)
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(settings.redis_url)
@@ -51,9 +57,30 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     # Everything imported and built so far lives for the whole process: keep it out of the
     # collector's full passes, which otherwise stall big batches for tens of milliseconds.
     gc.freeze()
+    beating: asyncio.Task[None] | None = None
+    if settings.heartbeat_file:
+
+        async def probe() -> str | None:
+            # Consuming (not connecting, nor paused on a batch the database refused), and
+            # Redis, where the serve nodes and workers are reached, answers.
+            if not intake.ready:
+                return f"Kafka intake {intake.stats.state}: {intake.stats.last_error}"
+            return await redis_problem(redis)
+
+        beating = asyncio.create_task(
+            run_heartbeat(
+                Path(settings.heartbeat_file),
+                interval_seconds=settings.heartbeat_interval_seconds,
+                probe=probe,
+                stop=stop,
+            )
+        )
     try:
         await intake.run(stop)
     finally:
+        if beating is not None:
+            beating.cancel()
+            await asyncio.gather(beating, return_exceptions=True)
         await broker.shutdown()
         await redis.aclose()
         await engine.dispose()
