@@ -10,7 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from api.errors import json_response
-from hub.keys import DB_ENGINE, KAFKA_INTAKE, RABBITMQ_INTAKE, REDIS
+from db.migrate import SchemaCheck
+from hub.keys import DB_ENGINE, KAFKA_INTAKE, RABBITMQ_INTAKE, REDIS, SCHEMA_CHECK
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ async def healthz(_request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 when every configured dependency answers; 503 naming the ones that do not."""
     checks: dict[str, str] = {"database": await _check(_database_ping(request.app))}
+    schema = request.app.get(SCHEMA_CHECK)
+    if schema is not None and checks["database"] == "ok":
+        # An un-migrated database answers SELECT 1 but fails every real query.
+        checks["schema"] = await _schema(schema)
     redis = request.app.get(REDIS)
     if redis is not None:
         checks["redis"] = await _check(redis.ping())
@@ -53,6 +58,14 @@ async def readyz(request: web.Request) -> web.Response:
 async def _database_ping(app: web.Application) -> None:
     async with app[DB_ENGINE].connect() as connection:
         await connection.execute(text("SELECT 1"))
+
+
+async def _schema(schema: SchemaCheck) -> str:
+    try:
+        problem = await asyncio.wait_for(schema.problem(), timeout=CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # the database went away between the two checks
+        return f"error: {type(exc).__name__}: {exc}"[:200]
+    return "ok" if problem is None else f"behind: {problem}"
 
 
 async def _check(probe: object) -> str:

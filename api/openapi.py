@@ -341,7 +341,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/readyz",
         "readyz",
-        "Readiness: database, Redis and the Kafka consumer, as configured",
+        "Readiness: database (migrated to this code's schema), Redis and the Kafka consumer, "
+        "as configured",
         "operations",
         "public",
         {

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker
 
+from db.migrate import SchemaCheck
 from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import NotificationDelivery
@@ -26,6 +27,7 @@ HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 DB_ENGINE = web.AppKey("db_engine", AsyncEngine)
 DB_SESSIONS = web.AppKey("db_sessions", async_sessionmaker[AsyncSession])
+SCHEMA_CHECK = web.AppKey("schema_check", SchemaCheck)
 REDIS = web.AppKey("redis", Redis)
 SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)

@@ -295,7 +295,9 @@ class Health(Out):
 class Ready(Out):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "ok", "checks": {"database": "ok", "redis": "ok"}}]
+            "examples": [
+                {"status": "ok", "checks": {"database": "ok", "schema": "ok", "redis": "ok"}}
+            ]
         }
     )
 
@@ -312,6 +314,7 @@ class NotReady(Out):
                     "failing": ["redis"],
                     "checks": {
                         "database": "ok",
+                        "schema": "ok",
                         "redis": "error: ConnectionError: connection refused",
                     },
                 }

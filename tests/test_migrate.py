@@ -168,3 +168,38 @@ def test_migrate_with_an_unknown_role_fails_at_once(postgres_url: str) -> None:
         "refused user 'notifyhub_nobody'",
         "NOTIFYHUB_DATABASE_URL",
     )
+
+
+def test_schema_problem_names_behind_and_accepts_ahead() -> None:
+    from db.migrate import _script, schema_problem
+
+    heads = tuple(_script().get_heads())
+    assert schema_problem(heads) is None
+    problem = schema_problem(())
+    assert problem is not None and "no schema" in problem and "notifyhub migrate" in problem
+    first = [rev.revision for rev in _script().walk_revisions()][-1]
+    problem = schema_problem((first,))
+    assert problem is not None and f"at {first}" in problem
+    # A revision this code does not know is a newer deploy's: ready (migrations only add).
+    assert schema_problem(("9999_from_the_future",)) is None
+
+
+async def test_schema_check_is_cached_briefly(empty_postgres_database: str) -> None:
+    from db.engine import make_engine
+    from db.migrate import SchemaCheck
+
+    now = [0.0]
+    engine = make_engine(empty_postgres_database)
+    try:
+        check = SchemaCheck(engine, ttl_seconds=5, clock=lambda: now[0])
+        assert await check.problem() is not None
+        migrated = run_cli(
+            "migrate", env=clean_environment(NOTIFYHUB_DATABASE_URL=empty_postgres_database)
+        )
+        assert migrated.returncode == 0, migrated.stderr
+        now[0] = 4.0
+        assert await check.problem() is not None, "cached"
+        now[0] = 5.5
+        assert await check.problem() is None
+    finally:
+        await engine.dispose()

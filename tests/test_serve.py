@@ -14,7 +14,7 @@ import aiohttp
 
 from tests.harness.hub import RunningHub, SettingsFactory
 from tests.harness.ports import free_port, wait_for_port_async
-from tests.harness.processes import NOTIFYHUB, clean_environment
+from tests.harness.processes import NOTIFYHUB, clean_environment, run_cli
 
 
 async def get_json(url: str) -> tuple[int, Any]:
@@ -37,7 +37,7 @@ async def test_serve_on_embedded_defaults_just_works(tmp_path: Path) -> None:
         assert await get_json(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
         status, body = await get_json(f"http://127.0.0.1:{port}/readyz")
         assert status == 200, body
-        assert body["checks"] == {"database": "ok"}
+        assert body["checks"] == {"database": "ok", "schema": "ok"}
         assert (tmp_path / "notifyhub.db").is_file(), "the SQLite database was created"
     finally:
         started = time.monotonic()
@@ -71,7 +71,7 @@ async def test_python_dash_m_hub_serves(tmp_path: Path) -> None:
 async def test_readyz_reports_postgres_and_redis(hub: RunningHub) -> None:
     status, body = await get_json(f"{hub.url}/readyz")
     assert status == 200
-    assert body["checks"] == {"database": "ok", "redis": "ok"}
+    assert body["checks"] == {"database": "ok", "schema": "ok", "redis": "ok"}
 
 
 async def test_readyz_is_503_naming_redis_when_redis_stops(
@@ -121,3 +121,47 @@ async def test_redis_outage_broadcast_is_503_and_notifications_are_still_stored(
     await service.notify(["u1"])  # 201: stored even though live delivery is down
     status, page = await ApiClient.for_user(hub.url, tenant, "u1").get("/api/notifications/")
     assert (status, len(page["items"])) == (200, 1)
+
+
+async def test_readyz_is_503_until_the_schema_is_migrated(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory, postgres_url: str
+) -> None:
+    """An empty database answers ``SELECT 1`` but every real query fails: not ready."""
+    import uuid
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from tests.harness.api import ApiClient
+    from tests.harness.services import _asyncpg_dsn
+
+    admin = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+    name = f"notifyhub_unmigrated_{uuid.uuid4().hex[:10]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        hub = await hub_factory(hub_settings(database_url=url))
+        status, body = await get_json(f"{hub.url}/readyz")
+        assert status == 503, body
+        assert body["failing"] == ["schema"]
+        assert body["checks"]["database"] == "ok"
+        assert "no schema" in body["checks"]["schema"]
+        assert "run `notifyhub migrate`" in body["checks"]["schema"]
+
+        result = await asyncio.to_thread(
+            run_cli, "migrate", env=clean_environment(NOTIFYHUB_DATABASE_URL=url)
+        )
+        assert result.returncode == 0, result.stderr
+        # Cached briefly: ready again within the cache interval, without a restart.
+        deadline = time.monotonic() + 15
+        while (status := (await get_json(f"{hub.url}/readyz"))[0]) != 200:
+            assert time.monotonic() < deadline, "still not ready after migrating"
+            await asyncio.sleep(0.5)
+        status, body = await get_json(f"{hub.url}/readyz")
+        assert (status, body["checks"]["schema"]) == (200, "ok")
+        # The API works on the migrated schema.
+        service = ApiClient.for_service(hub.url, "t-schema")
+        await service.notify(["u1"])
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
