@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# One image for every NotifyHub process: `notifyhub serve` (the default), `notifyhub migrate`
-# and, once they exist, `notifyhub worker` / `notifyhub consume`. Pick one with the command:
+# One image for every NotifyHub process: `notifyhub serve` (the default), `notifyhub migrate`,
+# `notifyhub worker` and `notifyhub consume`. Pick one with the command:
 #   docker run --rm -p 8004:8004 notifyhub            # serve (embedded defaults: SQLite)
 #   docker run --rm notifyhub migrate                 # with NOTIFYHUB_DATABASE_URL set
 #
@@ -60,8 +60,9 @@ USER 10001:10001
 
 EXPOSE 8004
 
-# Liveness of `serve` (slim has no curl). Processes that serve no HTTP (`migrate`, and later
-# `worker` / `consume`) override or disable it in their compose service.
+# Liveness of `serve` (slim has no curl). Processes that serve no HTTP override it in their
+# compose service: `migrate` disables it, `worker` / `consume` run `notifyhub healthcheck`
+# (their heartbeat file); compose's hub probes /readyz instead, for readiness.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('NOTIFYHUB_PORT', '8004'), timeout=4)" || exit 1
 

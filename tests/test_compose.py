@@ -470,3 +470,184 @@ def test_the_hub_leaves_kafka_to_the_consumer_service() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     assert {"hub", "worker", "consumer"} <= set(services)
     assert services["hub"]["environment"]["NOTIFYHUB_KAFKA_CONSUME_IN_SERVE"] == "false"
+
+
+# --- (f) startup order and healthchecks that mean something (issue 10, item 10) -----------------
+
+
+def compose_environment(service: str, **overrides: str) -> dict[str, str]:
+    """The environment a service's container gets after `cp .env.example .env` and filling
+    in the required values (interpolated as Compose would)."""
+    variables = {
+        **env_example_values(),
+        "POSTGRES_PASSWORD": "0123456789abcdef",
+        "NOTIFYHUB_JWT_SECRET": "x" * 40,
+    }
+    environment = services()[service].get("environment")
+    assert isinstance(environment, dict), f"{service}: environment must be a mapping"
+    resolved = {str(k): interpolate(str(v), variables) for k, v in environment.items()}
+    resolved.update(overrides)
+    return resolved
+
+
+def healthcheck_argv(service: str) -> list[str]:
+    test = command_argv(services()[service]["healthcheck"]["test"])
+    assert test[0] in {"CMD", "CMD-SHELL"}, f"{service}: healthcheck {test}"
+    if test[0] == "CMD-SHELL":
+        return shlex.split(" ".join(test[1:]))
+    return test[1:]
+
+
+def test_postgres_is_healthy_only_when_it_accepts_tcp_connections() -> None:
+    argv = healthcheck_argv("postgres")
+    assert argv[0] == "pg_isready"
+    # Without -h, pg_isready asks the Unix socket, where the image's init server already
+    # accepts while TCP clients (every other service) are refused.
+    host = argv[argv.index("-h") + 1] if "-h" in argv else None
+    assert host == "127.0.0.1", f"pg_isready must check TCP on 127.0.0.1, not {host}: {argv}"
+
+
+def test_migrate_waits_for_the_database() -> None:
+    migrate = services()["migrate"]
+    argv = command_argv(migrate["command"])
+    environment = compose_environment("migrate")
+    wait = (
+        float(argv[argv.index("--wait") + 1])
+        if "--wait" in argv
+        else float(environment.get("NOTIFYHUB_MIGRATE_WAIT_SECONDS", "0"))
+    )
+    assert wait >= 60, "migrate must wait for PostgreSQL (a first start takes seconds to minutes)"
+    assert parse_error(argv) is None
+    depends_on = migrate.get("depends_on") or {}
+    assert (depends_on.get("postgres") or {}).get("condition") == "service_healthy"
+
+
+def test_hub_healthcheck_is_readiness_and_can_fail(tmp_path: Path) -> None:
+    """Run the hub's own healthcheck command against a stand-in for /readyz."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    argv = healthcheck_argv(HUB_SERVICE)
+    script = " ".join(argv)
+    assert "/readyz" in script and "/healthz" not in script, argv
+    assert argv[0] == "python" and argv[1] == "-c", argv
+
+    status = {"code": 503}
+
+    class Readyz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"] if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    code = argv[2].replace(":8004/", f":{server.server_address[1]}/")
+    assert code != argv[2], "the healthcheck no longer probes port 8004"
+    try:
+        outcomes = {}
+        for status["code"] in (503, 200):
+            result = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, timeout=30, check=False
+            )
+            outcomes[status["code"]] = result.returncode
+    finally:
+        server.shutdown()
+    assert outcomes[503] != 0, "an unready hub must be unhealthy"
+    assert outcomes[200] == 0
+
+
+@pytest.mark.parametrize("service", ["worker", "consumer"])
+def test_worker_and_consumer_healthchecks_can_fail(service: str, tmp_path: Path) -> None:
+    """Run the service's healthcheck in its own environment: a fresh heartbeat passes, a
+    missing or stale one fails (``os.kill(1, 0)`` could not)."""
+    import subprocess
+
+    from tests.harness.processes import NOTIFYHUB
+
+    argv = healthcheck_argv(service)
+    assert argv[0] == IMAGE_NAME and parse_error(argv[1:]) is None, argv
+    assert "os.kill" not in " ".join(argv)
+    environment = compose_environment(service)
+    assert environment.get("NOTIFYHUB_HEARTBEAT_FILE"), f"{service} writes no heartbeat"
+    heartbeat = tmp_path / "heartbeat"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NOTIFYHUB_")},
+        **environment,
+        "NOTIFYHUB_HEARTBEAT_FILE": str(heartbeat),
+    }
+
+    def check() -> int:
+        result = subprocess.run(
+            [NOTIFYHUB, *argv[1:]], env=env, capture_output=True, text=True, timeout=30, check=False
+        )
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.returncode
+
+    assert check() == 1, "no heartbeat yet: unhealthy"
+    heartbeat.touch()
+    assert check() == 0
+    interval = float(environment.get("NOTIFYHUB_HEARTBEAT_INTERVAL_SECONDS", "10"))
+    stale = heartbeat.stat().st_mtime - 4 * interval
+    os.utime(heartbeat, (stale, stale))
+    assert check() == 1, "a stale heartbeat: unhealthy"
+    # The container's own healthcheck must fire before Docker's timeout kills it.
+    healthcheck = services()[service]["healthcheck"]
+    assert healthcheck.get("retries", 3) >= 1 and "timeout" in healthcheck
+
+
+def test_the_hub_does_not_wait_for_kafka() -> None:
+    assert "kafka" not in (services()[HUB_SERVICE].get("depends_on") or {}), (
+        "the hub does not consume: Kafka being down must not keep it from starting"
+    )
+    consumer = services()["consumer"].get("depends_on") or {}
+    assert (consumer.get("kafka") or {}).get("condition") == "service_healthy"
+
+
+PINNED_TAG = re.compile(r"^[^@]+:v?\d+\.\d+(\.\d+)?(-[\w.]+)?$|@sha256:[0-9a-f]{64}$")
+
+
+def test_third_party_images_are_pinned() -> None:
+    problems = [
+        f"{name}: {service.get('image')!r}"
+        for name, service in services().items()
+        if not is_notifyhub_service(service)
+        and not PINNED_TAG.search(str(service.get("image", "")))
+    ]
+    assert not problems, "pin a version tag (x.y or x.y.z) or a digest:\n" + "\n".join(problems)
+
+
+def published_addresses() -> list[tuple[str, str]]:
+    """(service, host address) of every published port, with .env.example's defaults."""
+    variables = env_example_values()
+    found: list[tuple[str, str]] = []
+    for name, service in services().items():
+        for port in service.get("ports") or []:
+            if isinstance(port, dict):
+                found.append((name, interpolate(str(port.get("host_ip", "")), variables)))
+                continue
+            parts = interpolate(str(port), variables).split(":")
+            found.append((name, parts[0] if len(parts) == 3 else ""))
+    return found
+
+
+def test_ports_are_published_on_loopback_by_default() -> None:
+    published = published_addresses()
+    assert published, "the hub publishes no port"
+    exposed = [(name, address) for name, address in published if address != "127.0.0.1"]
+    assert not exposed, f"published beyond 127.0.0.1 by default: {exposed}"
+
+
+def test_readme_shows_how_to_mint_a_token_for_the_stack() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(
+        rf"docker compose exec (?:-T )?{HUB_SERVICE} notifyhub (token [^\n`)]*)", readme
+    )
+    assert commands, "README must show `docker compose exec hub notifyhub token ...`"
+    for command in commands:
+        assert parse_error(shlex.split(command)) is None, command
+    assert "docker compose exec hub notifyhub token" in COMPOSE_FILE.read_text(encoding="utf-8")
