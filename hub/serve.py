@@ -12,6 +12,7 @@ from aiohttp import web
 from db.migrate import DatabaseNotReady
 from hub.app import create_app
 from hub.settings import Settings, StartupError
+from hub.startup import require_redis
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,15 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
     # Bind first: a port in use is found before the app starts its resources and before
     # anything claims to be serving; run_app then serves on these very sockets.
     listeners = bind_listeners(host, port)
+    if settings.redis_url:
+        # Several resources need Redis to start (the task broker creates its stream group):
+        # a wrong URL is one line now rather than a traceback after the database migrated.
+        try:
+            asyncio.run(require_redis(settings.redis_url))
+        except StartupError:
+            for listener in listeners:
+                listener.close()
+            raise
     app = create_app(settings)
 
     async def announce(_app: web.Application) -> None:

@@ -155,6 +155,23 @@ class Settings(BaseSettings):
         # postgresql:// would make SQLAlchemy import psycopg deep inside the first connect.
         return check_database_url(value)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        # redis-py would refuse it only when the first client is built, deep in a start.
+        if value and not value.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss:// or unix://, e.g. redis://HOST:6379/0"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
     @field_validator("jwt_algorithms", mode="before")
     @classmethod
     def _split_algorithms(cls, value: object) -> object:
@@ -252,6 +269,9 @@ class Settings(BaseSettings):
                 "NOTIFYHUB_DATABASE_URL=postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB"
             )
 
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 SUPPORTED_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
 # Other spellings of the two backends that users bring from other tools.

@@ -150,15 +150,16 @@ def test_serve_that_cannot_create_its_sqlite_file_says_so(tmp_path: Path) -> Non
     assert_startup_error(result, "/proc/notifyhub.db")
 
 
-@pytest.mark.parametrize("command", ["worker", "consume"])
-def test_worker_and_consumer_with_a_wrong_redis_port_say_so(command: str) -> None:
+@pytest.mark.parametrize("command", ["worker", "consume", "serve"])
+def test_a_wrong_redis_port_is_one_line(command: str, tmp_path: Path) -> None:
     port = free_port()
     env = clean_environment(
         NOTIFYHUB_REDIS_URL=f"redis://:r3dis-pw@127.0.0.1:{port}/0",
         NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        NOTIFYHUB_PORT=str(free_port()),
     )
     line = assert_startup_error(
-        run_cli(command, env=env, timeout=30),
+        run_cli(command, env=env, cwd=tmp_path, timeout=30),
         f"Redis at 127.0.0.1:{port}/0 does not answer",
         "NOTIFYHUB_REDIS_URL",
     )
@@ -174,3 +175,15 @@ def test_worker_and_consumer_with_a_wrong_redis_port_say_so(command: str) -> Non
 )
 def test_worker_and_consumer_name_the_setting_they_need(command: str, variable: str) -> None:
     assert_startup_error(run_cli(command, env=clean_environment(), timeout=30), variable)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "phrase"),
+    [
+        ("NOTIFYHUB_REDIS_URL", "localhost:6379", "redis://"),
+        ("NOTIFYHUB_LOG_LEVEL", "verbose", "DEBUG, INFO"),
+    ],
+)
+def test_malformed_settings_are_one_line(variable: str, value: str, phrase: str) -> None:
+    env = clean_environment(**{variable: value})
+    assert_startup_error(run_cli("worker", env=env), variable, phrase)
