@@ -8,6 +8,7 @@ import time
 import uuid
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from api.errors import Handler, error_response
 from hub.auth import AuthError, bearer_token
@@ -87,3 +88,23 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     finally:
         unbind(bound)
+
+
+# What the admin port serves: probes and metrics, nothing a client could reach otherwise.
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def admin_port_middleware(admin_port: int) -> Middleware:
+    """Answer only :data:`ADMIN_PATHS` on ``NOTIFYHUB_ADMIN_PORT`` (404 for anything else)."""
+
+    @web.middleware
+    async def only_probes_on_admin_port(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        if sockname and sockname[1] == admin_port and request.path not in ADMIN_PATHS:
+            return error_response(404, "not_found", "only probes and metrics are served here")
+        return await handler(request)
+
+    return only_probes_on_admin_port

@@ -13,7 +13,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from api.errors import error_middleware
-from api.middleware import auth_middleware, request_id_middleware
+from api.middleware import admin_port_middleware, auth_middleware, request_id_middleware
 from api.playground import setup_playground
 from api.routes import setup_routes
 from db.engine import make_engine, make_session_factory
@@ -326,7 +326,12 @@ def create_app(
     """Build the hub. ``cleanup_contexts`` lets a test start only the resources it needs."""
     settings.check_for_production()
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, auth_middleware],
+        middlewares=[
+            request_id_middleware,
+            error_middleware,
+            *([admin_port_middleware(settings.admin_port)] if settings.admin_port else []),
+            auth_middleware,
+        ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[SETTINGS] = settings

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = Field(default=8004, ge=0, le=65535)
+    # A second port for /healthz, /readyz and /metrics only: a storm of client connections
+    # queues on the main port's accept backlog, never in front of a health probe here.
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
 
     database_url: str = "sqlite+aiosqlite:///./notifyhub.db"
     database_pool_size: int = Field(default=10, ge=1)

@@ -95,6 +95,8 @@ class NotificationDelivery:
         self._by_user: dict[tuple[str, str], set[Subscriber]] = {}
         self._by_tenant: dict[str, set[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._awaiting_baseline: list[Subscriber] = []
+        self._resolving_baselines = False
 
     # -- registry ---------------------------------------------------------------------
 
@@ -120,8 +122,15 @@ class NotificationDelivery:
 
     def start_replay(self, subscriber: Subscriber) -> None:
         """Send what the subscriber missed since its ``last_seq``, then switch to live."""
-        self._spawn(self._catch_up(subscriber, read_database=subscriber.last_seq is not None))
         CATCH_UPS.labels("connect").inc()
+        if subscriber.last_seq is not None:
+            self._spawn(self._catch_up(subscriber, read_database=True))
+            return
+        # Live-only: its baseline is read with those of every other socket connecting now,
+        # in one query (a reconnect storm of thousands costs a few statements, not thousands).
+        self._awaiting_baseline.append(subscriber)
+        if len(self._awaiting_baseline) == 1 and not self._resolving_baselines:
+            self._spawn(self._resolve_baselines())
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         subscriber.closed = True
@@ -189,15 +198,21 @@ class NotificationDelivery:
             for key, group in self._by_user.items()
             if any(s.last_seq is not None and not s.catching_up for s in group)
         ]
-        seen: dict[UserKey, int] = {}
-        for start in range(0, len(keys), LAG_CHECK_CHUNK):
-            async with self._sessions() as session:
-                seen.update(await self._latest_seqs(session, keys[start : start + LAG_CHECK_CHUNK]))
+        seen = await self._read_latest_seqs(keys)
         for key, committed in seen_before.items():
             for subscriber in tuple(self._by_user.get(key, ())):
                 if subscriber.last_seq is not None and subscriber.last_seq < committed:
                     self._begin_catch_up(subscriber, "lagging")
         return seen
+
+    async def _read_latest_seqs(self, keys: Sequence[UserKey]) -> dict[UserKey, int]:
+        latest: dict[UserKey, int] = {}
+        for start in range(0, len(keys), LAG_CHECK_CHUNK):
+            async with self._sessions() as session:
+                latest.update(
+                    await self._latest_seqs(session, keys[start : start + LAG_CHECK_CHUNK])
+                )
+        return latest
 
     def _begin_catch_up(self, subscriber: Subscriber, reason: str) -> None:
         if subscriber.last_seq is None or subscriber.catching_up or subscriber.closed:
@@ -225,8 +240,6 @@ class NotificationDelivery:
     async def _catch_up(self, subscriber: Subscriber, *, read_database: bool) -> None:
         stalls = 0
         try:
-            if subscriber.last_seq is None:
-                await self._set_live_baseline(subscriber)
             while not subscriber.closed:
                 sent = await self._send_from_database(subscriber) if read_database else 0
                 read_database = True
@@ -250,21 +263,31 @@ class NotificationDelivery:
             self.unsubscribe(subscriber)
             await subscriber.sink.close()
 
-    async def _set_live_baseline(self, subscriber: Subscriber) -> None:
-        """A live-only subscriber starts after the user's latest stored ``seq``; anything the
+    async def _resolve_baselines(self) -> None:
+        """A live-only subscriber starts after its user's latest stored ``seq``; anything the
         bus brought since it registered is still sent (it is newer than the connect)."""
-        key = (subscriber.tenant_id, subscriber.user_id)
+        self._resolving_baselines = True
         try:
-            async with self._sessions() as session:
-                latest = (await self._latest_seqs(session, [key])).get(key, 0)
-        except Exception as exc:
-            # Nothing can be stored while the database is away; go live without a baseline
-            # (the first notification received sets it) rather than refuse the client.
-            LAG_CHECK_LOG.warning("baseline", "live delivery baseline not read: %s", exc)
-            return
-        if subscriber.pending:
-            latest = min(latest, min(seq for seq, _ in subscriber.pending) - 1)
-        subscriber.last_seq = latest
+            while self._awaiting_baseline:
+                batch = [s for s in self._awaiting_baseline if not s.closed]
+                self._awaiting_baseline = []
+                keys = list({(s.tenant_id, s.user_id) for s in batch})
+                latest: dict[UserKey, int] | None = None
+                try:
+                    latest = await self._read_latest_seqs(keys)
+                except Exception as exc:
+                    # Nothing can be stored while the database is away: go live without a
+                    # baseline (the first notification sets it) rather than refuse clients.
+                    LAG_CHECK_LOG.warning("baseline", "live delivery baseline not read: %s", exc)
+                for subscriber in batch:
+                    if latest is not None:
+                        baseline = latest.get((subscriber.tenant_id, subscriber.user_id), 0)
+                        if subscriber.pending:
+                            baseline = min(baseline, min(seq for seq, _ in subscriber.pending) - 1)
+                        subscriber.last_seq = baseline
+                    self._spawn(self._catch_up(subscriber, read_database=False))
+        finally:
+            self._resolving_baselines = False
 
     async def _send_from_database(self, subscriber: Subscriber) -> int:
         sent = 0
