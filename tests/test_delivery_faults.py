@@ -88,3 +88,34 @@ async def test_stored_by_a_node_that_died_before_publishing_reaches_the_other_no
     # Live delivery goes on in order afterwards.
     await ApiClient.for_service(node_a.url, tenant).notify([f"u{i}" for i in range(5)], "next")
     await all_receive(clients, ["orphan", "next"])
+
+
+async def test_redis_killed_and_restarted_under_traffic_loses_and_doubles_nothing(
+    hub_factory: HubFactory,
+    hub_settings: SettingsFactory,
+    sio_connect: SioConnect,
+    private_redis: PrivateRedis,
+    tenant: str,
+) -> None:
+    hub = await hub_factory(hub_settings(redis_url=private_redis.url))
+    users = [f"u{i}" for i in range(4)]
+    clients = [
+        await sio_connect(hub.url, "/notifications", token=hs256_token(tenant=tenant, user=user))
+        for user in users
+        for _ in range(2)  # two devices each
+    ]
+    service = ApiClient.for_service(hub.url, tenant)
+    rounds = 120
+
+    async def produce() -> None:
+        for i in range(rounds):
+            await service.notify(users, title=f"n{i}")  # 201 every time, Redis or not
+            await asyncio.sleep(0.02)
+
+    producing = asyncio.create_task(produce())
+    await asyncio.sleep(0.6)
+    private_redis.kill()
+    await asyncio.sleep(1.0)
+    await private_redis.start()
+    await producing
+    await all_receive(clients, [f"n{i}" for i in range(rounds)])
