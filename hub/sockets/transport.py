@@ -69,7 +69,8 @@ def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
             )
             await self._sock.prepare(request)
             writer = self._sock._writer
-            assert writer is not None  # prepare() created it
+            if writer is None:  # prepare() creates it; without it there is nothing to serve
+                raise RuntimeError("aiohttp prepared a WebSocket without a writer")
             writer._limit = NO_DRAIN
             self.environ = environ
             # ``handler`` is the bound ``_websocket_handler`` of the engine.io socket.
@@ -143,9 +144,7 @@ def drop_slow_consumer(engineio_socket: Any, direct: DirectWriter | None, kind: 
         direct.transport.abort()
     else:
         # A poller: end its session without flushing; the queued packets are never sent.
-        closing = asyncio.ensure_future(engineio_socket.close(wait=False, abort=True))
-        _closing.add(closing)
-        closing.add_done_callback(_closing.discard)
+        _close_in_background(engineio_socket)
 
 
 async def abort_session(server: socketio.AsyncServer, eio_sid: str) -> None:
@@ -179,9 +178,14 @@ def close_all(server: socketio.AsyncServer) -> None:
         if direct is not None:
             going_away(direct.writer)
         elif not engineio_socket.closed:
-            closing = asyncio.ensure_future(engineio_socket.close(wait=False, abort=True))
-            _closing.add(closing)
-            closing.add_done_callback(_closing.discard)
+            _close_in_background(engineio_socket)
+
+
+def _close_in_background(engineio_socket: Any) -> None:
+    """End an engine.io session without flushing, from code that must not wait."""
+    closing = asyncio.ensure_future(engineio_socket.close(wait=False, abort=True))
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
 
 
 def log_protocol_violation(sid: str, reason: str) -> None:
