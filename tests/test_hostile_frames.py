@@ -166,3 +166,12 @@ async def test_garbage_engineio_frames_close_without_a_traceback(
     assert await ws.closed_by_server(timeout=5)
     no_tracebacks(caplog)
     assert not [r for r in server_records(caplog) if r.levelno >= logging.ERROR]
+
+
+async def test_the_default_namespace_is_refused(hub: RunningHub) -> None:
+    ws = await RawWebSocket.connect(hub.port, "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.read_text() or "").startswith("0")
+    ws.send_text("40")
+    refusal = orjson.loads((await ws.read_text() or "")[2:])
+    assert refusal["data"]["code"] == "not_found"
+    ws.close()

@@ -77,6 +77,9 @@ class HubServer(socketio.AsyncServer):
         if kind == sio_packet.EVENT:
             await self._checked_event(eio_sid, pkt)
         elif kind == sio_packet.CONNECT:
+            if (pkt.namespace or "/") not in self.namespaces:
+                await self._refuse_namespace(eio_sid, pkt.namespace or "/")
+                return
             if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is not None:
                 await self._violation(eio_sid, "reconnect", "second CONNECT to a namespace")
                 return
@@ -120,6 +123,18 @@ class HubServer(socketio.AsyncServer):
                 ),
             )
 
+    async def _refuse_namespace(self, eio_sid: str, namespace: str) -> None:
+        """``connect_error`` shaped like the namespaces' own refusals (code in ``data``)."""
+        message = f"no namespace {namespace}; connect to {' or '.join(self.namespaces)}"
+        await self._send_packet(
+            eio_sid,
+            self.packet_class(
+                sio_packet.CONNECT_ERROR,
+                data={"message": "not_found", "data": {"code": "not_found", "message": message}},
+                namespace=namespace,
+            ),
+        )
+
     async def _violation(self, eio_sid: str, kind: str, reason: str) -> None:
         """A frame no client library sends: drop the connection, log once per interval."""
         PROTOCOL_ERRORS.labels(kind).inc()
@@ -137,6 +152,8 @@ def build_client_manager(settings: Settings) -> socketio.AsyncManager:
 def build_socketio_server(settings: Settings, app: web.Application) -> socketio.AsyncServer:
     server = HubServer(
         async_mode="aiohttp",
+        # Only the hub's namespaces: the default "/" would accept sockets without a token.
+        namespaces=list(NAMESPACE_CLASSES),
         client_manager=build_client_manager(settings),
         json=OrjsonModule,
         cors_allowed_origins=settings.cors_allowed_origins_list,
