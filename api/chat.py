@@ -1,4 +1,4 @@
-"""REST routes of 1-on-1 chat (CONTRACT "Chat")."""
+"""REST routes of 1-on-1 chat (the socket side: docs/protocol.md section 6)."""
 
 from __future__ import annotations
 

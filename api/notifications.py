@@ -1,4 +1,4 @@
-"""REST routes of the notification center (CONTRACT "Notifications")."""
+"""REST routes of the notification center (the socket side: docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class Param:
 @dataclass(frozen=True, slots=True)
 class Operation:
     method: Literal["GET", "POST"]
-    path: str  # as in CONTRACT, trailing slash included (the router accepts it without too)
+    path: str  # as documented, trailing slash included (the router accepts it without too)
     operation_id: str
     summary: str
     tag: str
@@ -472,8 +472,8 @@ trusted CRM module, acting for any user of its own tenant and never of another.
 **Trailing slashes** are optional on every route.
 
 **Realtime.** Socket.IO at `/socket.io/` (namespaces `/notifications` and `/chat`, token in
-the connect packet's `auth`) is described in the project's CONTRACT, not here; the legacy
-plain WebSocket is listed for completeness. Every response carries `X-Request-ID`.
+the connect packet's `auth`) is described in the repository's `docs/protocol.md`, not
+here; the legacy plain WebSocket is listed for completeness. Every response carries `X-Request-ID`.
 """
 
 

@@ -172,7 +172,7 @@ class Stats:
     reached_at: float = 0.0
     parsed: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    # The hub promises per-user seq order (CONTRACT); the stock server promises nothing, so
+    # The hub promises per-user seq order (docs/protocol.md); the stock server promises nothing, so
     # for it out-of-order frames are only counted.
     strict_seq: bool = True
     last_seq: dict[int, int] = field(default_factory=dict)
@@ -203,7 +203,7 @@ class Stats:
             self.reached.set()
 
     def check(self, index: int, user: str, tenant: str, event: str, frame: str) -> None:
-        """Parse a sampled frame fully and check it against the CONTRACT shapes."""
+        """Parse a sampled frame fully and check it against the documented shapes."""
         self.parsed[event] = self.parsed.get(event, 0) + 1
         try:
             name, payload = json.loads(frame[2 + len(NAMESPACE) + 1 :])
@@ -1055,7 +1055,7 @@ Method:
   HS256 JWT in the connect packet. The load generator is a minimal Socket.IO client on
   aiohttp websockets (`EIO=4`, websocket transport only): it answers engine.io pings,
   counts `42/notifications,["event",...` frames by event name, and parses a sample of
-  them (every `--sample-every`th client, plus the first frames) to check the CONTRACT
+  them (every `--sample-every`th client, plus the first frames) to check the documented
   shapes, the recipient and seq order.
 - Each round sends `--pipeline` triggers back to back and waits until every client has
   received all of them; deliveries/s = N x triggers / (first trigger sent -> last

@@ -10,7 +10,7 @@ hub's REST routes:
   tenant room;
 - ``POST /bench/per-user`` ``{"user_ids", "title", "body"}``: one multi-row INSERT (asyncpg,
   ``unnest``) of a row per user, then one awaited ``emit("notification:new")`` per user room
-  with the CONTRACT notification object.
+  with the notification object of docs/protocol.md.
 
 Both need a bearer token with the ``service`` role (verified like the hub does). Not part
 of the hub; run it only against 127.0.0.1. The JWT secret comes from ``--jwt-secret`` or

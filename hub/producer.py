@@ -1,7 +1,7 @@
 """Publishing CRM events to the hub over Kafka: build an envelope, check it, send it.
 
 For CRM modules (and the ``notifyhub publish`` command). The envelope is the one of
-CONTRACT "Event intake"; :func:`make_event` builds it and checks it with the hub's own
+docs/protocol.md "Event intake"; :func:`make_event` builds it and checks it with the hub's own
 rules, so an event that would be dead-lettered by the hub fails here, in the producer, with
 a :class:`ValueError` that says what is wrong.
 
@@ -121,7 +121,7 @@ def make_event(
 def validate_event(
     event: Mapping[str, Any], *, limits: NotificationLimits | None = None
 ) -> EventEnvelope:
-    """Check ``event`` with the hub's rules (CONTRACT envelope, notification limits, size).
+    """Check ``event`` with the hub's rules (envelope, notification limits, size).
 
     ``limits`` default to the hub's default settings. Returns the parsed envelope; raises
     :class:`InvalidEvent` with the reason the hub would give when dead-lettering it.

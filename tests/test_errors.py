@@ -1,4 +1,4 @@
-"""REST errors keep the CONTRACT shape; every request has an id that reaches the logs."""
+"""REST errors keep the documented shape; every request has an id that reaches the logs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The OpenAPI document: valid 3.1, covers every CONTRACT route and every registered route,
+"""The OpenAPI document: valid 3.1, covers every public route and every registered route,
 served with its docs page, and the live hub honours it under schemathesis."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SettingsFactory
 from tests.harness.tokens import hs256_token
 
-# Every REST route of CONTRACT.md, with its trailing slash as written there.
-CONTRACT_ROUTES = {
+# Every public REST route clients are written against, with its trailing slash.
+PUBLIC_ROUTES = {
     ("GET", "/api/notifications/"),
     ("GET", "/api/notifications/unread-count/"),
     ("POST", "/api/notifications/mark-as-read/"),
@@ -141,7 +141,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 def test_document_covers_every_contract_route() -> None:
     operations = operations_of(openapi_document())
-    assert CONTRACT_ROUTES - set(operations) == set()
+    assert PUBLIC_ROUTES - set(operations) == set()
     for key, operation in operations.items():
         assert operation["operationId"] and operation["summary"] and operation["tags"], key
         if key in PUBLIC_ROUTES:

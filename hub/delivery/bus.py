@@ -28,7 +28,7 @@ class NewNotification:
     tenant_id: str
     user_id: str
     seq: int
-    json: str  # the CONTRACT notification object, encoded once
+    json: str  # the notification object, encoded once
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The event envelope CRM modules publish (CONTRACT "Event intake"), and its decoding.
+"""The event envelope CRM modules publish (docs/protocol.md "Event intake"), and its decoding.
 
 Unknown fields are ignored, so producers may add fields (and a later envelope ``version``
 may add parts) without breaking consumers that do not know them yet.

@@ -79,8 +79,8 @@ NOTIFICATIONS = Notification.__table__
 
 
 def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> dict[str, Any]:
-    """The CONTRACT notification object from a row mapping (``created_at`` pre-formatted
-    when a whole batch shares it)."""
+    """The notification object (docs/protocol.md 5.1) from a row mapping (``created_at``
+    pre-formatted when a whole batch shares it)."""
     read_at = row["read_at"]
     return {
         "id": str(row["id"]),
@@ -226,7 +226,7 @@ async def store_notifications(
     session: AsyncSession, items: Sequence[tuple[str, str, NewNotification]]
 ) -> list[dict[str, Any]]:
     """Insert notifications (any tenants, users and contents) inside the caller's
-    transaction; returns the CONTRACT objects in the order of ``items``.
+    transaction; returns the notification objects in the order of ``items``.
 
     A user may appear several times (several events in one batch): its counter row moves
     by the count at once and the seqs are handed out in ``items`` order.

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from hub.settings import Settings
 
-# Test-only group timings (INFRA-NOTES): joins and rebalances in ~1 s on Tansu.
+# Test-only group timings (real Kafka refuses a session timeout under 6 s): joins and rebalances in ~1 s on Tansu.
 FAST_GROUP = {
     "kafka_session_timeout_ms": 1000,
     "kafka_heartbeat_interval_ms": 200,
