@@ -8,6 +8,7 @@ from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
 from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, PRINCIPAL
 from hub.responses import CreatedNotifications, MarkReadResult, NotificationPage, UnreadCount
+from hub.rules import NewNotification
 from hub.schemas import CreateNotificationsIn, MarkReadIn
 from hub.services import notifications
 
@@ -93,7 +94,7 @@ async def create_notifications(request: web.Request) -> web.Response:
         bus=request.app[NOTIFICATION_BUS],
         tenant_id=principal.tenant_id,
         user_ids=payload.user_ids,
-        notification=notifications.NewNotification(
+        notification=NewNotification(
             title=payload.title,
             body=payload.body,
             category=payload.category,

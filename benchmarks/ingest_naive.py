@@ -41,7 +41,8 @@ from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.models import Notification, NotificationCounter, ProcessedEvent  # noqa: E402
 from hub.delivery.bus import RedisBus, notification_channel  # noqa: E402
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event  # noqa: E402
-from hub.services.notifications import NotificationLimits, serialize  # noqa: E402
+from hub.rules import NotificationLimits  # noqa: E402
+from hub.services.notifications import serialize  # noqa: E402
 from hub.settings import Settings, load_settings  # noqa: E402
 
 log = logging.getLogger("ingest_naive")

@@ -48,8 +48,9 @@ from hub.keys import (
 )
 from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
+from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits
-from hub.services.notifications import NotificationLimits, latest_seqs, replay_page
+from hub.services.notifications import latest_seqs, replay_page
 from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
 from hub.services.typing import LocalTypingState, RedisTypingState, TypingRelay, TypingState
 from hub.settings import Settings

@@ -101,7 +101,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from hub.producer import InvalidEvent, publish_events, read_event_file
-    from hub.services.notifications import NotificationLimits
+    from hub.rules import NotificationLimits
 
     limits = NotificationLimits.from_settings(settings)
     try:

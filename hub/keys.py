@@ -16,8 +16,8 @@ from hub.delivery.notifications import NotificationDelivery
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
 from hub.realtime import Realtime
+from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits
-from hub.services.notifications import NotificationLimits
 from hub.services.ratelimit import RateLimiter
 from hub.services.typing import TypingRelay
 from hub.settings import Settings

@@ -64,7 +64,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, EventEnvelope, validate_envelope
-from hub.services.notifications import NotificationLimits
+from hub.rules import NotificationLimits
 
 DEFAULT_TOPIC = "crm.events"
 

@@ -9,7 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from db.engine import make_engine, make_session_factory
-from hub.services.notifications import NewNotification, store_notifications
+from hub.rules import NewNotification
+from hub.services.notifications import store_notifications
 from tests.harness.api import ApiClient
 from tests.harness.hub import (
     RecordingClient,

@@ -9,7 +9,8 @@ import asyncpg
 
 from db.engine import make_engine, make_session_factory
 from hub.delivery.bus import LocalBus
-from hub.services.notifications import NewNotification, NotificationLimits, create_notifications
+from hub.rules import NewNotification, NotificationLimits
+from hub.services.notifications import create_notifications
 from tests.harness.services import _asyncpg_dsn
 
 

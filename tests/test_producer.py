@@ -371,3 +371,23 @@ async def _settle_and_check_once(client: ApiClient, found: list[Any]) -> None:
     assert status == 200
     found[:] = body["items"]
     assert len(found) == 1, "the duplicate was applied"
+
+
+def test_importing_the_producer_loads_no_database_redis_or_services() -> None:
+    """CRM modules import hub.producer: it must not drag in the hub's storage stack."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, hub.producer; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    heavy = [
+        name
+        for name in loaded
+        if name.split(".")[0] in ("sqlalchemy", "redis", "asyncpg", "db", "tasks", "api")
+        or name.startswith(("hub.services", "hub.delivery", "hub.sockets"))
+    ]
+    assert heavy == []

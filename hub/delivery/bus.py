@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class NewNotification:
+class PublishedNotification:
     tenant_id: str
     user_id: str
     seq: int
@@ -45,7 +45,7 @@ class TenantBroadcast:
 
 
 class BusListener(Protocol):
-    async def on_new(self, items: Sequence[NewNotification]) -> None: ...
+    async def on_new(self, items: Sequence[PublishedNotification]) -> None: ...
 
     async def on_read(self, event: ReadEvent) -> None: ...
 
@@ -70,9 +70,9 @@ def notification_channel(settings: Settings) -> str:
     return f"{settings.socketio_channel}:notifications"
 
 
-def encode_new(notifications: Sequence[dict[str, Any]]) -> list[NewNotification]:
+def encode_new(notifications: Sequence[dict[str, Any]]) -> list[PublishedNotification]:
     return [
-        NewNotification(n["tenant_id"], n["user_id"], n["seq"], orjson.dumps(n).decode())
+        PublishedNotification(n["tenant_id"], n["user_id"], n["seq"], orjson.dumps(n).decode())
         for n in notifications
     ]
 
@@ -165,7 +165,9 @@ class RedisBus:
         try:
             message = orjson.loads(raw)
             if message["k"] == "new":
-                await listener.on_new([NewNotification(t, u, s, j) for t, u, s, j in message["i"]])
+                await listener.on_new(
+                    [PublishedNotification(t, u, s, j) for t, u, s, j in message["i"]]
+                )
             elif message["k"] == "read":
                 await listener.on_read(ReadEvent(message["t"], message["u"], message["j"]))
             elif message["k"] == "bc":

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.delivery.bus import NewNotification, ReadEvent, TenantBroadcast
+from hub.delivery.bus import PublishedNotification, ReadEvent, TenantBroadcast
 from hub.logs import ThrottledLog
 from hub.metrics import CATCH_UPS, EMITS
 
@@ -152,7 +152,7 @@ class NotificationDelivery:
 
     # -- bus listener -----------------------------------------------------------------
 
-    async def on_new(self, items: Sequence[NewNotification]) -> None:
+    async def on_new(self, items: Sequence[PublishedNotification]) -> None:
         for item in items:
             group = self._by_user.get((item.tenant_id, item.user_id))
             if not group:

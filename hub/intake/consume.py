@@ -21,7 +21,7 @@ from hub.heartbeat import run_heartbeat
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import EventEnvelope
 from hub.intake.kafka import KafkaIntake
-from hub.services.notifications import NotificationLimits
+from hub.rules import NotificationLimits
 from hub.settings import ConfigurationError, Settings
 from hub.startup import redis_problem, require_redis
 

@@ -14,8 +14,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hub.errors import HubError
+from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.schemas import ID_PATTERN, TEXT_PATTERN, StoredData
-from hub.services.notifications import NewNotification, NotificationLimits, check_limits
 
 SUPPORTED_VERSION = 1
 MAX_EVENT_BYTES = 256 * 1024

@@ -36,7 +36,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from hub.intake.apply import BatchOutcome
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
 from hub.metrics import EVENTS, KAFKA_LAG
-from hub.services.notifications import NotificationLimits
+from hub.rules import NotificationLimits
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ from hub.delivery.bus import NotificationBus
 from hub.errors import Unavailable
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
-from hub.services.notifications import NotificationLimits
+from hub.rules import NotificationLimits
 
 log = logging.getLogger(__name__)
 

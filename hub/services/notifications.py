@@ -22,44 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
-from hub.errors import InvalidInput, TooLarge, Unavailable
+from hub.errors import InvalidInput, Unavailable
+from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
-from hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _CURSOR_PREFIX = b"n1:"
-
-
-@dataclass(frozen=True, slots=True)
-class NotificationLimits:
-    """Input bounds, from Settings; checked here so every entry point enforces them."""
-
-    title_max_chars: int = 200
-    body_max_chars: int = 5000
-    data_max_bytes: int = 16 * 1024
-    link_max_chars: int = 2000
-    max_recipients: int = 1000
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> NotificationLimits:
-        return cls(
-            title_max_chars=settings.notification_title_max_chars,
-            body_max_chars=settings.notification_body_max_chars,
-            data_max_bytes=settings.notification_data_max_bytes,
-            max_recipients=settings.notification_max_recipients,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class NewNotification:
-    """What a caller asks for; the service adds ids, seqs and timestamps."""
-
-    title: str
-    body: str
-    category: str | None = None
-    data: dict[str, Any] | None = None
-    link: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,36 +64,6 @@ def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> dict[
         "created_at": created_at or iso_utc(row["created_at"]),
         "read_at": iso_utc(read_at) if read_at is not None else None,
     }
-
-
-def check_limits(
-    notification: NewNotification, recipients: int, limits: NotificationLimits
-) -> None:
-    if recipients == 0:
-        raise InvalidInput("at least one recipient is needed")
-    if recipients > limits.max_recipients:
-        raise InvalidInput(f"at most {limits.max_recipients} recipients per request")
-    if not notification.title.strip():
-        raise InvalidInput("title must not be empty")
-    if has_nul(notification.title, notification.body, notification.link, notification.category):
-        raise InvalidInput("text must not contain NUL characters")
-    if len(notification.title) > limits.title_max_chars:
-        raise TooLarge(f"title is longer than {limits.title_max_chars} characters")
-    if len(notification.body) > limits.body_max_chars:
-        raise TooLarge(f"body is longer than {limits.body_max_chars} characters")
-    if notification.link is not None and len(notification.link) > limits.link_max_chars:
-        raise TooLarge(f"link is longer than {limits.link_max_chars} characters")
-    if notification.data:
-        encoded = orjson.dumps(notification.data)
-        if len(encoded) > limits.data_max_bytes:
-            raise TooLarge(f"data encodes to more than {limits.data_max_bytes} bytes of JSON")
-        if b"\\u0000" in encoded:
-            raise InvalidInput("data must not contain NUL characters")
-
-
-def has_nul(*texts: str | None) -> bool:
-    """PostgreSQL text cannot hold U+0000: such input is refused up front, not a 500."""
-    return any(text is not None and "\x00" in text for text in texts)
 
 
 async def create_notifications(
