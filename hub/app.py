@@ -52,7 +52,12 @@ from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits
 from hub.services.notifications import latest_seqs, replay_page
 from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
-from hub.services.typing import LocalTypingState, RedisTypingState, TypingRelay, TypingState
+from hub.services.typing_indicators import (
+    LocalTypingState,
+    RedisTypingState,
+    TypingRelay,
+    TypingState,
+)
 from hub.settings import Settings
 from hub.sockets import transport
 from hub.sockets.server import build_socketio_server

@@ -19,7 +19,7 @@ from hub.realtime import Realtime
 from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits
 from hub.services.ratelimit import RateLimiter
-from hub.services.typing import TypingRelay
+from hub.services.typing_indicators import TypingRelay
 from hub.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
