@@ -144,6 +144,52 @@ async def test_poison_messages_go_to_the_dlq_and_consumption_goes_on(
     assert "larger than" in reasons and "recipients" in reasons
 
 
+REFUSED_TITLE = "the database refuses this title"
+
+
+async def refuse_a_title_in_the_database(postgres_url: str) -> None:
+    """A CHECK constraint the envelope rules know nothing of: an event that decodes, passes
+    every check and is still refused by the database for its content (SQLSTATE 23514)."""
+    await query(
+        postgres_url,
+        "DO $$ BEGIN ALTER TABLE notifications ADD CONSTRAINT test_refused_title "
+        f"CHECK (title <> '{REFUSED_TITLE}'); EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+    )
+
+
+async def test_an_event_the_database_refuses_is_dead_lettered_alone(
+    hub_factory: Callable[..., Any],
+    hub_settings: SettingsFactory,
+    kafka: KafkaTopics,
+    postgres_url: str,
+    tenant: str,
+) -> None:
+    await refuse_a_title_in_the_database(postgres_url)
+    refused = orjson.dumps(
+        {**event(tenant, 500), "notification": {"title": REFUSED_TITLE, "body": "b"}}
+    )
+    good = [orjson.dumps(event(tenant, n)) for n in range(20)]
+    await kafka.produce([*good[:10], refused, *good[10:]])  # one batch, one partition
+    await hub_factory(kafka.settings(hub_settings))
+
+    async def all_good_applied() -> bool:
+        return await stored(postgres_url, tenant) == 20
+
+    await eventually(all_good_applied, timeout=30, interval=0.2)
+    dead = await kafka.read_dlq(1)
+    assert [record.value for record in dead] == [refused]
+    error = dict(dead[0].headers)["error"].decode()
+    assert error.startswith("database refused the event: IntegrityError"), error
+    # The partition goes on: a later event is applied too.
+    await kafka.produce([orjson.dumps(event(tenant, 21))])
+    await eventually(lambda: _count_is(postgres_url, tenant, 21), timeout=20, interval=0.2)
+    await assert_gapless(postgres_url, tenant, "watcher", 21)
+
+
+async def _count_is(postgres_url: str, tenant: str, expected: int) -> bool:
+    return await stored(postgres_url, tenant) == expected
+
+
 async def test_killed_consumer_loses_nothing_and_applies_nothing_twice(
     hub_settings: SettingsFactory, kafka: KafkaTopics, postgres_url: str, tenant: str
 ) -> None:

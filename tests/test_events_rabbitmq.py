@@ -25,7 +25,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from hub.errors import Unavailable
-from hub.intake.rabbitmq import RabbitIntake, classify_failure
+from hub.intake.rabbitmq import RabbitIntake
+from hub.intake.runtime import classify_failure
 from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
 from hub.realtime import NOTIFICATIONS_NAMESPACE
 from tests.harness.api import ApiClient

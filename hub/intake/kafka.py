@@ -3,7 +3,10 @@
 The loop, per ``getmany`` batch:
 
 1. decode every record; the ones that cannot be applied are set aside for the DLQ;
-2. apply the good ones in one transaction (:func:`hub.intake.apply.apply_events`);
+2. apply the good ones in one transaction (:func:`hub.intake.apply.apply_events`); if the
+   database refuses the batch for one event's content, apply them one by one and set
+   aside only what it refuses (:func:`hub.intake.runtime.apply_isolating`), so one such
+   event never stalls its partition;
 3. produce the bad ones to the DLQ (original bytes, the reason and the source position in
    headers) and wait for the broker's acknowledgement;
 4. commit the offsets of applied batches (at most every ``kafka_commit_interval_ms``, and
@@ -25,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,15 +36,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from hub.intake.apply import BatchOutcome
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
+from hub.intake.runtime import ApplyBatch, IntakePaused, apply_isolating
 from hub.metrics import EVENTS, KAFKA_LAG
 from hub.rules import NotificationLimits
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
-
-ApplyBatch = Callable[[Sequence[EventEnvelope]], Awaitable[BatchOutcome]]
 
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -197,17 +198,21 @@ class KafkaIntake:
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     async def _process(self, records: list[ConsumerRecord]) -> None:
-        good: list[EventEnvelope] = []
+        good: list[tuple[ConsumerRecord, EventEnvelope]] = []
         bad: list[tuple[ConsumerRecord, str]] = []
         for record in records:
             try:
-                good.append(decode_event(record.value, self._limits))
+                good.append((record, decode_event(record.value, self._limits)))
             except BadEvent as exc:
                 bad.append((record, str(exc)))
-        if good:
-            outcome = await self._apply(good)
-            self.stats.applied += outcome.applied
-            self.stats.duplicates += outcome.duplicates
+        result = await apply_isolating(self._apply, good)
+        if result.failure is not None:
+            # A dependency is away: nothing of the batch is dead-lettered or committed; the
+            # whole batch is tried again (what was applied is a no-op the second time).
+            raise IntakePaused(result.failure)
+        self.stats.applied += result.applied_events
+        self.stats.duplicates += result.duplicates
+        bad.extend(result.refused)
         if bad:
             await self._dead_letter(bad)
             self.stats.dead_lettered += len(bad)

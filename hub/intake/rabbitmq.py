@@ -51,14 +51,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import aio_pika
 import aiormq
 import aiormq.abc
-import sqlalchemy.exc
 from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
@@ -71,73 +70,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker
 
 from hub.delivery.bus import NotificationBus
-from hub.errors import Unavailable
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
+from hub.intake.runtime import apply_isolating, describe
 from hub.rules import NotificationLimits
 
 log = logging.getLogger(__name__)
 
 SOURCE: Final = "rabbitmq"
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
-# SQLSTATE classes of a database that is away or overloaded (08 connection, 40 rollback:
-# serialization/deadlock, 53 resources, 57 operator intervention, 58 system): retry later.
-_TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "40", "53", "57", "58"})
-# 22 data exception, 23 integrity constraint: this event's content, retrying never helps.
-_EVENT_SQLSTATE_CLASSES: Final = frozenset({"22", "23"})
-_OUTAGE_TYPES: Final = (
-    Unavailable,
-    OSError,  # ConnectionRefusedError, ConnectionResetError, TimeoutError (all OSError)
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.DisconnectionError,
-    sqlalchemy.exc.TimeoutError,  # the connection pool is exhausted
-)
-# asyncpg's own errors reach us wrapped by SQLAlchemy (``InterfaceError`` above) or carry a
-# SQLSTATE (``PostgresConnectionError`` is class 08, ``CannotConnectNowError`` 57P03, ...).
-
-Failure = Literal["outage", "event", "unknown"]
-
-
-def classify_failure(exc: BaseException) -> Failure:
-    """Whether applying failed because a dependency is away (``outage``: retry the batch
-    later), because of one event's content (``event``: dead-letter that event), or for a
-    reason we cannot attribute (``unknown``: treated like an outage, nothing is lost)."""
-    verdict: Failure = "unknown"
-    for error in _causes(exc):
-        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
-            return "outage"
-        if isinstance(error, _OUTAGE_TYPES):
-            return "outage"
-        sqlstate = getattr(error, "sqlstate", None)
-        if isinstance(sqlstate, str) and len(sqlstate) == 5:
-            if sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
-                return "outage"
-            if sqlstate[:2] in _EVENT_SQLSTATE_CLASSES:
-                verdict = "event"
-        if isinstance(error, sqlalchemy.exc.DataError | sqlalchemy.exc.IntegrityError):
-            verdict = "event"
-    return verdict
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (SQLAlchemy's ``orig``, causes, contexts)."""
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending:
-        error = pending.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        yield error
-        for inner in (getattr(error, "orig", None), error.__cause__, error.__context__):
-            if isinstance(inner, BaseException):
-                pending.append(inner)
-
-
-def describe(exc: BaseException) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first_line}"[:300]
 
 
 @dataclass
@@ -364,32 +305,12 @@ class RabbitIntake:
     async def _apply(
         self, decoded: Sequence[tuple[AbstractIncomingMessage, EventEnvelope]]
     ) -> _Settled:
-        if not decoded:
-            return _Settled(ack=[], dead=[], retry=[])
-        try:
-            self._count(await self._apply_events([event for _, event in decoded]))
-        except Exception as exc:
-            if classify_failure(exc) != "event":
-                return _Settled(
-                    ack=[], dead=[], retry=[m for m, _ in decoded], failure=describe(exc)
-                )
-            log.warning("event batch refused by the database (%s); applying one by one", exc)
-        else:
-            return _Settled(ack=[m for m, _ in decoded], dead=[], retry=[])
-        # One event's content made the whole transaction fail: find it, apply the rest.
-        settled = _Settled(ack=[], dead=[], retry=[])
-        for index, (message, event) in enumerate(decoded):
-            try:
-                self._count(await self._apply_events([event]))
-            except Exception as exc:
-                if classify_failure(exc) == "event":
-                    settled.dead.append((message, f"database refused the event: {describe(exc)}"))
-                    continue
-                settled.retry = [m for m, _ in decoded[index:]]
-                settled.failure = describe(exc)
-                break
-            settled.ack.append(message)
-        return settled
+        result = await apply_isolating(self._apply_events, decoded)
+        self.stats.applied += result.applied_events
+        self.stats.duplicates += result.duplicates
+        return _Settled(
+            ack=result.applied, dead=result.refused, retry=result.retry, failure=result.failure
+        )
 
     async def _apply_events(self, events: Sequence[EventEnvelope]) -> BatchOutcome:
         return await apply_events(
@@ -399,10 +320,6 @@ class RabbitIntake:
             events=events,
             source=SOURCE,
         )
-
-    def _count(self, outcome: BatchOutcome) -> None:
-        self.stats.applied += outcome.applied
-        self.stats.duplicates += outcome.duplicates
 
     async def _settle(
         self,
