@@ -39,14 +39,10 @@ async def readyz(request: web.Request) -> web.Response:
     redis = request.app.get(REDIS)
     if redis is not None:
         checks["redis"] = await _check(redis.ping())
-    intake = request.app.get(KAFKA_INTAKE)
-    if intake is not None:
-        checks["kafka"] = (
-            "ok" if intake.ready else f"{intake.stats.state}: {intake.stats.last_error}"
-        )
-    rabbit = request.app.get(RABBITMQ_INTAKE)
-    if rabbit is not None:
-        checks["rabbitmq"] = "ok" if rabbit.ready else f"{rabbit.status} ({rabbit.last_error})"
+    for name, key in (("kafka", KAFKA_INTAKE), ("rabbitmq", RABBITMQ_INTAKE)):
+        source = request.app.get(key)
+        if source is not None:
+            checks[name] = source.status_line()
     failing = sorted(name for name, result in checks.items() if result != "ok")
     if failing:
         return json_response(

@@ -64,7 +64,7 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
             # Consuming (not connecting, nor paused on a batch the database refused), and
             # Redis, where the serve nodes and workers are reached, answers.
             if not intake.ready:
-                return f"Kafka intake {intake.stats.state}: {intake.stats.last_error}"
+                return f"Kafka intake {intake.status_line()}"
             return await redis_problem(redis)
 
         beating = asyncio.create_task(

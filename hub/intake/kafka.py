@@ -25,10 +25,8 @@ consumer, so a rebalance redelivers nothing that was applied here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +35,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
-from hub.intake.runtime import ApplyBatch, IntakePaused, apply_isolating
+from hub.intake.runtime import (
+    ApplyBatch,
+    Backoff,
+    IntakePaused,
+    apply_isolating,
+    quietly,
+)
 from hub.metrics import EVENTS, KAFKA_LAG
 from hub.rules import NotificationLimits
 from hub.settings import Settings
@@ -96,21 +100,23 @@ class KafkaIntake:
     def ready(self) -> bool:
         return self.stats.state == "running"
 
+    def status_line(self) -> str:
+        return "ok" if self.ready else f"{self.stats.state}: {self.stats.last_error}"
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; finish the batch in hand, commit, close."""
-        backoff = 0.5
+        backoff = Backoff(maximum=MAX_BACKOFF_SECONDS)
         while not stop.is_set():
             try:
                 await self._start()
-                backoff = 0.5
+                backoff.reset()
                 await self._consume(stop)
             except (KafkaError, OSError) as exc:
                 self.stats.state = "connecting"
                 self.stats.last_error = f"kafka: {exc}"
-                log.warning("Kafka unavailable (%s); retrying in %.1fs", exc, backoff)
+                log.warning("Kafka unavailable (%s); retrying in %.1fs", exc, backoff.current)
                 await self._close()
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await backoff.wait(stop)
         await self._close()
         self.stats.state = "stopped"
 
@@ -140,8 +146,8 @@ class KafkaIntake:
             await consumer.start()
             await producer.start()
         except BaseException:
-            await _quietly(consumer.stop())
-            await _quietly(producer.stop())
+            await quietly(consumer.stop())
+            await quietly(producer.stop())
             raise
         self._consumer, self._producer = consumer, producer
         self.stats.state = "running"
@@ -151,10 +157,10 @@ class KafkaIntake:
         consumer, producer = self._consumer, self._producer
         self._consumer = self._producer = None
         if consumer is not None:
-            await _quietly(self.commit_pending(consumer))
-            await _quietly(consumer.stop())
+            await quietly(self.commit_pending(consumer))
+            await quietly(consumer.stop())
         if producer is not None:
-            await _quietly(producer.stop())
+            await quietly(producer.stop())
 
     async def _consume(self, stop: asyncio.Event) -> None:
         assert self._consumer is not None
@@ -180,7 +186,7 @@ class KafkaIntake:
             KAFKA_LAG.labels(partition.topic, str(partition.partition)).set(max(0, end - position))
 
     async def _process_until_done(self, records: list[ConsumerRecord], stop: asyncio.Event) -> None:
-        backoff = 0.5
+        backoff = Backoff(maximum=MAX_BACKOFF_SECONDS)
         while True:
             try:
                 await self._process(records)
@@ -191,11 +197,10 @@ class KafkaIntake:
             except Exception as exc:  # the database, Redis, ...: pause and retry the batch
                 self.stats.state = "paused"
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("event batch not applied (%s); retrying in %.1fs", exc, backoff)
+                log.warning("event batch not applied (%s); retrying in %.1fs", exc, backoff.current)
                 if stop.is_set():
                     return  # nothing committed: the next consumer takes the batch over
-                await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                await backoff.wait(stop)
 
     async def _process(self, records: list[ConsumerRecord]) -> None:
         good: list[tuple[ConsumerRecord, EventEnvelope]] = []
@@ -262,15 +267,3 @@ class KafkaIntake:
             for partition, offset in offsets.items():
                 self._pending.setdefault(partition, offset)
             raise
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("ignored while closing: %s", exc)

@@ -51,9 +51,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import aio_pika
 import aiormq
@@ -72,7 +72,7 @@ from taskiq import AsyncBroker
 from hub.delivery.bus import NotificationBus
 from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
-from hub.intake.runtime import apply_isolating, describe
+from hub.intake.runtime import Backoff, apply_isolating, describe, quietly, sleep_or_stop
 from hub.rules import NotificationLimits
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class RabbitIntake:
         self._retry_initial = retry_initial_seconds
         self._retry_max = retry_max_seconds
         self._state = "connecting"
-        self._backoff = retry_initial_seconds
+        self._backoff = Backoff(retry_initial_seconds, retry_max_seconds)
         self._connection: AbstractRobustConnection | None = None
         # The AMQP channel known to be in tx mode; a robust reconnect brings a new one.
         self._tx_channel: aiormq.abc.AbstractChannel | None = None
@@ -163,9 +163,12 @@ class RabbitIntake:
     def ready(self) -> bool:
         return self.status == "running"
 
+    def status_line(self) -> str:
+        return "ok" if self.ready else f"{self.status} ({self.last_error})"
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the broker may be unreachable at first."""
-        backoff = self._retry_initial
+        backoff = Backoff(self._retry_initial, self._retry_max)
         try:
             while not stop.is_set():
                 self._state = "connecting"
@@ -177,9 +180,10 @@ class RabbitIntake:
                     )
                 except CONNECTION_EXCEPTIONS as exc:
                     self.last_error = f"rabbitmq: {describe(exc)}"
-                    log.warning("RabbitMQ unreachable (%s); retrying in %.1fs", exc, backoff)
-                    await _sleep_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, self._retry_max)
+                    log.warning(
+                        "RabbitMQ unreachable (%s); retrying in %.1fs", exc, backoff.current
+                    )
+                    await backoff.wait(stop)
                     continue
                 self._connection = connection
                 try:
@@ -193,16 +197,19 @@ class RabbitIntake:
                     self.last_error = f"rabbitmq: {describe(exc)}"
                     if isinstance(exc, CONNECTION_EXCEPTIONS):
                         log.warning(
-                            "RabbitMQ intake interrupted (%s); retrying in %.1fs", exc, backoff
+                            "RabbitMQ intake interrupted (%s); retrying in %.1fs",
+                            exc,
+                            backoff.current,
                         )
                     else:
-                        log.exception("RabbitMQ intake failed; restarting in %.1fs", backoff)
-                    await _sleep_or_stop(stop, backoff)
-                    backoff = min(backoff * 2, self._retry_max)
+                        log.exception(
+                            "RabbitMQ intake failed; restarting in %.1fs", backoff.current
+                        )
+                    await backoff.wait(stop)
                 finally:
                     self._connection = None
                     self._tx_channel = None
-                    await _quietly(connection.close())
+                    await quietly(connection.close())
         finally:
             self._state = "stopped"
 
@@ -227,8 +234,8 @@ class RabbitIntake:
         finally:
             # No new deliveries while closing; what was delivered and not acked goes back
             # to the queue when the channel closes.
-            await _quietly(queue.cancel(consumer_tag))
-            await _quietly(channel.close())
+            await quietly(queue.cancel(consumer_tag))
+            await quietly(channel.close())
 
     async def _declare(self, channel: AbstractRobustChannel) -> AbstractQueue:
         await channel.set_qos(prefetch_count=self._prefetch)
@@ -285,20 +292,19 @@ class RabbitIntake:
         if settled.failure is None:
             if decoded:
                 self._state = "running"
-                self._backoff = self._retry_initial
+                self._backoff.reset()
             return
         # Paused: keep the messages unacked for a while (the database may come back
         # quickly), then hand them back to the queue and try again when they return.
         self._state = f"paused: {settled.failure}"
-        delay = self._backoff
-        self._backoff = min(delay * 2, self._retry_max)
+        delay = self._backoff.next()
         log.warning(
             "RabbitMQ intake paused (%s); requeueing %d events in %.1fs",
             settled.failure,
             len(settled.retry),
             delay,
         )
-        await _sleep_or_stop(stop, delay)
+        await sleep_or_stop(stop, delay)
         await self._settle(ack=[], dead=[], nack=settled.retry)
         self.stats.requeued += len(settled.retry)
 
@@ -441,15 +447,3 @@ async def _first_or_stop(
     if getter.done() and not getter.cancelled():
         return getter.result()
     return None
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    try:
-        await awaitable
-    except Exception as exc:
-        log.debug("ignored while closing: %s", exc)

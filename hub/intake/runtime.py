@@ -7,15 +7,20 @@ module holds the decisions they must make the same way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 import sqlalchemy.exc
 
 from hub.errors import Unavailable
 from hub.intake.apply import BatchOutcome
 from hub.intake.envelope import EventEnvelope
+
+log = logging.getLogger(__name__)
 
 # SQLSTATE classes of a database that is away or overloaded (08 connection, 40 rollback:
 # serialization/deadlock, 53 resources, 57 operator intervention, 58 system): retry later.
@@ -132,3 +137,49 @@ async def apply_isolating(
             break
         result.applied.append(source)
     return result
+
+
+class EventSource(Protocol):
+    """What /readyz and the consumer's heartbeat ask of any source."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def status_line(self) -> str:
+        """``ok``, or what it is doing instead and why (``paused: <reason>``...)."""
+        ...
+
+
+class Backoff:
+    """Waits that double from ``initial`` up to ``maximum``; ``reset`` after a success."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0) -> None:
+        self._initial = initial
+        self._maximum = maximum
+        self.current = initial
+
+    def reset(self) -> None:
+        self.current = self._initial
+
+    def next(self) -> float:
+        """The delay to wait now; the following one doubles."""
+        delay = self.current
+        self.current = min(delay * 2, self._maximum)
+        return delay
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Wait the next delay, or less if ``stop`` is set meanwhile."""
+        await sleep_or_stop(stop, self.next())
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def quietly(awaitable: Awaitable[Any]) -> None:
+    """Await a close/stop whose failure must not mask what made us close."""
+    try:
+        await awaitable
+    except Exception as exc:
+        log.debug("ignored while closing: %s", exc)
