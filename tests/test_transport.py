@@ -41,12 +41,15 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
     import asyncio
     import inspect
 
+    from aiohttp import web
     from aiohttp._websocket.writer import WebSocketWriter
     from engineio.async_socket import AsyncSocket
 
-    parameters = inspect.signature(WebSocketWriter._write_websocket_frame).parameters
-    assert list(parameters) == ["self", "message", "opcode", "rsv"], (
-        "aiohttp's WebSocketWriter._write_websocket_frame changed: update transport.py"
+    assert "transport" in inspect.signature(WebSocketWriter).parameters, (
+        "aiohttp's WebSocketWriter no longer holds the transport: update transport.py"
+    )
+    assert "_writer" in web.WebSocketResponse.__annotations__, (
+        "aiohttp's WebSocketResponse._writer is gone: update transport.py and sinks.py"
     )
     assert "self._limit" in inspect.getsource(WebSocketWriter.send_frame), (
         "aiohttp's drain threshold moved: update transport.NO_DRAIN"

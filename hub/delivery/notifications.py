@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,9 +62,22 @@ class Sink(Protocol):
     returns False when the connection is gone (or was just dropped for not reading).
     """
 
-    async def send(self, event: str, data_json: str) -> bool: ...
+    async def send(self, outgoing: Outgoing) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+class Outgoing:
+    """One event for many connections. Each wire format (a Socket.IO frame per namespace,
+    a legacy WebSocket frame) is encoded once, by the first sink that needs it, and the
+    same bytes are written to every other connection."""
+
+    __slots__ = ("data_json", "encoded", "event")
+
+    def __init__(self, event: str, data_json: str) -> None:
+        self.event = event
+        self.data_json = data_json
+        self.encoded: dict[str, Any] = {}
 
 
 @dataclass(eq=False)
@@ -75,7 +88,7 @@ class Subscriber:
     last_seq: int | None  # None: live only, nothing sent yet
     wants_broadcasts: bool = True  # legacy WebSockets never had tenant announcements
     catching_up: bool = False
-    pending: list[tuple[int, str]] = field(default_factory=list)
+    pending: list[tuple[int, Outgoing]] = field(default_factory=list)
     closed: bool = False
 
 
@@ -157,17 +170,20 @@ class NotificationDelivery:
             group = self._by_user.get((item.tenant_id, item.user_id))
             if not group:
                 continue
+            outgoing = Outgoing(NEW_EVENT, item.json)  # one encoding for all their devices
             for subscriber in tuple(group):
-                await self._offer(subscriber, item.seq, item.json)
+                await self._offer(subscriber, item.seq, outgoing)
 
     async def on_read(self, event: ReadEvent) -> None:
+        outgoing = Outgoing(READ_EVENT, event.json)
         for subscriber in tuple(self._by_user.get((event.tenant_id, event.user_id), ())):
-            await self._send(subscriber, READ_EVENT, event.json)
+            await self._send(subscriber, outgoing)
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None:
         # Announcements are not stored, so there is nothing to order or replay.
+        outgoing = Outgoing(BROADCAST_EVENT, broadcast.json)
         for subscriber in tuple(self._by_tenant.get(broadcast.tenant_id, ())):
-            await self._send(subscriber, BROADCAST_EVENT, broadcast.json)
+            await self._send(subscriber, outgoing)
 
     async def on_resubscribed(self) -> None:
         for group in tuple(self._by_user.values()):
@@ -223,17 +239,17 @@ class NotificationDelivery:
 
     # -- ordering ---------------------------------------------------------------------
 
-    async def _offer(self, subscriber: Subscriber, seq: int, data_json: str) -> None:
+    async def _offer(self, subscriber: Subscriber, seq: int, outgoing: Outgoing) -> None:
         if subscriber.catching_up:
-            subscriber.pending.append((seq, data_json))
+            subscriber.pending.append((seq, outgoing))
             return
         last = subscriber.last_seq
         if last is None or seq == last + 1:
             subscriber.last_seq = seq
-            await self._send(subscriber, NEW_EVENT, data_json)
+            await self._send(subscriber, outgoing)
         elif seq > last + 1:
             # Something between is committed but not here yet: fetch it, then go on in order.
-            subscriber.pending.append((seq, data_json))
+            subscriber.pending.append((seq, outgoing))
             self._begin_catch_up(subscriber, "gap")
         # seq <= last: already sent (replayed, or a late duplicate), drop it.
 
@@ -304,7 +320,7 @@ class NotificationDelivery:
                 if subscriber.last_seq is None or seq > subscriber.last_seq:
                     subscriber.last_seq = seq
                     sent += 1
-                    await self._send(subscriber, NEW_EVENT, data_json)
+                    await self._send(subscriber, Outgoing(NEW_EVENT, data_json))
             if len(page) < REPLAY_PAGE_SIZE:
                 return sent
         return sent
@@ -313,29 +329,29 @@ class NotificationDelivery:
         """Send buffered notifications that continue the sequence; keep those past a hole."""
         while subscriber.pending:
             subscriber.pending.sort(key=lambda entry: entry[0])
-            seq, data_json = subscriber.pending[0]
+            seq, outgoing = subscriber.pending[0]
             last = subscriber.last_seq
             if last is not None and seq <= last:
                 subscriber.pending.pop(0)
             elif last is None or seq == last + 1:
                 subscriber.pending.pop(0)
                 subscriber.last_seq = seq
-                await self._send(subscriber, NEW_EVENT, data_json)
+                await self._send(subscriber, outgoing)
             else:
                 return
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _send(self, subscriber: Subscriber, event: str, data_json: str) -> None:
+    async def _send(self, subscriber: Subscriber, outgoing: Outgoing) -> None:
         if subscriber.closed:
             return
         try:
-            sent = await subscriber.sink.send(event, data_json)
+            sent = await subscriber.sink.send(outgoing)
         except Exception:  # a broken connection is that connection's problem only
             log.debug("send to a closing connection failed", exc_info=True)
             return
         if sent:
-            _EMITTED[event].inc()
+            _EMITTED[outgoing.event].inc()
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)

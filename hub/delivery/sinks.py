@@ -13,10 +13,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp._websocket.writer import WebSocketWriter
 
+from hub.delivery.notifications import Outgoing
 from hub.metrics import SLOW_CONSUMERS
-from hub.sockets.transport import NO_DRAIN, TEXT, send_socketio_packet
+from hub.sockets.transport import NO_DRAIN, SocketIOFrame, send_frame, websocket_frame
 
 log = logging.getLogger(__name__)
+# The key of the legacy WebSocket's encoding in Outgoing.encoded (Socket.IO's are namespaces).
+LEGACY_FORMAT = "legacy"
 
 
 class SocketIOSink:
@@ -33,10 +36,12 @@ class SocketIOSink:
         # Socket.IO EVENT packet: type 2, the namespace, then ["event", data].
         self._prefix = f'2{namespace},["'
 
-    async def send(self, event: str, data_json: str) -> bool:
-        return send_socketio_packet(
-            self._server, self._eio_sid, f'{self._prefix}{event}",{data_json}]'
-        )
+    async def send(self, outgoing: Outgoing) -> bool:
+        frame = outgoing.encoded.get(self._namespace)
+        if frame is None:
+            frame = SocketIOFrame(f'{self._prefix}{outgoing.event}",{outgoing.data_json}]')
+            outgoing.encoded[self._namespace] = frame
+        return send_frame(self._server, self._eio_sid, frame)
 
     async def close(self) -> None:
         await self._server.disconnect(self._sid, namespace=self._namespace)
@@ -58,7 +63,7 @@ class WebSocketSink:
         self._writer: WebSocketWriter = writer
         self._max_buffer_bytes = max_buffer_bytes
 
-    async def send(self, event: str, data_json: str) -> bool:
+    async def send(self, outgoing: Outgoing) -> bool:
         transport = self._writer.transport
         if transport.is_closing():
             return False
@@ -67,8 +72,11 @@ class WebSocketSink:
             log.warning("legacy WebSocket dropped: it does not read")
             transport.abort()
             return False
-        frame = f'{{"type":"{event}","data":{data_json}}}'.encode()
-        self._writer._write_websocket_frame(frame, TEXT, 0)
+        wire = outgoing.encoded.get(LEGACY_FORMAT)
+        if wire is None:
+            text = f'{{"type":"{outgoing.event}","data":{outgoing.data_json}}}'
+            wire = outgoing.encoded[LEGACY_FORMAT] = websocket_frame(text.encode())
+        transport.write(wire)
         return True
 
     async def close(self) -> None:

@@ -45,7 +45,6 @@ MAX_QUEUED_PACKETS = 1000
 NO_DRAIN = 1 << 62
 TEXT = int(WSMsgType.TEXT)
 CLOSE = int(WSMsgType.CLOSE)
-GOING_AWAY = struct.pack("!H", WSCloseCode.GOING_AWAY) + b"server shutting down"
 _closing: set[asyncio.Future[Any]] = set()
 
 
@@ -58,6 +57,24 @@ class DirectWriter:
         self.writer = writer
         self.transport = writer.transport
         self.limit = limit
+
+
+def websocket_frame(payload: bytes, opcode: int = TEXT) -> bytes:
+    """A complete unmasked WebSocket frame (RFC 6455 5.2), as a server sends it."""
+    length = len(payload)
+    first = 0x80 | opcode  # FIN: never fragmented
+    if length < 126:
+        header = bytes((first, length))
+    elif length < 65536:
+        header = struct.pack("!BBH", first, 126, length)
+    else:
+        header = struct.pack("!BBQ", first, 127, length)
+    return header + payload
+
+
+GOING_AWAY = websocket_frame(
+    struct.pack("!H", WSCloseCode.GOING_AWAY) + b"server shutting down", CLOSE
+)
 
 
 def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
@@ -104,8 +121,25 @@ def install(server: socketio.AsyncServer, *, compress: bool, max_buffer_bytes: i
     server.eio._async = {**server.eio._async, "websocket": websocket_class}
 
 
+class SocketIOFrame:
+    """One Socket.IO packet, encoded once for however many sockets receive it: the whole
+    WebSocket frame in bytes (identical for every recipient, servers do not mask), and the
+    packet text for sessions that must go through engine.io's queue."""
+
+    __slots__ = ("packet", "wire")
+
+    def __init__(self, packet: str) -> None:
+        self.packet = packet
+        self.wire = websocket_frame((ENGINEIO_MESSAGE + packet).encode())
+
+
 def send_socketio_packet(server: socketio.AsyncServer, eio_sid: str, packet: str) -> bool:
-    """Send an encoded Socket.IO packet to one engine.io session without waiting.
+    """Send an encoded Socket.IO packet to one engine.io session without waiting."""
+    return send_frame(server, eio_sid, SocketIOFrame(packet))
+
+
+def send_frame(server: socketio.AsyncServer, eio_sid: str, frame: SocketIOFrame) -> bool:
+    """Send a prepared frame to one engine.io session without waiting.
 
     Returns False when the session is gone or was just dropped as a slow consumer.
     """
@@ -123,12 +157,12 @@ def send_socketio_packet(server: socketio.AsyncServer, eio_sid: str, packet: str
             return False
         if not engineio_socket.upgrading and queue.empty() and queue._getters:
             # The writer task waits on the queue: nothing of its is in flight.
-            direct.writer._write_websocket_frame((ENGINEIO_MESSAGE + packet).encode(), TEXT, 0)
+            transport.write(frame.wire)
             return True
     elif queue.qsize() >= MAX_QUEUED_PACKETS:
         drop_slow_consumer(engineio_socket, None, "polling")
         return False
-    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=packet))
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=frame.packet))
     return True
 
 
@@ -167,7 +201,7 @@ def going_away(writer: WebSocketWriter) -> None:
     transport = writer.transport
     if transport.is_closing():
         return
-    writer._write_websocket_frame(GOING_AWAY, CLOSE, 0)
+    transport.write(GOING_AWAY)
     transport.close()
 
 
