@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -34,12 +35,14 @@ if TYPE_CHECKING:
     from tasks.templates import RenderedEmail
 
 __all__ = [
+    "SendAborted",
     "SmtpError",
     "SmtpPermanentError",
     "SmtpPool",
     "SmtpTransientError",
     "build_message",
     "classify_error",
+    "stable_message_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,11 @@ class SmtpTransientError(SmtpError):
 
 class SmtpPermanentError(SmtpError):
     """Retrying cannot help: 5xx replies, refused credentials, an invalid address."""
+
+
+class SendAborted(Exception):
+    """Raised by a ``before_transmit`` guard: this message must not go out (e.g. the
+    worker no longer holds the email's lease). Passed through unclassified."""
 
 
 def _one_line(text: str) -> str:
@@ -181,6 +189,24 @@ def _header_text(value: str) -> str:
     # Folding CR/LF (and any other whitespace run) into one space keeps a template or a
     # tenant setting from starting a new header.
     return " ".join(value.split())
+
+
+_MESSAGE_ID_LEFT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def stable_message_id(key: str, *, sender: str) -> str:
+    """A ``Message-ID`` that depends only on ``key`` (an email's id) and the sender's domain.
+
+    Every attempt of one email carries the same id, so when an attempt is repeated after
+    the server took the message (a worker killed between the server's 250 and recording
+    it), receivers can recognise and drop the copy.
+    """
+    domain = sender.rsplit("@", 1)[-1].strip() or "notifyhub.invalid"
+    left = key if key and set(key) <= _MESSAGE_ID_LEFT and ".." not in key else ""
+    if not left or left.startswith(".") or left.endswith(".") or len(left) > 64:
+        # Anything else is hashed into a dot-atom, still one id per key.
+        left = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"<{left}@{_header_text(domain)}>"
 
 
 def build_message(
@@ -313,8 +339,18 @@ class SmtpPool:
     ) -> None:
         await self.close()
 
-    async def send(self, config: SmtpConfig, message: EmailMessage) -> str:
+    async def send(
+        self,
+        config: SmtpConfig,
+        message: EmailMessage,
+        *,
+        before_transmit: Callable[[], None] | None = None,
+    ) -> str:
         """Send ``message`` through the server of ``config``; returns its Message-ID.
+
+        ``before_transmit`` is called once a connection is ready, right before the
+        message goes out (waiting for a free connection can take long); it may raise
+        :class:`SendAborted` to drop the message, which reaches the caller as is.
 
         Raises :class:`SmtpTransientError` or :class:`SmtpPermanentError`.
         """
@@ -324,7 +360,11 @@ class SmtpPool:
         server = self._server(config)
         async with server.slots:
             try:
-                reply = await self._send_on_pool(server, config, message, server_name)
+                reply = await self._send_on_pool(
+                    server, config, message, server_name, before_transmit
+                )
+            except SendAborted:
+                raise
             except Exception as exc:
                 error = classify_error(exc, server=server_name)
                 log.info(
@@ -365,12 +405,18 @@ class SmtpPool:
         return server
 
     async def _send_on_pool(
-        self, server: _Server, config: SmtpConfig, message: EmailMessage, server_name: str
+        self,
+        server: _Server,
+        config: SmtpConfig,
+        message: EmailMessage,
+        server_name: str,
+        before_transmit: Callable[[], None] | None,
     ) -> str:
         conn = self._take_idle(server)
         reused = conn is not None
         if conn is None:
             conn = await self._open(config)
+        await self._check(server, conn, before_transmit)
         try:
             reply = await self._transmit(conn, message)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -389,9 +435,21 @@ class SmtpPool:
             await self._release(server, conn)
             return reply
         conn = await self._open(config)
+        await self._check(server, conn, before_transmit)
         reply = await self._transmit(conn, message)
         await self._release(server, conn)
         return reply
+
+    async def _check(
+        self, server: _Server, conn: _Connection, before_transmit: Callable[[], None] | None
+    ) -> None:
+        if before_transmit is None:
+            return
+        try:
+            before_transmit()
+        except BaseException:
+            await self._release(server, conn)  # unused: the next sender may have it
+            raise
 
     async def _transmit(self, conn: _Connection, message: EmailMessage) -> str:
         conn.client.data_started = False
