@@ -112,8 +112,10 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
         except LeaseLost as exc:
             log.warning("email %s not sent: %s", claim.email_id, exc)
         except TRANSIENT as exc:
+            lease.settled = True
             await _retry_later(resources, claim, exc)
         except PERMANENT as exc:
+            lease.settled = True
             await emails.finish(
                 sessions=resources.sessions,
                 email_id=claim.email_id,
@@ -122,6 +124,7 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
                 error=str(exc),
             )
         else:
+            lease.settled = True
             await _record_sent(resources, claim, message_id)
     finally:
         resources.leases.release(lease)

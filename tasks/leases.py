@@ -38,6 +38,9 @@ class Lease:
     valid_until: float
     margin: float
     lost: bool = False
+    # Set once the attempt is past sending and records its outcome, which ends the claim:
+    # a renewal that no longer finds it is then expected, not a takeover.
+    settled: bool = False
 
     def check(self) -> None:
         """Raise :class:`LeaseLost` unless the lease holds for at least ``margin`` more."""
@@ -114,7 +117,7 @@ class LeaseKeeper:
         for key, lease in leases.items():
             if key in kept:
                 lease.valid_until = started + self.lease_seconds
-            else:
+            elif not lease.settled and self._held.get(key) is lease:
                 lease.lost = True
                 log.warning(
                     "email %s: attempt %d lost its lease; it will not send",
