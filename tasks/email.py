@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,13 @@ from hub.services.emails import Claim, EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
 from tasks.leases import LeaseLost
 from tasks.resources import EmailResources
-from tasks.smtp import SmtpPermanentError, SmtpTransientError, build_message, stable_message_id
+from tasks.smtp import (
+    SmtpPermanentError,
+    SmtpTransientError,
+    build_message,
+    server_name,
+    stable_message_id,
+)
 from tasks.templates import TemplateError, render_email
 
 log = logging.getLogger(__name__)
@@ -108,7 +115,7 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
     lease = resources.leases.hold(claim, claimed_at=claimed_at)
     try:
         try:
-            message_id = await _attempt(resources, claim, guard=lease.check)
+            sent = await _attempt(resources, claim, guard=lease.check)
         except LeaseLost as exc:
             log.warning("email %s not sent: %s", claim.email_id, exc)
         except TRANSIENT as exc:
@@ -125,9 +132,23 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
             )
         else:
             lease.settled = True
-            await _record_sent(resources, claim, message_id)
+            await _record_sent(resources, claim, sent.id)
+            if sent.recovered_server is not None:
+                await _release_held_back(resources, sent.recovered_server)
     finally:
         resources.leases.release(lease)
+
+
+async def _release_held_back(resources: EmailResources, server: str) -> None:
+    """The server is back after an outage: what waits only for it is due now (the
+    sweepers then send it through the pool as fast as the pool goes)."""
+    try:
+        count = await emails.retry_now(sessions=resources.sessions, error_prefix=f"{server}: ")
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("could not release mail held back for %s: %s", server, exc)
+        return
+    if count:
+        log.info("%s answers again: %d held-back emails are due now", server, count)
 
 
 async def _retry_later(resources: EmailResources, claim: Claim, exc: Exception) -> None:
@@ -196,7 +217,14 @@ async def _record_sent(resources: EmailResources, claim: Claim, message_id: str)
             delay = min(delay * 2, 2.0)
 
 
-async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[], None]) -> str:
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    id: str  # the Message-ID
+    # host:port when this send was the first to reach the server after it could not be.
+    recovered_server: str | None
+
+
+async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[], None]) -> _Sent:
     request = claim.request
     auth = resources.auth_service
     if auth is None:
@@ -214,7 +242,14 @@ async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[
         # The same on every attempt, so receivers can drop a copy of a repeated send.
         message_id=stable_message_id(claim.email_id, sender=config.from_email.strip()),
     )
-    return await resources.smtp.send(config, message, before_transmit=guard)
+    recovered: list[str] = []
+    message_id = await resources.smtp.send(
+        config,
+        message,
+        before_transmit=guard,
+        on_recovered=lambda: recovered.append(server_name(config)),
+    )
+    return _Sent(id=message_id, recovered_server=recovered[0] if recovered else None)
 
 
 async def _smtp_config(resources: EmailResources, tenant_id: str) -> SmtpConfig:

@@ -42,6 +42,7 @@ __all__ = [
     "SmtpTransientError",
     "build_message",
     "classify_error",
+    "server_name",
     "stable_message_id",
 ]
 
@@ -293,6 +294,14 @@ class _Server:
     # Idle connections, least recently used on the left: new sends take from the right so
     # that a burst's spare connections age out on the left.
     idle: deque[_Connection] = field(default_factory=deque)
+    # The last send could not reach the server (no SMTP reply at all: refused, timed out,
+    # dropped); the next success is a recovery, which the caller may act on.
+    unreachable: bool = False
+
+
+def server_name(config: SmtpConfig) -> str:
+    """``host:port``; reasons of failures without an SMTP reply start with it and ': '."""
+    return f"{config.host}:{config.port}"
 
 
 class SmtpPool:
@@ -345,35 +354,43 @@ class SmtpPool:
         message: EmailMessage,
         *,
         before_transmit: Callable[[], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
     ) -> str:
         """Send ``message`` through the server of ``config``; returns its Message-ID.
 
         ``before_transmit`` is called once a connection is ready, right before the
         message goes out (waiting for a free connection can take long); it may raise
         :class:`SendAborted` to drop the message, which reaches the caller as is.
+        ``on_recovered`` is called after a success when the previous send to this server
+        could not reach it (mail held back by the outage may go now).
 
         Raises :class:`SmtpTransientError` or :class:`SmtpPermanentError`.
         """
         if self._closed:
             raise SmtpTransientError("SMTP pool is closed (worker shutting down)")
-        server_name = f"{config.host}:{config.port}"
+        name = server_name(config)
         server = self._server(config)
         async with server.slots:
             try:
-                reply = await self._send_on_pool(
-                    server, config, message, server_name, before_transmit
-                )
+                reply = await self._send_on_pool(server, config, message, name, before_transmit)
             except SendAborted:
                 raise
             except Exception as exc:
-                error = classify_error(exc, server=server_name)
+                error = classify_error(exc, server=name)
                 log.info(
                     "smtp send via %s failed (%s): %s",
-                    server_name,
+                    name,
                     "permanent" if isinstance(error, SmtpPermanentError) else "transient",
                     error,
                 )
+                if isinstance(error, SmtpTransientError) and error.code is None:
+                    server.unreachable = True
                 raise error from exc
+        if server.unreachable:
+            server.unreachable = False
+            log.info("smtp: %s answers again", name)
+            if on_recovered is not None:
+                on_recovered()
         message_id = message.get("Message-ID")
         return str(message_id) if message_id else reply
 

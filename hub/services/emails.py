@@ -285,6 +285,25 @@ async def renew(
         return {(row.id, int(row.attempts)) for row in rows}
 
 
+async def retry_now(*, sessions: async_sessionmaker[AsyncSession], error_prefix: str) -> int:
+    """Make ``retrying`` emails whose last error starts with ``error_prefix`` due now; how
+    many. Called when a server that could not be reached answers again: mail that waited
+    out its outage goes at once instead of at the end of each one's (growing) backoff."""
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        result = await session.execute(
+            update(Email)
+            .where(
+                Email.status == RETRYING,
+                Email.next_attempt_at > now,
+                Email.last_error.startswith(error_prefix, autoescape=True),
+            )
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def finish(
     *,
     sessions: async_sessionmaker[AsyncSession],

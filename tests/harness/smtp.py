@@ -53,7 +53,6 @@ class SmtpSink:
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
 
-
     def message_ids(self) -> list[str]:
         """The ``Message-ID`` of every message received, repeats included."""
         return [str(message["Message-ID"]) for message in self.messages]
