@@ -235,11 +235,7 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
         if not settings.redis_url:
             setattr(broker.state, RESOURCES_STATE, resources)
             # No worker process on the embedded defaults: due retries are swept here.
-            sweeper = EmailSweeper(
-                resources,
-                concurrency=settings.email_worker_concurrency,
-                interval=settings.email_sweep_interval_seconds,
-            )
+            sweeper = EmailSweeper.for_worker(resources)
         await broker.startup()
         if sweeper is not None:
             sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")

@@ -134,12 +134,12 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
             lease.settled = True
             await _record_sent(resources, claim, sent.id)
             if sent.recovered_server is not None:
-                await _release_held_back(resources, sent.recovered_server)
+                await release_held_back(resources, sent.recovered_server)
     finally:
         resources.leases.release(lease)
 
 
-async def _release_held_back(resources: EmailResources, server: str) -> None:
+async def release_held_back(resources: EmailResources, server: str) -> None:
     """The server is back after an outage: what waits only for it is due now (the
     sweepers then send it through the pool as fast as the pool goes)."""
     try:

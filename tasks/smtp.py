@@ -54,6 +54,9 @@ _MAX_ADDRESS = 254
 _FORBIDDEN_IN_ADDRESS = frozenset('\r\n\0\t ,;<>()[]\\"')
 # A server that is shutting down a connection (too many messages, idle, ...) answers 421.
 _SERVICE_CLOSING = 421
+# Probes of a server that could not be reached: after 1 s, then doubling up to 30 s.
+PROBE_FIRST_SECONDS = 1.0
+PROBE_MAX_SECONDS = 30.0
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -297,6 +300,10 @@ class _Server:
     # The last send could not reach the server (no SMTP reply at all: refused, timed out,
     # dropped); the next success is a recovery, which the caller may act on.
     unreachable: bool = False
+    # While unreachable: the settings to probe it with and when (time.monotonic()).
+    probe_config: SmtpConfig | None = None
+    probe_at: float = 0.0
+    probe_delay: float = 0.0
 
 
 def server_name(config: SmtpConfig) -> str:
@@ -384,7 +391,7 @@ class SmtpPool:
                     error,
                 )
                 if isinstance(error, SmtpTransientError) and error.code is None:
-                    server.unreachable = True
+                    self._mark_unreachable(server, config)
                 raise error from exc
         if server.unreachable:
             server.unreachable = False
@@ -393,6 +400,47 @@ class SmtpPool:
                 on_recovered()
         message_id = message.get("Message-ID")
         return str(message_id) if message_id else reply
+
+    async def probe_unreachable(self) -> list[str]:
+        """Try to connect to each server the last send could not reach, when its probe is
+        due (first after ``PROBE_FIRST_SECONDS``, then doubling up to
+        ``PROBE_MAX_SECONDS``); the ``host:port`` of those that answer again.
+
+        Mail held back by an outage otherwise waits for its own next attempt, which after
+        a long outage can be minutes after the server returned. A probe that connects keeps
+        its connection for the next send.
+        """
+        recovered: list[str] = []
+        now = time.monotonic()
+        for server in list(self._servers.values()):
+            config = server.probe_config
+            if not server.unreachable or config is None or now < server.probe_at:
+                continue
+            if server.slots.locked():
+                continue  # sends are under way; their outcome tells the same
+            async with server.slots:
+                try:
+                    conn = await self._open(config)
+                except aiosmtplib.SMTPResponseException:
+                    pass  # it answered (refusing us is for the next send to report)
+                except Exception:  # any other failure: still unreachable
+                    server.probe_delay = min(server.probe_delay * 2, PROBE_MAX_SECONDS)
+                    server.probe_at = time.monotonic() + server.probe_delay
+                    continue
+                else:
+                    await self._release(server, conn)
+            if server.unreachable:  # a send may have found it back meanwhile
+                server.unreachable = False
+                log.info("smtp: %s answers again (probe)", server_name(config))
+                recovered.append(server_name(config))
+        return recovered
+
+    def _mark_unreachable(self, server: _Server, config: SmtpConfig) -> None:
+        if not server.unreachable:
+            server.probe_delay = PROBE_FIRST_SECONDS
+            server.probe_at = time.monotonic() + PROBE_FIRST_SECONDS
+        server.unreachable = True
+        server.probe_config = config
 
     async def close(self) -> None:
         """Close every idle connection; connections in use are closed when their send ends."""

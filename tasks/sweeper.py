@@ -19,7 +19,7 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.services import emails
-from tasks.email import attempt_email
+from tasks.email import attempt_email, release_held_back
 from tasks.resources import EmailResources
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,22 @@ log = logging.getLogger(__name__)
 
 class EmailSweeper:
     """Claims due emails every ``interval`` (sooner when an attempt frees a slot)."""
+
+    @classmethod
+    def for_worker(cls, resources: EmailResources) -> EmailSweeper:
+        """The sweeper of a worker (or embedded serve) process.
+
+        It keeps at most twice the SMTP pool's connections in flight (and never more
+        than the worker's task slots): enough to keep the pool busy, while a backlog
+        that comes due at once (a server back after an outage) is shared by every
+        worker's sweeper instead of piling up behind the first one that looked.
+        """
+        settings = resources.settings
+        return cls(
+            resources,
+            concurrency=min(settings.email_worker_concurrency, 2 * settings.smtp_max_connections),
+            interval=settings.email_sweep_interval_seconds,
+        )
 
     def __init__(self, resources: EmailResources, *, concurrency: int, interval: float) -> None:
         self.resources = resources
@@ -36,6 +52,7 @@ class EmailSweeper:
         self._wake = asyncio.Event()
         self._stopping = False
         self._failing = False
+        self._probing: asyncio.Task[None] | None = None
         self.attempts_started = 0
 
     @property
@@ -45,6 +62,9 @@ class EmailSweeper:
     async def run(self) -> None:
         """Sweep until :meth:`stop`; then let the attempts in flight finish (see close)."""
         while not self._stopping:
+            if self._probing is None or self._probing.done():
+                # In the background: a probe of a silent server takes the SMTP timeout.
+                self._probing = asyncio.create_task(self._probe(), name="smtp-probe")
             free = self.concurrency - len(self._running)
             taken = await self.sweep_once(free) if free > 0 else 0
             if taken and taken == free:
@@ -53,6 +73,16 @@ class EmailSweeper:
             else:
                 # Jitter keeps the sweepers of several workers from querying in step.
                 await self._nap(self.interval * random.uniform(0.8, 1.2))
+
+    async def _probe(self) -> None:
+        """Servers that could not be reached and answer a probe again release the mail
+        that waits for them (``SmtpPool.probe_unreachable``)."""
+        try:
+            for server in await self.resources.smtp.probe_unreachable():
+                await release_held_back(self.resources, server)
+        except Exception:
+            # A probe must never stop the sweeping itself.
+            log.exception("probing SMTP servers failed")
 
     async def sweep_once(self, limit: int) -> int:
         """Claim up to ``limit`` due emails and start their attempts; how many."""
@@ -79,6 +109,8 @@ class EmailSweeper:
             self._running.add(task)
             task.add_done_callback(self._done)
         self.attempts_started += len(claims)
+        if claims:
+            log.debug("email sweeper took %d due emails", len(claims))
         return len(claims)
 
     def stop(self) -> None:
@@ -89,6 +121,10 @@ class EmailSweeper:
         """Wait up to ``grace_seconds`` for attempts in flight, then cancel the rest (their leases
         run out and another worker's sweeper takes them)."""
         self.stop()
+        if self._probing is not None:
+            self._probing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probing
         if self._running:
             _done, pending = await asyncio.wait(set(self._running), timeout=grace_seconds)
             for task in pending:

@@ -59,11 +59,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         listening = asyncio.create_task(receiver.listen(finish))
         # Due retries and emails the stream lost track of; its own slots, so retries never
         # wait behind (or hold up) new tasks.
-        sweeper = EmailSweeper(
-            resources,
-            concurrency=settings.email_worker_concurrency,
-            interval=settings.email_sweep_interval_seconds,
-        )
+        sweeper = EmailSweeper.for_worker(resources)
         sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop)

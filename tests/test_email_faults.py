@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -26,11 +27,14 @@ from db.engine import make_engine, make_session_factory
 from db.models import Email
 from hub.services import emails
 from hub.settings import Settings
+from tasks import smtp
+from tasks.auth_service import SmtpConfig
 from tasks.email import deliver
 from tasks.leases import Lease, LeaseLost
 from tasks.resources import email_resources
 from tasks.smtp import stable_message_id
 from tasks.sweeper import EmailSweeper
+from tasks.templates import RenderedEmail
 from tests.harness.auth_service import AuthServiceStub
 from tests.harness.hub import RunningHub, SettingsFactory
 from tests.harness.ports import eventually, free_port
@@ -319,6 +323,56 @@ async def test_transient_failures_retry_until_the_window_ends_then_fail(
     async with sessions() as session:
         error = await session.scalar(select(Email.last_error).where(Email.id == email_id))
     assert error is not None and error.startswith(f"gave up after {attempts} attempts")
+
+
+async def test_concurrent_sweeps_take_at_most_their_limit_and_never_the_same_email(
+    sessions: async_sessionmaker[AsyncSession], tenant: str
+) -> None:
+    ids = [emails.new_email_id() for _ in range(30)]
+    for email_id in ids:
+        await emails.record_email(
+            sessions=sessions,
+            email_id=email_id,
+            request=request_for(tenant, "s@x.example"),
+            sweep_after_seconds=-1.0,  # due at once
+        )
+    batches = await asyncio.gather(
+        *(emails.claim_due(sessions=sessions, limit=4, lease_seconds=30) for _ in range(6))
+    )
+    # (Due emails left by earlier tests in this database may be among those taken.)
+    taken = [claim.email_id for batch in batches for claim in batch]
+    assert all(len(batch) <= 4 for batch in batches)
+    assert len(taken) == len(set(taken))
+    assert len(set(taken) & set(ids)) >= 20
+
+
+async def test_pool_probes_a_server_it_could_not_reach_until_it_answers(
+    sink: tuple[SmtpSink, list[Controller]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mail held back by an outage need not wait for its own next attempt: the sweeper
+    probes the server and releases that mail as soon as it answers."""
+    monkeypatch.setattr(smtp, "PROBE_FIRST_SECONDS", 0.0)
+    monkeypatch.setattr(smtp, "PROBE_MAX_SECONDS", 0.0)  # every probe due at once
+    server, controllers = sink
+    controllers.pop().stop()
+    config = SmtpConfig(**smtp_config(server, SENDER, "T"))
+    rendered = RenderedEmail(subject="s", html="<p>h</p>", text="h")
+
+    def message(to: str) -> EmailMessage:
+        return smtp.build_message(config, to_email=to, rendered=rendered)
+
+    async with smtp.SmtpPool(timeout_seconds=2) as pool:
+        assert await pool.probe_unreachable() == []  # nothing to probe yet
+        with pytest.raises(smtp.SmtpTransientError):
+            await pool.send(config, message("a@x.example"))
+        assert await pool.probe_unreachable() == []  # still down
+        controllers.append(start_smtp_sink(server)[1])
+        assert await pool.probe_unreachable() == [f"{server.host}:{server.port}"]
+        assert await pool.probe_unreachable() == []  # reachable: no more probes
+        opened = pool.connections_opened
+        await pool.send(config, message("b@x.example"))
+        assert pool.connections_opened == opened  # the probe's connection was kept
+    assert [str(m["To"]) for m in server.messages] == ["b@x.example"]
 
 
 def test_message_id_is_stable_per_email() -> None:

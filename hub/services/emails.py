@@ -233,24 +233,23 @@ async def claim_due(
     if limit <= 0:
         return []
     now = datetime.now(UTC)
+    # A materialized CTE, so the locked pick runs exactly once: as a plain IN (subquery),
+    # PostgreSQL may run it again per row, and with SKIP LOCKED each run picks other rows,
+    # taking far more than ``limit``.
     due = (
         select(Email.id)
         .where(Email.status.in_(PENDING), Email.next_attempt_at <= now)
         .order_by(Email.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     async with sessions() as session, session.begin():
         rows = (
             await session.execute(
                 update(Email)
-                # Repeated outside the subquery: under READ COMMITTED a row re-read after a
-                # concurrent change must still be due to be taken.
-                .where(
-                    Email.id.in_(due.scalar_subquery()),
-                    Email.status.in_(PENDING),
-                    Email.next_attempt_at <= now,
-                )
+                .where(Email.id.in_(select(due.c.id)))
                 .values(**_claim_values(now, lease_seconds))
                 .returning(*_CLAIMED)
                 .execution_options(synchronize_session=False)

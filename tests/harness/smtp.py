@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -35,6 +36,8 @@ class SmtpSink:
     # Messages between the end of their data and the reply, now and at most at once.
     in_data: int = 0
     max_in_data: int = 0
+    # time.monotonic() of each message in ``messages``, when it was taken.
+    received_at: list[float] = field(default_factory=list)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.scripted_replies:
@@ -50,6 +53,7 @@ class SmtpSink:
             self.in_data -= 1
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.messages.append(message)  # type: ignore[arg-type]
+        self.received_at.append(time.monotonic())
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
 
