@@ -130,6 +130,12 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
                 status=emails.FAILED,
                 error=str(exc),
             )
+        except Exception as exc:
+            # Unforeseen (a bug, a dependency's surprise): retried like a transient failure,
+            # so it ends within the retry window instead of being swept again for ever.
+            log.exception("email %s attempt %d failed unexpectedly", claim.email_id, claim.attempt)
+            lease.settled = True
+            await _retry_later(resources, claim, exc)
         else:
             lease.settled = True
             await _record_sent(resources, claim, sent.id)

@@ -62,17 +62,27 @@ class EmailSweeper:
     async def run(self) -> None:
         """Sweep until :meth:`stop`; then let the attempts in flight finish (see close)."""
         while not self._stopping:
-            if self._probing is None or self._probing.done():
-                # In the background: a probe of a silent server takes the SMTP timeout.
-                self._probing = asyncio.create_task(self._probe(), name="smtp-probe")
-            free = self.concurrency - len(self._running)
-            taken = await self.sweep_once(free) if free > 0 else 0
-            if taken and taken == free:
-                # Full: more may be due, so claim again as soon as a slot frees.
+            try:
+                full = await self._step()
+            except Exception:
+                # Never stop sweeping: every retry in the database depends on it.
+                log.exception("email sweeper failed; carrying on")
+                full = False
+            if full:
+                # More may be due, so claim again as soon as a slot frees.
                 await self._nap(None)
             else:
                 # Jitter keeps the sweepers of several workers from querying in step.
                 await self._nap(self.interval * random.uniform(0.8, 1.2))
+
+    async def _step(self) -> bool:
+        """Probe, then claim what fits; True when every free slot was filled."""
+        if self._probing is None or self._probing.done():
+            # In the background: a probe of a silent server takes the SMTP timeout.
+            self._probing = asyncio.create_task(self._probe(), name="smtp-probe")
+        free = self.concurrency - len(self._running)
+        taken = await self.sweep_once(free) if free > 0 else 0
+        return bool(taken) and taken == free
 
     async def _probe(self) -> None:
         """Servers that could not be reached and answer a probe again release the mail
