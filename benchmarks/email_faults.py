@@ -1,7 +1,7 @@
 """Email under faults at a realistic scale: real ``notifyhub worker`` processes, PostgreSQL,
 Redis, an aiosmtpd server that is slow or down, and ``kill -9`` of a worker.
 
-Two scenarios (issue 10, items 4 and 5), each on a task queue of its own:
+Two scenarios, each on a task queue of its own:
 
 - ``slow``: ``--emails`` (300) emails, the SMTP server answering each message after
   ``--smtp-delay`` (0.5 s), lease 5 s, stream reclaim 10 s, ``--workers`` (2) workers with

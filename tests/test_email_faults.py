@@ -135,9 +135,10 @@ async def test_slow_smtp_and_a_killed_worker_send_every_email_exactly_once(
     mail_tenant: str,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Issue 10 item 4: tasks wait for the 4 pooled connections far longer than the 1 s
-    lease (and than the 2 s after which the stream hands a task to another consumer);
-    then one of two workers is killed with messages in mid-DATA and restarted."""
+    """Tasks wait for the 4 pooled connections far longer than the 1 s lease (and than
+    the 2 s after which the stream hands a task to another consumer), which used to send
+    emails twice without any fault; then one of two workers is killed with messages in
+    mid-DATA and restarted."""
     server = sink[0]
     server.delay_seconds = 0.5
     settings = fault_settings(smtp_max_connections=4)
@@ -180,8 +181,8 @@ async def test_smtp_outage_retries_wait_in_storage_and_drain_at_pool_speed(
     mail_tenant: str,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    """Issue 10 item 5: SMTP down with 40 queued, 10 task slots: every email is tried
-    during the outage (none sleeps in a slot), none gives up, and once the server is back
+    """SMTP down with 40 queued, 10 task slots: every email is tried during the outage
+    (none sleeps in a slot), none gives up, and once the server is back
     all go out exactly once, through the whole pool at once: the first send that reaches
     the server again makes the held-back mail due, rather than each waiting out its
     backoff (up to 5 s here)."""
