@@ -7,7 +7,7 @@ from aiohttp import web
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
 from hub.errors import NotFound
-from hub.keys import DB_SESSIONS, TASK_BROKER
+from hub.keys import DB_SESSIONS, SETTINGS, TASK_BROKER
 from hub.responses import EmailQueued, EmailStatus
 from hub.schemas import SendEmailIn
 from hub.services import emails
@@ -29,6 +29,7 @@ async def send_email(request: web.Request) -> web.Response:
             template_key=payload.template_key,
             context=payload.context,
         ),
+        sweep_after_seconds=request.app[SETTINGS].email_task_reclaim_seconds,
     )
     return json_response(EmailQueued(id=email_id).model_dump(mode="json"), status=202)
 

@@ -131,15 +131,33 @@ class Message(TenantScoped, Base):
     created_at: Mapped[datetime] = mapped_column()
 
 
+# The email statuses the sweeper may still have to act on (see hub/services/emails.py).
+PENDING_EMAIL_SQL = "status IN ('queued', 'sending', 'retrying')"
+
+
 class Email(TenantScoped, Base):
     """One email to send: its request, its status and what happened to it.
 
     ``id`` is the Taskiq task id, so a redelivered or repeated task finds its record.
-    ``lease_until`` guards a send in progress: another worker leaves a leased email alone.
+    ``lease_until`` guards a send in progress: another worker leaves a leased email alone;
+    the worker holding it renews it while the attempt runs. ``next_attempt_at`` is when the
+    sweeper next takes the email if nothing else has: the retry time of a ``retrying``
+    email, the lease end of a ``sending`` one (its worker died), a grace period after a
+    ``queued`` one was kicked (its task was lost).
     """
 
     __tablename__ = "emails"
-    __table_args__ = (Index("ix_emails_tenant_id_created_at", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_emails_tenant_id_created_at", "tenant_id", "created_at"),
+        # The one index not led by tenant_id: the sweeper asks "what is due" across all
+        # tenants. Partial, so it holds only the few emails still waiting, never the sent.
+        Index(
+            "ix_emails_due",
+            "next_attempt_at",
+            postgresql_where=text(PENDING_EMAIL_SQL),
+            sqlite_where=text(PENDING_EMAIL_SQL),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     to_email: Mapped[str] = mapped_column(String(320))
@@ -151,6 +169,7 @@ class Email(TenantScoped, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     smtp_message_id: Mapped[str | None] = mapped_column(String(998))
     lease_until: Mapped[datetime | None] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column()
     sent_at: Mapped[datetime | None] = mapped_column()

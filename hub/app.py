@@ -222,6 +222,7 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     from tasks.broker import build_broker
     from tasks.email import RESOURCES_STATE
     from tasks.resources import email_resources
+    from tasks.sweeper import EmailSweeper
 
     settings = app[SETTINGS]
     broker = build_broker(settings)
@@ -229,12 +230,22 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     async with email_resources(
         settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
     ) as resources:
+        sweeper: EmailSweeper | None = None
+        sweeping: asyncio.Task[None] | None = None
         if not settings.redis_url:
             setattr(broker.state, RESOURCES_STATE, resources)
+            # No worker process on the embedded defaults: due retries are swept here.
+            sweeper = EmailSweeper.for_worker(resources)
         await broker.startup()
+        if sweeper is not None:
+            sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
         try:
             yield
         finally:
+            if sweeper is not None and sweeping is not None:
+                sweeper.stop()
+                await sweeping
+                await sweeper.close(settings.worker_shutdown_seconds)
             await broker.shutdown()
 
 

@@ -124,13 +124,18 @@ class Settings(BaseSettings):
     typing_throttle_seconds: float = Field(default=2.0, gt=0)
     typing_expiry_seconds: float = Field(default=5.0, gt=0)
 
-    # Email: attempts and backoff for transient failures (SMTP 4xx, connection errors, the
-    # auth service away); the lease must outlast one attempt, and Redis hands an
-    # unacknowledged task of a dead worker to another after the reclaim interval, which must
-    # exceed the lease.
-    email_max_attempts: int = Field(default=6, ge=1)
+    # Email: transient failures (SMTP 4xx, connection errors, the auth service away) are
+    # retried with capped exponential backoff for the retry window, as mail servers do
+    # (0 attempts = no limit but the window). A retry waits in the database and the
+    # worker's sweeper takes it when due. The lease is renewed while an attempt runs; it
+    # only runs out when its worker died (or lost the database), and then the sweeper
+    # takes the email over. Redis hands an unacknowledged task of a dead worker to another
+    # after the reclaim interval, which must exceed the lease.
+    email_max_attempts: int = Field(default=0, ge=0)
     email_retry_base_seconds: float = Field(default=2.0, gt=0)
     email_retry_max_seconds: float = Field(default=300.0, gt=0)
+    email_retry_window_seconds: float = Field(default=86400.0, gt=0)
+    email_sweep_interval_seconds: float = Field(default=1.0, gt=0)
     email_lease_seconds: float = Field(default=60.0, gt=0)
     email_task_reclaim_seconds: float = Field(default=120.0, gt=0)
     email_worker_concurrency: int = Field(default=50, ge=1)

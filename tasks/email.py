@@ -2,9 +2,12 @@
 to_email=..., subject=..., template_key=..., context={...})``.
 
 One attempt = SMTP settings and template from the auth service, render, send through the
-worker's connection pool. Transient failures retry with exponential backoff and jitter;
-permanent ones end ``failed`` with the reason. The email record (keyed by the task id) and
-its lease make redelivered or repeated tasks harmless: a sent email is never sent again.
+worker's connection pool. Transient failures are retried with capped exponential backoff
+and jitter for the retry window; the retry waits in the database, not in a sleeping task
+(the sweeper in ``tasks.sweeper`` takes it when due). Permanent failures end ``failed``
+with the reason. The email record (keyed by the task id) and its lease, renewed while the
+attempt runs, make redelivered or repeated tasks harmless: an attempt sends only while it
+holds the email, and every attempt carries the same ``Message-ID``.
 """
 
 from __future__ import annotations
@@ -12,20 +15,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
-from hub.metrics import TASK_RETRIES
+from hub.metrics import EMAILS, TASK_RETRIES
 from hub.services import emails
-from hub.services.emails import EmailRequest
+from hub.services.emails import Claim, EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
+from tasks.leases import LeaseLost
 from tasks.resources import EmailResources
-from tasks.smtp import SmtpPermanentError, SmtpTransientError, build_message
+from tasks.smtp import (
+    SmtpPermanentError,
+    SmtpTransientError,
+    build_message,
+    server_name,
+    stable_message_id,
+)
 from tasks.templates import TemplateError, render_email
 
 log = logging.getLogger(__name__)
@@ -67,67 +81,157 @@ def retry_delay(attempt: int, *, base: float, cap: float) -> float:
 
 
 async def deliver(resources: EmailResources, *, email_id: str, request: EmailRequest) -> None:
+    """The task's path: make sure the record exists, claim it, make one attempt.
+
+    Never waits for a retry: a transient failure is written down with its next attempt
+    time and the task ends, leaving its worker slot to other emails; the sweeper
+    (``tasks.sweeper``) makes the next attempt when it is due.
+    """
     settings = resources.settings
     sessions = resources.sessions
     # A seed-style .kiq() has no record yet; one queued over REST has (same id, no-op).
-    await emails.record_email(sessions=sessions, email_id=email_id, request=request)
-    while True:
-        attempt = await emails.claim(
-            sessions=sessions, email_id=email_id, lease_seconds=settings.email_lease_seconds
-        )
-        if attempt is None:
-            return  # sent, failed, or another worker is on it
+    await emails.record_email(
+        sessions=sessions,
+        email_id=email_id,
+        request=request,
+        sweep_after_seconds=settings.email_task_reclaim_seconds,
+    )
+    claimed_at = time.monotonic()
+    claim = await emails.claim(
+        sessions=sessions, email_id=email_id, lease_seconds=settings.email_lease_seconds
+    )
+    if claim is None:
+        return  # sent, failed, a retry not due yet, or another worker is on it
+    await attempt_email(resources, claim, claimed_at=claimed_at)
+
+
+async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: float) -> None:
+    """One attempt of a claimed email, its outcome recorded.
+
+    The lease is renewed while the attempt runs (waiting for a pooled connection included),
+    and checked right before the message goes out: an attempt that lost it does not send.
+    ``claimed_at`` is ``time.monotonic()`` from before the claim was sent.
+    """
+    lease = resources.leases.hold(claim, claimed_at=claimed_at)
+    try:
         try:
-            message_id = await _attempt(resources, request)
+            sent = await _attempt(resources, claim, guard=lease.check)
+        except LeaseLost as exc:
+            log.warning("email %s not sent: %s", claim.email_id, exc)
         except TRANSIENT as exc:
-            if attempt >= settings.email_max_attempts:
-                await emails.finish(
-                    sessions=sessions,
-                    email_id=email_id,
-                    attempt=attempt,
-                    status=emails.FAILED,
-                    error=f"gave up after {attempt} attempts: {exc}",
-                )
-                return
-            delay = retry_delay(
-                attempt,
-                base=settings.email_retry_base_seconds,
-                cap=settings.email_retry_max_seconds,
-            )
-            await emails.finish(
-                sessions=sessions,
-                email_id=email_id,
-                attempt=attempt,
-                status=emails.RETRYING,
-                error=str(exc),
-                retry_at=datetime.now(UTC) + timedelta(seconds=delay),
-            )
-            TASK_RETRIES.labels(TASK_NAME).inc()
-            log.info(
-                "email %s attempt %d failed (%s); retry in %.1fs", email_id, attempt, exc, delay
-            )
-            await asyncio.sleep(delay)
+            lease.settled = True
+            await _retry_later(resources, claim, exc)
         except PERMANENT as exc:
+            lease.settled = True
             await emails.finish(
-                sessions=sessions,
-                email_id=email_id,
-                attempt=attempt,
+                sessions=resources.sessions,
+                email_id=claim.email_id,
+                attempt=claim.attempt,
                 status=emails.FAILED,
                 error=str(exc),
             )
-            return
+        except Exception as exc:
+            # Unforeseen (a bug, a dependency's surprise): retried like a transient failure,
+            # so it ends within the retry window instead of being swept again for ever.
+            log.exception("email %s attempt %d failed unexpectedly", claim.email_id, claim.attempt)
+            lease.settled = True
+            await _retry_later(resources, claim, exc)
         else:
+            lease.settled = True
+            await _record_sent(resources, claim, sent.id)
+            if sent.recovered_server is not None:
+                await release_held_back(resources, sent.recovered_server)
+    finally:
+        resources.leases.release(lease)
+
+
+async def release_held_back(resources: EmailResources, server: str) -> None:
+    """The server is back after an outage: what waits only for it is due now (the
+    sweepers then send it through the pool as fast as the pool goes)."""
+    try:
+        count = await emails.retry_now(sessions=resources.sessions, error_prefix=f"{server}: ")
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("could not release mail held back for %s: %s", server, exc)
+        return
+    if count:
+        log.info("%s answers again: %d held-back emails are due now", server, count)
+
+
+async def _retry_later(resources: EmailResources, claim: Claim, exc: Exception) -> None:
+    """Write down when to try again (or give up once the retry window is over)."""
+    settings = resources.settings
+    now = datetime.now(UTC)
+    deadline = claim.created_at + timedelta(seconds=settings.email_retry_window_seconds)
+    out_of_attempts = 0 < settings.email_max_attempts <= claim.attempt
+    if now >= deadline or out_of_attempts:
+        waited = (now - claim.created_at).total_seconds()
+        await emails.finish(
+            sessions=resources.sessions,
+            email_id=claim.email_id,
+            attempt=claim.attempt,
+            status=emails.FAILED,
+            error=f"gave up after {claim.attempt} attempts in {waited:.0f}s: {exc}",
+        )
+        return
+    delay = retry_delay(
+        claim.attempt,
+        base=settings.email_retry_base_seconds,
+        cap=settings.email_retry_max_seconds,
+    )
+    # The last attempt falls on the end of the window rather than past it.
+    retry_at = min(now + timedelta(seconds=delay), deadline)
+    recorded = await emails.finish(
+        sessions=resources.sessions,
+        email_id=claim.email_id,
+        attempt=claim.attempt,
+        status=emails.RETRYING,
+        error=str(exc),
+        retry_at=retry_at,
+    )
+    if recorded:
+        TASK_RETRIES.labels(TASK_NAME).inc()
+        log.info(
+            "email %s attempt %d failed (%s); next attempt in %.1fs",
+            claim.email_id,
+            claim.attempt,
+            exc,
+            (retry_at - now).total_seconds(),
+        )
+
+
+async def _record_sent(resources: EmailResources, claim: Claim, message_id: str) -> None:
+    """Record ``sent``, trying a little longer if the database hiccups: an unrecorded send
+    is sent again once its lease runs out."""
+    EMAILS.labels(emails.SENT).inc()  # counted once, however many tries recording takes
+    delay = 0.1
+    give_up_at = time.monotonic() + resources.settings.email_lease_seconds / 2
+    while True:
+        try:
             await emails.finish(
-                sessions=sessions,
-                email_id=email_id,
-                attempt=attempt,
+                sessions=resources.sessions,
+                email_id=claim.email_id,
+                attempt=claim.attempt,
                 status=emails.SENT,
                 smtp_message_id=message_id,
             )
             return
+        except (SQLAlchemyError, OSError):
+            if time.monotonic() + delay > give_up_at:
+                raise
+            log.warning("email %s was sent but could not be recorded yet", claim.email_id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
-async def _attempt(resources: EmailResources, request: EmailRequest) -> str:
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    id: str  # the Message-ID
+    # host:port when this send was the first to reach the server after it could not be.
+    recovered_server: str | None
+
+
+async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[], None]) -> _Sent:
+    request = claim.request
     auth = resources.auth_service
     if auth is None:
         raise PermanentFailure("no auth service configured (NOTIFYHUB_AUTH_SERVICE_URL)")
@@ -137,8 +241,21 @@ async def _attempt(resources: EmailResources, request: EmailRequest) -> str:
     except NotConfigured:
         raise PermanentFailure(f"email template {request.template_key!r} not found") from None
     rendered = render_email(template, request.context, subject_override=request.subject)
-    message = build_message(config, to_email=request.to_email, rendered=rendered)
-    return await resources.smtp.send(config, message)
+    message = build_message(
+        config,
+        to_email=request.to_email,
+        rendered=rendered,
+        # The same on every attempt, so receivers can drop a copy of a repeated send.
+        message_id=stable_message_id(claim.email_id, sender=config.from_email.strip()),
+    )
+    recovered: list[str] = []
+    message_id = await resources.smtp.send(
+        config,
+        message,
+        before_transmit=guard,
+        on_recovered=lambda: recovered.append(server_name(config)),
+    )
+    return _Sent(id=message_id, recovered_server=recovered[0] if recovered else None)
 
 
 async def _smtp_config(resources: EmailResources, tenant_id: str) -> SmtpConfig:
@@ -159,16 +276,24 @@ async def queue_email(
     broker: AsyncBroker,
     sessions: async_sessionmaker[AsyncSession],
     request: EmailRequest,
+    sweep_after_seconds: float,
     email_id: str | None = None,
 ) -> str:
     """Queue an email (REST, event intake): kick the task, then record it as ``queued``.
 
     Kicked first: if the queue is down nothing is stored and the caller hears so; the
     record is then written with the same id, which the task would also create itself.
+    Should the task be lost after all, the sweeper takes the record once the reclaim
+    interval has passed.
     """
     email_id = email_id or emails.new_email_id()
     await kick_email(broker=broker, email_id=email_id, request=request)
-    await emails.record_email(sessions=sessions, email_id=email_id, request=request)
+    await emails.record_email(
+        sessions=sessions,
+        email_id=email_id,
+        request=request,
+        sweep_after_seconds=sweep_after_seconds,
+    )
     return email_id
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.engine import make_engine, make_session_factory
 from hub.settings import Settings
 from tasks.auth_service import AuthServiceClient, SmtpConfig
+from tasks.leases import LeaseKeeper
 from tasks.smtp import SmtpPool
 
 
@@ -23,6 +24,7 @@ class EmailResources:
     auth_service: AuthServiceClient | None
     smtp: SmtpPool
     platform_smtp: SmtpConfig | None
+    leases: LeaseKeeper
 
 
 def platform_smtp_config(settings: Settings) -> SmtpConfig | None:
@@ -69,6 +71,8 @@ async def email_resources(
         if settings.auth_service_url
         else None
     )
+    leases = LeaseKeeper(sessions=sessions, lease_seconds=settings.email_lease_seconds)
+    leases.start()
     try:
         yield EmailResources(
             settings=settings,
@@ -76,8 +80,10 @@ async def email_resources(
             auth_service=auth,
             smtp=smtp,
             platform_smtp=platform_smtp_config(settings),
+            leases=leases,
         )
     finally:
+        await leases.close()
         await smtp.close()
         if own_http:
             await client_session.close()

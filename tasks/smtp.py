@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -34,12 +35,15 @@ if TYPE_CHECKING:
     from tasks.templates import RenderedEmail
 
 __all__ = [
+    "SendAborted",
     "SmtpError",
     "SmtpPermanentError",
     "SmtpPool",
     "SmtpTransientError",
     "build_message",
     "classify_error",
+    "server_name",
+    "stable_message_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,9 @@ _MAX_ADDRESS = 254
 _FORBIDDEN_IN_ADDRESS = frozenset('\r\n\0\t ,;<>()[]\\"')
 # A server that is shutting down a connection (too many messages, idle, ...) answers 421.
 _SERVICE_CLOSING = 421
+# Probes of a server that could not be reached: after 1 s, then doubling up to 30 s.
+PROBE_FIRST_SECONDS = 1.0
+PROBE_MAX_SECONDS = 30.0
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -79,6 +86,11 @@ class SmtpTransientError(SmtpError):
 
 class SmtpPermanentError(SmtpError):
     """Retrying cannot help: 5xx replies, refused credentials, an invalid address."""
+
+
+class SendAborted(Exception):
+    """Raised by a ``before_transmit`` guard: this message must not go out (e.g. the
+    worker no longer holds the email's lease). Passed through unclassified."""
 
 
 def _one_line(text: str) -> str:
@@ -183,6 +195,24 @@ def _header_text(value: str) -> str:
     return " ".join(value.split())
 
 
+_MESSAGE_ID_LEFT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def stable_message_id(key: str, *, sender: str) -> str:
+    """A ``Message-ID`` that depends only on ``key`` (an email's id) and the sender's domain.
+
+    Every attempt of one email carries the same id, so when an attempt is repeated after
+    the server took the message (a worker killed between the server's 250 and recording
+    it), receivers can recognise and drop the copy.
+    """
+    domain = sender.rsplit("@", 1)[-1].strip() or "notifyhub.invalid"
+    left = key if key and set(key) <= _MESSAGE_ID_LEFT and ".." not in key else ""
+    if not left or left.startswith(".") or left.endswith(".") or len(left) > 64:
+        # Anything else is hashed into a dot-atom, still one id per key.
+        left = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"<{left}@{_header_text(domain)}>"
+
+
 def build_message(
     config: SmtpConfig,
     *,
@@ -267,6 +297,18 @@ class _Server:
     # Idle connections, least recently used on the left: new sends take from the right so
     # that a burst's spare connections age out on the left.
     idle: deque[_Connection] = field(default_factory=deque)
+    # The last send could not reach the server (no SMTP reply at all: refused, timed out,
+    # dropped); the next success is a recovery, which the caller may act on.
+    unreachable: bool = False
+    # While unreachable: the settings to probe it with and when (time.monotonic()).
+    probe_config: SmtpConfig | None = None
+    probe_at: float = 0.0
+    probe_delay: float = 0.0
+
+
+def server_name(config: SmtpConfig) -> str:
+    """``host:port``; reasons of failures without an SMTP reply start with it and ': '."""
+    return f"{config.host}:{config.port}"
 
 
 class SmtpPool:
@@ -313,29 +355,92 @@ class SmtpPool:
     ) -> None:
         await self.close()
 
-    async def send(self, config: SmtpConfig, message: EmailMessage) -> str:
+    async def send(
+        self,
+        config: SmtpConfig,
+        message: EmailMessage,
+        *,
+        before_transmit: Callable[[], None] | None = None,
+        on_recovered: Callable[[], None] | None = None,
+    ) -> str:
         """Send ``message`` through the server of ``config``; returns its Message-ID.
+
+        ``before_transmit`` is called once a connection is ready, right before the
+        message goes out (waiting for a free connection can take long); it may raise
+        :class:`SendAborted` to drop the message, which reaches the caller as is.
+        ``on_recovered`` is called after a success when the previous send to this server
+        could not reach it (mail held back by the outage may go now).
 
         Raises :class:`SmtpTransientError` or :class:`SmtpPermanentError`.
         """
         if self._closed:
             raise SmtpTransientError("SMTP pool is closed (worker shutting down)")
-        server_name = f"{config.host}:{config.port}"
+        name = server_name(config)
         server = self._server(config)
         async with server.slots:
             try:
-                reply = await self._send_on_pool(server, config, message, server_name)
+                reply = await self._send_on_pool(server, config, message, name, before_transmit)
+            except SendAborted:
+                raise
             except Exception as exc:
-                error = classify_error(exc, server=server_name)
+                error = classify_error(exc, server=name)
                 log.info(
                     "smtp send via %s failed (%s): %s",
-                    server_name,
+                    name,
                     "permanent" if isinstance(error, SmtpPermanentError) else "transient",
                     error,
                 )
+                if isinstance(error, SmtpTransientError) and error.code is None:
+                    self._mark_unreachable(server, config)
                 raise error from exc
+        if server.unreachable:
+            server.unreachable = False
+            log.info("smtp: %s answers again", name)
+            if on_recovered is not None:
+                on_recovered()
         message_id = message.get("Message-ID")
         return str(message_id) if message_id else reply
+
+    async def probe_unreachable(self) -> list[str]:
+        """Try to connect to each server the last send could not reach, when its probe is
+        due (first after ``PROBE_FIRST_SECONDS``, then doubling up to
+        ``PROBE_MAX_SECONDS``); the ``host:port`` of those that answer again.
+
+        Mail held back by an outage otherwise waits for its own next attempt, which after
+        a long outage can be minutes after the server returned. A probe that connects keeps
+        its connection for the next send.
+        """
+        recovered: list[str] = []
+        now = time.monotonic()
+        for server in list(self._servers.values()):
+            config = server.probe_config
+            if not server.unreachable or config is None or now < server.probe_at:
+                continue
+            if server.slots.locked():
+                continue  # sends are under way; their outcome tells the same
+            async with server.slots:
+                try:
+                    conn = await self._open(config)
+                except aiosmtplib.SMTPResponseException:
+                    pass  # it answered (refusing us is for the next send to report)
+                except Exception:  # any other failure: still unreachable
+                    server.probe_delay = min(server.probe_delay * 2, PROBE_MAX_SECONDS)
+                    server.probe_at = time.monotonic() + server.probe_delay
+                    continue
+                else:
+                    await self._release(server, conn)
+            if server.unreachable:  # a send may have found it back meanwhile
+                server.unreachable = False
+                log.info("smtp: %s answers again (probe)", server_name(config))
+                recovered.append(server_name(config))
+        return recovered
+
+    def _mark_unreachable(self, server: _Server, config: SmtpConfig) -> None:
+        if not server.unreachable:
+            server.probe_delay = PROBE_FIRST_SECONDS
+            server.probe_at = time.monotonic() + PROBE_FIRST_SECONDS
+        server.unreachable = True
+        server.probe_config = config
 
     async def close(self) -> None:
         """Close every idle connection; connections in use are closed when their send ends."""
@@ -365,12 +470,18 @@ class SmtpPool:
         return server
 
     async def _send_on_pool(
-        self, server: _Server, config: SmtpConfig, message: EmailMessage, server_name: str
+        self,
+        server: _Server,
+        config: SmtpConfig,
+        message: EmailMessage,
+        server_name: str,
+        before_transmit: Callable[[], None] | None,
     ) -> str:
         conn = self._take_idle(server)
         reused = conn is not None
         if conn is None:
             conn = await self._open(config)
+        await self._check(server, conn, before_transmit)
         try:
             reply = await self._transmit(conn, message)
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
@@ -389,9 +500,21 @@ class SmtpPool:
             await self._release(server, conn)
             return reply
         conn = await self._open(config)
+        await self._check(server, conn, before_transmit)
         reply = await self._transmit(conn, message)
         await self._release(server, conn)
         return reply
+
+    async def _check(
+        self, server: _Server, conn: _Connection, before_transmit: Callable[[], None] | None
+    ) -> None:
+        if before_transmit is None:
+            return
+        try:
+            before_transmit()
+        except BaseException:
+            await self._release(server, conn)  # unused: the next sender may have it
+            raise
 
     async def _transmit(self, conn: _Connection, message: EmailMessage) -> str:
         conn.client.data_started = False

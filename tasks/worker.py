@@ -25,6 +25,7 @@ from hub.startup import redis_problem, require_redis
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE
 from tasks.resources import email_resources
+from tasks.sweeper import EmailSweeper
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         )
         finish = asyncio.Event()
         listening = asyncio.create_task(receiver.listen(finish))
+        # Due retries and emails the stream lost track of; its own slots, so retries never
+        # wait behind (or hold up) new tasks.
+        sweeper = EmailSweeper.for_worker(resources)
+        sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop)
         stopping = asyncio.create_task(stop.wait())
@@ -69,6 +74,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
             settings.worker_shutdown_seconds,
         )
         finish.set()
+        sweeper.stop()
+        # The sweeper's attempts get the same window as the receiver's tasks, in parallel.
+        sweeper_closed = asyncio.create_task(sweeper.close(settings.worker_shutdown_seconds))
         try:
             await asyncio.wait_for(asyncio.shield(listening), settings.worker_shutdown_seconds)
         except TimeoutError:
@@ -77,6 +85,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(listening, HARD_EXIT_GRACE_SECONDS)
         except Exception:
             log.exception("worker listener failed")
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(
+                asyncio.gather(sweeping, sweeper_closed), HARD_EXIT_GRACE_SECONDS + 1.0
+            )
         try:
             await asyncio.wait_for(broker.shutdown(), HARD_EXIT_GRACE_SECONDS)
         except TimeoutError:

@@ -3,6 +3,14 @@ state machine (claim under a lease, record the outcome) also lives here so that 
 transition is written in one place.
 
 Status: ``queued`` -> ``sending`` -> ``sent`` | ``retrying`` (-> ``sending`` ...) | ``failed``.
+
+Who may act on an email is decided here, by conditional UPDATEs, never by a task's memory:
+a claim makes the email ``sending`` under a lease and counts an attempt; the attempt
+number is the lease's fencing token (every claim increments it), so renewing it and
+recording a retry or a failure only succeed for the claim that still holds the email. An
+email nobody acts on has ``next_attempt_at``, when :func:`claim_due` (the workers' sweeper)
+takes it: a retry that came due, a ``sending`` email whose worker died (its lease is no
+longer renewed), a ``queued`` one whose task was lost.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Email, EmailEvent
@@ -22,6 +30,8 @@ from hub.services.common import insert_for, iso_utc
 
 QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
 FINAL = frozenset({SENT, FAILED})
+# Matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
+PENDING = (QUEUED, SENDING, RETRYING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +49,34 @@ def new_email_id() -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One attempt's hold on an email: ``attempt`` is also the lease's fencing token."""
+
+    email_id: str
+    attempt: int
+    created_at: datetime
+    request: EmailRequest
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they are stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 async def record_email(
-    *, sessions: async_sessionmaker[AsyncSession], email_id: str, request: EmailRequest
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    email_id: str,
+    request: EmailRequest,
+    sweep_after_seconds: float,
 ) -> bool:
-    """Store a ``queued`` email under ``email_id``; False if that id exists already."""
+    """Store a ``queued`` email under ``email_id``; False if that id exists already.
+
+    Its task normally claims it long before ``sweep_after_seconds``; after that the sweeper
+    takes it, in case the task was lost (a Redis without persistence restarted, an embedded
+    serve stopped with tasks in memory).
+    """
     now = datetime.now(UTC)
     async with sessions() as session, session.begin():
         inserted = await session.execute(
@@ -56,6 +90,7 @@ async def record_email(
                 context=request.context,
                 status=QUEUED,
                 attempts=0,
+                next_attempt_at=now + timedelta(seconds=sweep_after_seconds),
                 created_at=now,
                 updated_at=now,
             )
@@ -104,39 +139,168 @@ async def get_email(
     }
 
 
+_CLAIMED = (
+    Email.id,
+    Email.attempts,
+    Email.created_at,
+    Email.tenant_id,
+    Email.to_email,
+    Email.subject,
+    Email.template_key,
+    Email.context,
+)
+
+
+def _claim_from_row(row: Any) -> Claim:
+    return Claim(
+        email_id=row.id,
+        attempt=int(row.attempts),
+        created_at=as_utc(row.created_at),
+        request=EmailRequest(
+            row.tenant_id, row.to_email, row.subject, row.template_key, row.context or {}
+        ),
+    )
+
+
+def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
+    until = now + timedelta(seconds=lease_seconds)
+    # next_attempt_at follows the lease: if the lease is not renewed (the worker died), the
+    # sweeper finds the email due when the lease ends.
+    return {
+        "status": SENDING,
+        "attempts": Email.attempts + 1,
+        "lease_until": until,
+        "next_attempt_at": until,
+        "updated_at": now,
+    }
+
+
+async def _add_claim_events(session: AsyncSession, claims: list[Claim], now: datetime) -> None:
+    if claims:
+        await session.execute(
+            insert(EmailEvent),
+            [
+                {
+                    "tenant_id": c.request.tenant_id,
+                    "email_id": c.email_id,
+                    "status": SENDING,
+                    "attempt": c.attempt,
+                    "at": now,
+                }
+                for c in claims
+            ],
+        )
+
+
 async def claim(
     *, sessions: async_sessionmaker[AsyncSession], email_id: str, lease_seconds: float
-) -> int | None:
-    """Take the email for one attempt; the attempt number, or None when it is not ours to
-    send (already sent or failed, or another worker holds a live lease)."""
+) -> Claim | None:
+    """Take the email for one attempt (a task's path); None when it is not ours to send:
+    already sent or failed, a retry not yet due, or another worker holds a live lease."""
     now = datetime.now(UTC)
     async with sessions() as session, session.begin():
-        attempt = await session.scalar(
+        row = (
+            await session.execute(
+                update(Email)
+                .where(
+                    Email.id == email_id,
+                    or_(
+                        Email.status == QUEUED,
+                        and_(Email.status == RETRYING, Email.next_attempt_at <= now),
+                        and_(Email.status == SENDING, Email.lease_until < now),
+                    ),
+                )
+                .values(**_claim_values(now, lease_seconds))
+                .returning(*_CLAIMED)
+            )
+        ).first()
+        if row is None:
+            return None
+        taken = _claim_from_row(row)
+        await _add_claim_events(session, [taken], now)
+    return taken
+
+
+async def claim_due(
+    *, sessions: async_sessionmaker[AsyncSession], limit: int, lease_seconds: float
+) -> list[Claim]:
+    """Take up to ``limit`` emails that are due (the sweeper's path), oldest due first.
+
+    One statement: on PostgreSQL the rows are picked ``FOR UPDATE SKIP LOCKED``, so
+    sweepers of several workers split the due emails instead of queueing on each other's
+    locks; SQLite has one writer at a time, which makes the same UPDATE exclusive.
+    """
+    if limit <= 0:
+        return []
+    now = datetime.now(UTC)
+    # A materialized CTE, so the locked pick runs exactly once: as a plain IN (subquery),
+    # PostgreSQL may run it again per row, and with SKIP LOCKED each run picks other rows,
+    # taking far more than ``limit``.
+    due = (
+        select(Email.id)
+        .where(Email.status.in_(PENDING), Email.next_attempt_at <= now)
+        .order_by(Email.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    async with sessions() as session, session.begin():
+        rows = (
+            await session.execute(
+                update(Email)
+                .where(Email.id.in_(select(due.c.id)))
+                .values(**_claim_values(now, lease_seconds))
+                .returning(*_CLAIMED)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+        claims = [_claim_from_row(row) for row in rows]
+        await _add_claim_events(session, claims, now)
+    return claims
+
+
+async def renew(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    held: list[tuple[str, int]],
+    lease_seconds: float,
+) -> set[tuple[str, int]]:
+    """Extend the leases of ``held`` ``(email_id, attempt)`` claims in one statement; the
+    ones still held. A claim missing from the answer was taken over: its attempt must not
+    send."""
+    if not held:
+        return set()
+    now = datetime.now(UTC)
+    until = now + timedelta(seconds=lease_seconds)
+    async with sessions() as session, session.begin():
+        rows = await session.execute(
+            update(Email)
+            .where(Email.status == SENDING, tuple_(Email.id, Email.attempts).in_(held))
+            .values(lease_until=until, next_attempt_at=until)
+            .returning(Email.id, Email.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        return {(row.id, int(row.attempts)) for row in rows}
+
+
+async def retry_now(*, sessions: async_sessionmaker[AsyncSession], error_prefix: str) -> int:
+    """Make ``retrying`` emails whose last error starts with ``error_prefix`` due now; how
+    many. Called when a server that could not be reached answers again: mail that waited
+    out its outage goes at once instead of at the end of each one's (growing) backoff."""
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        result = await session.execute(
             update(Email)
             .where(
-                Email.id == email_id,
-                or_(
-                    Email.status == QUEUED,
-                    and_(Email.status.in_([SENDING, RETRYING]), Email.lease_until < now),
-                ),
+                Email.status == RETRYING,
+                Email.next_attempt_at > now,
+                Email.last_error.startswith(error_prefix, autoescape=True),
             )
-            .values(
-                status=SENDING,
-                attempts=Email.attempts + 1,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                updated_at=now,
-            )
-            .returning(Email.attempts)
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
         )
-        if attempt is None:
-            return None
-        tenant_id = await session.scalar(select(Email.tenant_id).where(Email.id == email_id))
-        session.add(
-            EmailEvent(
-                tenant_id=tenant_id, email_id=email_id, status=SENDING, attempt=attempt, at=now
-            )
-        )
-    return int(attempt)
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def finish(
@@ -148,20 +312,40 @@ async def finish(
     error: str | None = None,
     smtp_message_id: str | None = None,
     retry_at: datetime | None = None,
-) -> None:
-    """Record the outcome of an attempt: ``sent``, ``failed`` or ``retrying`` (until
-    ``retry_at``, which is also the lease: nobody else takes it before then)."""
+) -> bool:
+    """Record the outcome of an attempt: ``sent``, ``failed`` or ``retrying`` (due again
+    at ``retry_at``). False when nothing was recorded.
+
+    ``retrying`` and ``failed`` are recorded only while this attempt still holds the email:
+    a worker that lost its lease must not overwrite the newer attempt's state. ``sent`` is
+    recorded whoever holds it, since the server took the message (unless it is recorded
+    already). ``retrying`` and ``failed`` are counted in ``notifyhub_emails_total`` when
+    recorded; a send is counted by its sender the moment the server accepts it.
+    """
     now = datetime.now(UTC)
-    EMAILS.labels(status).inc()
-    values: dict[str, Any] = {"status": status, "updated_at": now, "lease_until": retry_at}
+    values: dict[str, Any] = {
+        "status": status,
+        "updated_at": now,
+        "lease_until": None,
+        "next_attempt_at": retry_at if status == RETRYING else None,
+    }
     if error is not None:
         values["last_error"] = error[:2000]
     if status == SENT:
         values.update(sent_at=now, smtp_message_id=smtp_message_id)
+        held = Email.status != SENT
+    else:
+        held = and_(Email.status == SENDING, Email.attempts == attempt)
     async with sessions() as session, session.begin():
         tenant_id = await session.scalar(
-            update(Email).where(Email.id == email_id).values(**values).returning(Email.tenant_id)
+            update(Email)
+            .where(Email.id == email_id, held)
+            .values(**values)
+            .returning(Email.tenant_id)
+            .execution_options(synchronize_session=False)
         )
+        if tenant_id is None:
+            return False
         session.add(
             EmailEvent(
                 tenant_id=tenant_id,
@@ -172,3 +356,6 @@ async def finish(
                 at=now,
             )
         )
+    if status != SENT:
+        EMAILS.labels(status).inc()
+    return True
