@@ -7,11 +7,10 @@ from aiohttp import web
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
 from hub.errors import NotFound
-from hub.keys import DB_SESSIONS, SETTINGS, TASK_BROKER
+from hub.keys import DB_SESSIONS, EMAIL_QUEUE, SETTINGS
 from hub.responses import EmailQueued, EmailStatus
 from hub.schemas import SendEmailIn
 from hub.services import emails
-from tasks.email import queue_email
 
 
 async def send_email(request: web.Request) -> web.Response:
@@ -19,8 +18,8 @@ async def send_email(request: web.Request) -> web.Response:
     payload = await read_body(request, SendEmailIn)
     if payload.tenant_id is not None and payload.tenant_id != principal.tenant_id:
         raise ApiError(403, "forbidden", "a service may only send email for its own tenant")
-    email_id = await queue_email(
-        broker=request.app[TASK_BROKER],
+    email_id = await emails.queue_email(
+        queue=request.app[EMAIL_QUEUE],
         sessions=request.app[DB_SESSIONS],
         request=emails.EmailRequest(
             tenant_id=principal.tenant_id,

@@ -7,9 +7,8 @@ from aiohttp import web
 
 from api.errors import ApiError, json_response
 from api.payloads import require_service
-from hub.intake.apply import apply_events
 from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, validate_envelope
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
+from hub.keys import NOTIFICATION_LIMITS, REST_EVENTS
 from hub.responses import EventAccepted
 
 
@@ -28,12 +27,6 @@ async def take_event(request: web.Request) -> web.Response:
         envelope = validate_envelope(document, request.app[NOTIFICATION_LIMITS])
     except BadEvent as exc:
         raise ApiError(400, "validation_error", str(exc)) from None
-    outcome = await apply_events(
-        sessions=request.app[DB_SESSIONS],
-        bus=request.app[NOTIFICATION_BUS],
-        broker=request.app[TASK_BROKER],
-        events=[envelope],
-        source="rest",
-    )
+    outcome = await request.app[REST_EVENTS]([envelope])
     reply = EventAccepted(event_id=envelope.event_id, duplicate=outcome.applied == 0)
     return json_response(reply.model_dump(mode="json"), status=202)

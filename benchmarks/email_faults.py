@@ -69,10 +69,10 @@ from benchmarks.machine import code_version, cpu_model, package_version  # noqa:
 from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.migrate import upgrade_to_head  # noqa: E402
 from db.models import Email  # noqa: E402
-from hub.services.emails import EmailRequest  # noqa: E402
+from hub.services.emails import EmailRequest, queue_email  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from tasks.broker import build_broker  # noqa: E402
-from tasks.email import queue_email  # noqa: E402
+from tasks.email import TaskiqEmailQueue  # noqa: E402
 from tasks.smtp import stable_message_id  # noqa: E402
 from tests.harness.auth_service import AuthServiceStub, build_stub_app  # noqa: E402
 from tests.harness.hub import settings_environment  # noqa: E402
@@ -153,7 +153,7 @@ async def queue_emails(settings: Settings, stack: Stack, count: int, label: str)
             )
             ids.append(
                 await queue_email(
-                    broker=broker,
+                    queue=TaskiqEmailQueue(broker),
                     sessions=stack.sessions,
                     request=request,
                     sweep_after_seconds=settings.email_task_reclaim_seconds,

@@ -21,14 +21,14 @@ from db.migrate import SchemaCheck, upgrade_to_head
 from hub.auth import JwksCache, TokenVerifier
 from hub.delivery.bus import LocalBus, RedisBus, notification_channel
 from hub.delivery.notifications import NotificationDelivery
-from hub.intake.apply import BatchOutcome, apply_events
-from hub.intake.envelope import EventEnvelope
+from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
 from hub.keys import (
     CHAT_LIMITS,
     DB_ENGINE,
     DB_SESSIONS,
+    EMAIL_QUEUE,
     HTTP_CLIENT,
     KAFKA_INTAKE,
     LEGACY_SOCKETS,
@@ -38,6 +38,7 @@ from hub.keys import (
     RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
+    REST_EVENTS,
     SCHEMA_CHECK,
     SEND_LIMITER,
     SETTINGS,
@@ -61,6 +62,10 @@ from hub.services.typing_indicators import (
 from hub.settings import Settings
 from hub.sockets import transport
 from hub.sockets.server import build_socketio_server
+from tasks.broker import build_broker
+from tasks.email import RESOURCES_STATE, TaskiqEmailQueue
+from tasks.resources import email_resources
+from tasks.sweeper import EmailSweeper
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +224,11 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
 async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     """The email task broker. On the embedded defaults tasks also run here, in-process;
     with Redis, serve only queues them for ``notifyhub worker`` processes."""
-    from tasks.broker import build_broker
-    from tasks.email import RESOURCES_STATE
-    from tasks.resources import email_resources
-    from tasks.sweeper import EmailSweeper
-
     settings = app[SETTINGS]
     broker = build_broker(settings)
     app[TASK_BROKER] = broker
+    app[EMAIL_QUEUE] = TaskiqEmailQueue(broker)
+    app[REST_EVENTS] = event_applier(app, "rest")
     async with email_resources(
         settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
     ) as resources:
@@ -249,6 +251,13 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
             await broker.shutdown()
 
 
+def event_applier(app: web.Application, source: str) -> EventApplier:
+    """What an event source applies its batches with, on this process's resources."""
+    return EventApplier(
+        sessions=app[DB_SESSIONS], bus=app[NOTIFICATION_BUS], emails=app[EMAIL_QUEUE], source=source
+    )
+
+
 async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
     """Consume CRM events inside serve when Kafka is configured (and not turned off).
 
@@ -259,14 +268,9 @@ async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
     if not settings.kafka_bootstrap_servers or not settings.kafka_consume_in_serve:
         yield
         return
-    sessions, bus, broker = app[DB_SESSIONS], app[NOTIFICATION_BUS], app[TASK_BROKER]
-
-    async def apply(events: Sequence[EventEnvelope]) -> BatchOutcome:
-        return await apply_events(
-            sessions=sessions, bus=bus, broker=broker, events=events, source="kafka"
-        )
-
-    intake = KafkaIntake(settings, apply=apply, limits=app[NOTIFICATION_LIMITS])
+    intake = KafkaIntake(
+        settings, apply=event_applier(app, "kafka"), limits=app[NOTIFICATION_LIMITS]
+    )
     app[KAFKA_INTAKE] = intake
     stop = asyncio.Event()
     consuming = asyncio.create_task(intake.run(stop))
@@ -290,9 +294,7 @@ async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
         url=settings.rabbitmq_url,
         queue=settings.rabbitmq_queue,
         dead_letter_exchange=settings.rabbitmq_dead_letter_exchange,
-        sessions=app[DB_SESSIONS],
-        bus=app[NOTIFICATION_BUS],
-        broker=app[TASK_BROKER],
+        apply=event_applier(app, "rabbitmq"),
         limits=app[NOTIFICATION_LIMITS],
         prefetch=settings.rabbitmq_prefetch,
         batch_max=settings.rabbitmq_max_batch,

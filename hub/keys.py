@@ -13,11 +13,13 @@ from db.migrate import SchemaCheck
 from hub.auth import Principal, TokenVerifier
 from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import NotificationDelivery
+from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
 from hub.realtime import Realtime
 from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits
+from hub.services.emails import EmailQueue
 from hub.services.ratelimit import RateLimiter
 from hub.services.typing_indicators import TypingRelay
 from hub.settings import Settings
@@ -40,6 +42,10 @@ TYPING = web.AppKey("typing", TypingRelay)
 TASK_BROKER = web.AppKey("task_broker", AsyncBroker)
 KAFKA_INTAKE = web.AppKey("kafka_intake", KafkaIntake)
 RABBITMQ_INTAKE = web.AppKey("rabbitmq_intake", RabbitIntake)
+# Email work goes through this interface (tasks.email implements it with Taskiq).
+EMAIL_QUEUE = web.AppKey("email_queue", EmailQueue)
+# POST /api/events/ applies its events with this, like the Kafka and RabbitMQ sources.
+REST_EVENTS = web.AppKey("rest_events", EventApplier)
 # Open legacy WebSockets, closed at once when the node shuts down.
 LEGACY_SOCKETS = web.AppKey("legacy_sockets", set[web.WebSocketResponse])
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
@@ -271,32 +270,6 @@ async def _smtp_config(resources: EmailResources, tenant_id: str) -> SmtpConfig:
         return fallback
 
 
-async def queue_email(
-    *,
-    broker: AsyncBroker,
-    sessions: async_sessionmaker[AsyncSession],
-    request: EmailRequest,
-    sweep_after_seconds: float,
-    email_id: str | None = None,
-) -> str:
-    """Queue an email (REST, event intake): kick the task, then record it as ``queued``.
-
-    Kicked first: if the queue is down nothing is stored and the caller hears so; the
-    record is then written with the same id, which the task would also create itself.
-    Should the task be lost after all, the sweeper takes the record once the reclaim
-    interval has passed.
-    """
-    email_id = email_id or emails.new_email_id()
-    await kick_email(broker=broker, email_id=email_id, request=request)
-    await emails.record_email(
-        sessions=sessions,
-        email_id=email_id,
-        request=request,
-        sweep_after_seconds=sweep_after_seconds,
-    )
-    return email_id
-
-
 async def kick_email(*, broker: AsyncBroker, email_id: str, request: EmailRequest) -> None:
     """Put the task on the queue under ``email_id`` (the task creates the record if needed)."""
     try:
@@ -314,3 +287,13 @@ async def kick_email(*, broker: AsyncBroker, email_id: str, request: EmailReques
         )
     except (RedisError, OSError) as exc:
         raise Unavailable("the email queue is unavailable (Redis does not answer)") from exc
+
+
+class TaskiqEmailQueue:
+    """The :class:`hub.services.emails.EmailQueue` of the hub: Taskiq on ``broker``."""
+
+    def __init__(self, broker: AsyncBroker) -> None:
+        self.broker = broker
+
+    async def kick(self, *, email_id: str, request: EmailRequest) -> None:
+        await kick_email(broker=self.broker, email_id=email_id, request=request)

@@ -14,10 +14,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from hub.intake.apply import BatchOutcome, apply_events
-from hub.intake.envelope import EventEnvelope
+from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
+from hub.keys import DB_SESSIONS, EMAIL_QUEUE, NOTIFICATION_BUS, NOTIFICATION_LIMITS
 from hub.realtime import NOTIFICATIONS_NAMESPACE
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SettingsFactory, SioConnect, settings_environment
@@ -240,14 +239,12 @@ async def test_two_consumers_split_partitions_and_the_survivor_takes_over(
     hub: RunningHub = await hub_factory(hub_settings())
     settings = kafka.settings(hub_settings)
 
-    async def apply(events: Sequence[EventEnvelope]) -> BatchOutcome:
-        return await apply_events(
-            sessions=hub.app[DB_SESSIONS],
-            bus=hub.app[NOTIFICATION_BUS],
-            broker=hub.app[TASK_BROKER],
-            events=events,
-            source="kafka",
-        )
+    apply = EventApplier(
+        sessions=hub.app[DB_SESSIONS],
+        bus=hub.app[NOTIFICATION_BUS],
+        emails=hub.app[EMAIL_QUEUE],
+        source="kafka",
+    )
 
     consumers = [
         KafkaIntake(settings, apply=apply, limits=hub.app[NOTIFICATION_LIMITS]) for _ in range(2)

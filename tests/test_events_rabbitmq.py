@@ -25,9 +25,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from hub.errors import Unavailable
+from hub.intake.apply import EventApplier
 from hub.intake.rabbitmq import RabbitIntake
 from hub.intake.runtime import classify_failure
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, TASK_BROKER
+from hub.keys import DB_SESSIONS, EMAIL_QUEUE, NOTIFICATION_BUS, NOTIFICATION_LIMITS
 from hub.realtime import NOTIFICATIONS_NAMESPACE
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SioConnect
@@ -215,13 +216,18 @@ async def start_intake(hub: RunningHub, rabbit: Rabbit) -> AsyncIterator[StartIn
     running: list[RunningIntake] = []
 
     async def start(**overrides: Any) -> RunningIntake:
+        # ``sessions`` may be overridden: the intake then reaches the database that way.
+        sessions = overrides.pop("sessions", hub.app[DB_SESSIONS])
         options: dict[str, Any] = {
             "url": rabbit.url,
             "queue": rabbit.queue,
             "dead_letter_exchange": rabbit.dlx,
-            "sessions": hub.app[DB_SESSIONS],
-            "bus": hub.app[NOTIFICATION_BUS],
-            "broker": hub.app[TASK_BROKER],
+            "apply": EventApplier(
+                sessions=sessions,
+                bus=hub.app[NOTIFICATION_BUS],
+                emails=hub.app[EMAIL_QUEUE],
+                source="rabbitmq",
+            ),
             "limits": hub.app[NOTIFICATION_LIMITS],
         }
         options.update(overrides)

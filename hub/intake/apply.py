@@ -18,13 +18,12 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from taskiq import AsyncBroker
 
 from db.models import ProcessedEvent
 from hub.delivery.bus import NotificationBus
 from hub.intake.envelope import EventEnvelope
 from hub.metrics import EVENTS
-from hub.services.emails import EmailRequest
+from hub.services.emails import EmailQueue, EmailRequest
 from hub.services.notifications import publish_created, store_notifications
 
 # Email task ids for event recipients: stable, so redelivery finds the same email.
@@ -91,23 +90,39 @@ async def _claim(
     return fresh
 
 
+@dataclass(frozen=True)
+class EventApplier:
+    """``apply_events`` bound to the resources of one process and one source: what every
+    event source (Kafka, RabbitMQ, REST) calls with its batches."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    bus: NotificationBus
+    emails: EmailQueue
+    source: str
+
+    async def __call__(self, events: Sequence[EventEnvelope]) -> BatchOutcome:
+        return await apply_events(
+            sessions=self.sessions,
+            bus=self.bus,
+            emails=self.emails,
+            events=events,
+            source=self.source,
+        )
+
+
 async def apply_events(
     *,
     sessions: async_sessionmaker[AsyncSession],
     bus: NotificationBus,
-    broker: AsyncBroker,
+    emails: EmailQueue,
     events: Sequence[EventEnvelope],
     source: str,
 ) -> BatchOutcome:
     """Apply what is new in ``events`` (duplicates, in the batch or from before, are no-ops)."""
-    from tasks.email import (
-        kick_email,  # tasks imports hub; import here to keep hub importable alone
-    )
-
     unique: dict[tuple[str, str], EventEnvelope] = {}
     for event in events:
         unique.setdefault(event.key, event)
-    emails = 0
+    emails_queued = 0
     async with sessions() as session, session.begin():
         fresh_keys = await _claim(session, list(unique.values()), source)
         fresh = [event for key, event in unique.items() if key in fresh_keys]
@@ -124,8 +139,7 @@ async def apply_events(
             for recipient in event.unique_recipients():
                 if recipient.email is None:
                     continue
-                await kick_email(
-                    broker=broker,
+                await emails.kick(
                     email_id=email_id_for(event, recipient.user_id),
                     request=EmailRequest(
                         tenant_id=event.tenant_id,
@@ -135,7 +149,7 @@ async def apply_events(
                         context=event.email.context,
                     ),
                 )
-                emails += 1
+                emails_queued += 1
     await publish_created(bus, created)
     duplicates = frozenset(key for key in unique if key not in fresh_keys)
     EVENTS.labels(source, "applied").inc(len(fresh))
@@ -144,6 +158,6 @@ async def apply_events(
         applied=len(fresh),
         duplicates=len(events) - len(fresh),
         notifications=len(created),
-        emails=emails,
+        emails=emails_queued,
         duplicate_keys=duplicates,
     )

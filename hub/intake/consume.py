@@ -10,7 +10,6 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -18,19 +17,18 @@ from redis.asyncio import Redis
 from db.engine import make_engine, make_session_factory
 from hub.delivery.bus import RedisBus, notification_channel
 from hub.heartbeat import run_heartbeat
-from hub.intake.apply import BatchOutcome, apply_events
-from hub.intake.envelope import EventEnvelope
+from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.rules import NotificationLimits
 from hub.settings import ConfigurationError, Settings
 from hub.startup import redis_problem, require_redis
+from tasks.broker import build_broker
+from tasks.email import TaskiqEmailQueue
 
 log = logging.getLogger(__name__)
 
 
 async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntake:
-    from tasks.broker import build_broker
-
     if not settings.kafka_bootstrap_servers:
         raise ConfigurationError("needs NOTIFYHUB_KAFKA_BOOTSTRAP_SERVERS (host:port,...)")
     if not settings.redis_url:
@@ -47,12 +45,9 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     bus = RedisBus(redis, notification_channel(settings))
     broker = build_broker(settings)
     await broker.startup()
-
-    async def apply(events: Sequence[EventEnvelope]) -> BatchOutcome:
-        return await apply_events(
-            sessions=sessions, bus=bus, broker=broker, events=events, source="kafka"
-        )
-
+    apply = EventApplier(
+        sessions=sessions, bus=bus, emails=TaskiqEmailQueue(broker), source="kafka"
+    )
     intake = KafkaIntake(settings, apply=apply, limits=NotificationLimits.from_settings(settings))
     # Everything imported and built so far lives for the whole process: keep it out of the
     # collector's full passes, which otherwise stall big batches for tens of milliseconds.

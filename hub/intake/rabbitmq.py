@@ -66,13 +66,16 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.common import FieldTable
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from taskiq import AsyncBroker
 
-from hub.delivery.bus import NotificationBus
-from hub.intake.apply import BatchOutcome, apply_events
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event
-from hub.intake.runtime import Backoff, apply_isolating, describe, quietly, sleep_or_stop
+from hub.intake.runtime import (
+    ApplyBatch,
+    Backoff,
+    apply_isolating,
+    describe,
+    quietly,
+    sleep_or_stop,
+)
 from hub.rules import NotificationLimits
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,7 @@ class RabbitIntake:
         url: str,
         queue: str,
         dead_letter_exchange: str,
-        sessions: async_sessionmaker[AsyncSession],
-        bus: NotificationBus,
-        broker: AsyncBroker,
+        apply: ApplyBatch,
         limits: NotificationLimits,
         prefetch: int = 200,
         batch_max: int = 200,
@@ -126,9 +127,7 @@ class RabbitIntake:
         self._url = url
         self._queue_name = queue
         self._dlx_name = dead_letter_exchange
-        self.sessions = sessions
-        self._bus = bus
-        self._broker = broker
+        self._apply_batch = apply
         self._limits = limits
         self._prefetch = prefetch
         self._batch_max = batch_max
@@ -311,20 +310,11 @@ class RabbitIntake:
     async def _apply(
         self, decoded: Sequence[tuple[AbstractIncomingMessage, EventEnvelope]]
     ) -> _Settled:
-        result = await apply_isolating(self._apply_events, decoded)
+        result = await apply_isolating(self._apply_batch, decoded)
         self.stats.applied += result.applied_events
         self.stats.duplicates += result.duplicates
         return _Settled(
             ack=result.applied, dead=result.refused, retry=result.retry, failure=result.failure
-        )
-
-    async def _apply_events(self, events: Sequence[EventEnvelope]) -> BatchOutcome:
-        return await apply_events(
-            sessions=self.sessions,
-            bus=self._bus,
-            broker=self._broker,
-            events=events,
-            source=SOURCE,
         )
 
     async def _settle(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,6 +43,42 @@ class EmailRequest:
     subject: str | None
     template_key: str
     context: dict[str, Any]
+
+
+class EmailQueue(Protocol):
+    """Where email work goes. Services only ever call this; ``tasks.email`` implements it
+    with Taskiq, and the app factory hands that implementation to the services."""
+
+    async def kick(self, *, email_id: str, request: EmailRequest) -> None:
+        """Queue the send of ``request`` under ``email_id``; :class:`Unavailable` if the
+        queue cannot take it."""
+        ...
+
+
+async def queue_email(
+    *,
+    queue: EmailQueue,
+    sessions: async_sessionmaker[AsyncSession],
+    request: EmailRequest,
+    sweep_after_seconds: float,
+    email_id: str | None = None,
+) -> str:
+    """Queue an email (REST, event intake): kick the task, then record it as ``queued``.
+
+    Kicked first: if the queue is down nothing is stored and the caller hears so; the
+    record is then written with the same id, which the task would also create itself.
+    Should the task be lost after all, the sweeper takes the record once the reclaim
+    interval has passed.
+    """
+    email_id = email_id or new_email_id()
+    await queue.kick(email_id=email_id, request=request)
+    await record_email(
+        sessions=sessions,
+        email_id=email_id,
+        request=request,
+        sweep_after_seconds=sweep_after_seconds,
+    )
+    return email_id
 
 
 def new_email_id() -> str:
