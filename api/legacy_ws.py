@@ -11,8 +11,8 @@ import time
 from aiohttp import WSMsgType, web
 
 from hub.auth import AuthError
-from hub.delivery.sinks import WebSocketSink
 from hub.keys import LEGACY_SOCKETS, NOTIFICATION_DELIVERY, SETTINGS, VERIFIER
+from hub.sockets.sinks import WebSocketSink
 
 log = logging.getLogger(__name__)
 

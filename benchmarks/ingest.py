@@ -1518,7 +1518,7 @@ not pinned):
 - **latency**: produce -> client receipt at a steady 1,000 events/s for 10 s for one
   connected user; each event carries its produce time in `notification.data.t`;
 - both for `notifyhub consume` as shipped and for a **tuned** variant
-  (`benchmarks/ingest_intake.py`: the same `hub.intake.consume` code, run with
+  (`benchmarks/ingest_intake.py`: the same `hub.consumer` code, run with
   `fetch_max_wait_ms=10` for the aiokafka consumer and `gc.freeze()` after the imports;
   it also times each batch and each garbage collection), to show what those two changes
   would give.

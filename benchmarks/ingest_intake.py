@@ -1,6 +1,6 @@
 """``notifyhub consume`` with extra aiokafka consumer options, for ``benchmarks/ingest.py``.
 
-Runs ``hub.intake.consume.main`` unchanged (same KafkaIntake, apply_events, Redis bus and
+Runs ``hub.consumer.main`` unchanged (same KafkaIntake, apply_events, Redis bus and
 task broker), except that
 
 - the ``KafkaIntake`` it builds gets ``consumer_options`` from the environment variable
@@ -40,7 +40,7 @@ from typing import Any  # noqa: E402
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 
 import hub.intake.apply  # noqa: E402
-from hub.intake import consume  # noqa: E402
+from hub import consumer as consume  # noqa: E402
 from hub.intake.apply import BatchOutcome, apply_events  # noqa: E402
 from hub.intake.kafka import KafkaIntake  # noqa: E402
 from hub.logs import setup_logging  # noqa: E402

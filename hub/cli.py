@@ -3,6 +3,10 @@
 A mistake in configuration or in the environment at start (a bad URL, a port in use, a
 database or Redis that does not answer) is one line on stderr and exit code 2, never a
 traceback: the reader is an operator, and the line says what to change.
+
+Each subcommand imports what it runs when it runs: ``notifyhub token`` or ``healthcheck``
+(a container probe every few seconds) should not pay for loading the server, Kafka and
+SQLAlchemy. The CLI is the top layer (docs/architecture.md), so these are no cycle dodges.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _consume(settings: Settings, _args: argparse.Namespace) -> int:
-    from hub.intake.consume import main as run_consumer
+    from hub.consumer import main as run_consumer
 
     return run_consumer(settings)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hub.metrics import EMITS
-from hub.sockets.rooms import tenant_room, user_room
+from hub.rooms import tenant_room, user_room
 
 NOTIFICATIONS_NAMESPACE = "/notifications"
 CHAT_NAMESPACE = "/chat"

@@ -7,12 +7,14 @@ publishing, so this module stays light: no database, no Redis, no hub services.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from hub.errors import InvalidInput, TooLarge
-from hub.settings import Settings
+
+if TYPE_CHECKING:  # the settings module validates database URLs with SQLAlchemy
+    from hub.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

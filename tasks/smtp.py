@@ -23,16 +23,14 @@ from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default
 
-if TYPE_CHECKING:
-    # Only annotations use these; importing lazily keeps tasks modules free of import cycles.
-    from tasks.auth_service import SmtpConfig
-    from tasks.templates import RenderedEmail
+from tasks.auth_service import SmtpConfig
+from tasks.templates import RenderedEmail
 
 __all__ = [
     "SendAborted",

@@ -23,7 +23,7 @@ from hub.errors import HubError
 from hub.keys import VERIFIER
 from hub.logs import bind_caller, unbind
 from hub.metrics import SOCKETS_CONNECTED
-from hub.sockets.rooms import tenant_room, user_room
+from hub.rooms import tenant_room, user_room
 
 log = logging.getLogger(__name__)
 

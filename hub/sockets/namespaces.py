@@ -7,7 +7,6 @@ from typing import Any
 
 from hub.auth import Principal
 from hub.delivery.notifications import Subscriber
-from hub.delivery.sinks import SocketIOSink
 from hub.errors import InvalidInput
 from hub.keys import (
     CHAT_LIMITS,
@@ -22,6 +21,7 @@ from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
 from hub.schemas import MarkReadIn, MessageReadIn, SendMessageIn, TypingIn
 from hub.services import chat, notifications
 from hub.sockets.auth import AuthenticatedNamespace, refused
+from hub.sockets.sinks import SocketIOSink
 
 
 def last_seq_from(auth: object) -> int | None:
