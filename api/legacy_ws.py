@@ -11,8 +11,10 @@ import time
 from aiohttp import WSMsgType, web
 
 from hub.auth import AuthError
+from hub.ids import parse_id
 from hub.keys import LEGACY_SOCKETS, NOTIFICATION_DELIVERY, SETTINGS, VERIFIER
 from hub.sockets.sinks import WebSocketSink
+from hub.sockets.transport import close_connection
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,7 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
     if (path_tenant, path_user) != (principal.tenant_id, principal.user_id):
         await socket.close(code=CLOSE_FORBIDDEN, message=b"path does not match the token")
         return socket
-    last_seq_text = request.query.get("last_seq", "")
-    last_seq = int(last_seq_text) if last_seq_text.isdigit() and len(last_seq_text) < 19 else None
+    last_seq = parse_id(request.query.get("last_seq", ""))
 
     delivery = request.app[NOTIFICATION_DELIVERY]
     sink = WebSocketSink(socket, max_buffer_bytes=request.app[SETTINGS].socket_max_buffer_bytes)
@@ -51,9 +52,10 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
     # No refresh on this old protocol: the socket closes when its token expires.
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, principal.expires_at - time.time()),
-        lambda: asyncio.ensure_future(
-            socket.close(code=CLOSE_UNAUTHORIZED, message=b"token expired")
-        ),
+        close_connection,
+        sink.writer,
+        CLOSE_UNAUTHORIZED,
+        b"token expired",
     )
     try:
         async for message in socket:

@@ -258,8 +258,9 @@ async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[
 
 
 async def _smtp_config(resources: EmailResources, tenant_id: str) -> SmtpConfig:
-    assert resources.auth_service is not None
     try:
+        if resources.auth_service is None:  # no auth service configured: platform SMTP only
+            raise NotConfigured(tenant_id)
         return await resources.auth_service.smtp_config(tenant_id)
     except NotConfigured:
         fallback = resources.platform_smtp

@@ -29,9 +29,12 @@ class EmailResources:
 
 def platform_smtp_config(settings: Settings) -> SmtpConfig | None:
     """The platform's own SMTP server, used for tenants that have none."""
-    if not settings.smtp_fallback_configured:
+    if (
+        not settings.smtp_fallback_configured
+        or settings.smtp_host is None
+        or settings.smtp_from_email is None
+    ):
         return None
-    assert settings.smtp_host is not None and settings.smtp_from_email is not None
     return SmtpConfig(
         host=settings.smtp_host,
         port=settings.smtp_port,

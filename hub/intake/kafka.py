@@ -163,9 +163,11 @@ class KafkaIntake:
             await quietly(producer.stop())
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("consuming before the consumer started")
         while not stop.is_set():
-            batch = await self._consumer.getmany(timeout_ms=500)
+            batch = await consumer.getmany(timeout_ms=500)
             records = [record for partition in batch.values() for record in partition]
             if records:
                 # The batch in hand is finished even when stop is set meanwhile.
@@ -231,7 +233,9 @@ class KafkaIntake:
             await self.commit_pending()
 
     async def _dead_letter(self, bad: list[tuple[ConsumerRecord, str]]) -> None:
-        assert self._producer is not None
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("dead-lettering before the producer started")
         sent = []
         for record, reason in bad:
             log.info(
@@ -244,7 +248,7 @@ class KafkaIntake:
                 ("source-offset", str(record.offset).encode()),
             ]
             sent.append(
-                await self._producer.send(
+                await producer.send(
                     self._settings.kafka_dlq_topic,
                     value=record.value,
                     key=record.key,

@@ -356,9 +356,9 @@ class RabbitIntake:
             await channel.tx_select()
             self._tx_channel = channel
         dead_lettered = 0
-        for message, action, reason in ops:
+        for message, action, given_reason in ops:
             if action == "dead":
-                assert reason is not None
+                reason = given_reason or "dead-lettered"
                 log.warning(
                     "dead-lettering a message from %s to %s: %s",
                     self._queue_name,

@@ -6,8 +6,6 @@ participants' user rooms on every node (every device, the sender's other ones in
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +15,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Conversation, ConversationMember, Message
+from hub import ids
 from hub.errors import InvalidInput, NotFound, TooLarge
 from hub.realtime import CHAT_NAMESPACE, Realtime
 from hub.services.common import clamp_limit, insert_for, iso_utc
@@ -56,10 +55,10 @@ def serialize_message(row: Mapping[Any, Any]) -> dict[str, Any]:
 
 def parse_id(value: object) -> int:
     """An id from the API (a string of digits); anything else cannot exist: 404."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
+    parsed = ids.parse_id(value)
+    if parsed is None:
         raise NotFound(NOT_FOUND_MESSAGE)
-    return int(text)
+    return parsed
 
 
 def _check_body(body: str, limits: ChatLimits) -> None:
@@ -90,7 +89,8 @@ async def _conversation_with(
             Conversation.user_b == user_b,
         )
     )
-    assert conversation_id is not None  # inserted above or by the racing transaction
+    if conversation_id is None:  # inserted above or by the racing transaction, never None
+        raise RuntimeError("conversation neither inserted nor found")
     await session.execute(
         insert(ConversationMember)
         .values(
@@ -238,7 +238,8 @@ async def send_message(
                     sender_id=sender_id,
                     client_msg_id=client_msg_id or "",
                 )
-            assert first is not None
+            if first is None:  # the conflicting row exists: ON CONFLICT found it
+                raise RuntimeError("message conflicted on client_msg_id but is not there")
             return SendResult(message=first, created=False)
         await session.execute(
             update(Conversation)
@@ -269,22 +270,6 @@ async def send_message(
     return SendResult(message=message, created=True)
 
 
-def _encode_cursor(*parts: object) -> str:
-    raw = "|".join(str(part) for part in parts).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, arity: int) -> list[str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
-    parts = raw.split("|")
-    if len(parts) != arity:
-        raise InvalidInput("cursor is not valid", code="invalid_cursor")
-    return parts
-
-
 async def list_messages(
     *,
     sessions: async_sessionmaker[AsyncSession],
@@ -301,10 +286,8 @@ async def list_messages(
         Message.tenant_id == tenant_id, Message.conversation_id == target
     )
     if cursor:
-        (before,) = _decode_cursor(cursor, 1)
-        if not before.isdigit() or len(before) > 18:
-            raise InvalidInput("cursor is not valid", code="invalid_cursor")
-        query = query.where(Message.seq < int(before))
+        (before,) = ids.decode_cursor(cursor, 1)
+        query = query.where(Message.seq < ids.cursor_id(before))
     async with sessions() as session:
         await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
         rows = (
@@ -312,7 +295,7 @@ async def list_messages(
             .mappings()
             .all()
         )
-    next_cursor = _encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+    next_cursor = ids.encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
     return [serialize_message(row) for row in rows[:size]], next_cursor
 
 
@@ -341,15 +324,13 @@ async def list_conversations(
     )
     query = query.where(members.tenant_id == tenant_id, members.user_id == user_id)
     if cursor:
-        activity_text, id_text = _decode_cursor(cursor, 2)
+        activity_text, id_text = ids.decode_cursor(cursor, 2)
         try:
             # Normalised to UTC here, so an offset that pushes it past year 9999 fails now.
             activity = datetime.fromisoformat(activity_text).astimezone(UTC)
-            if not id_text.isdigit() or len(id_text) > 18:  # stays within BIGINT
-                raise ValueError
-            last_id = int(id_text)
         except (ValueError, OverflowError):
-            raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+            raise ids.bad_cursor() from None
+        last_id = ids.cursor_id(id_text)
         query = query.where(
             or_(
                 members.last_activity_at < activity,
@@ -384,7 +365,7 @@ async def list_conversations(
         moment = last.last_activity_at
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        next_cursor = _encode_cursor(moment.isoformat(), last.conversation_id)
+        next_cursor = ids.encode_cursor(moment.isoformat(), last.conversation_id)
     return items, next_cursor
 
 

@@ -7,8 +7,6 @@ bus, which every node listens to.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,12 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
 from hub.errors import InvalidInput, Unavailable
+from hub.ids import bad_cursor, cursor_id, parse_id
+from hub.ids import decode_cursor as decode_cursor_parts
+from hub.ids import encode_cursor as encode_cursor_parts
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 
 log = logging.getLogger(__name__)
 
-_CURSOR_PREFIX = b"n1:"
+_CURSOR_PREFIX = "n1:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,23 +264,15 @@ async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]
 
 
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(seq).encode()).decode().rstrip("=")
+    return encode_cursor_parts(seq, prefix=_CURSOR_PREFIX)
 
 
 def decode_cursor(cursor: str) -> int:
     """The seq a cursor points below; anything not made by :func:`encode_cursor` is a 400."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        if not raw.startswith(_CURSOR_PREFIX):
-            raise ValueError
-        digits = raw[len(_CURSOR_PREFIX) :]
-        if not digits.isdigit() or len(digits) > 18:  # stays within BIGINT
-            raise ValueError
-        seq = int(digits)
-        if seq < 1:
-            raise ValueError
-    except (ValueError, binascii.Error):
-        raise InvalidInput("cursor is not valid", code="invalid_cursor") from None
+    (digits,) = decode_cursor_parts(cursor, 1, prefix=_CURSOR_PREFIX)
+    seq = cursor_id(digits)
+    if seq < 1:
+        raise bad_cursor()
     return seq
 
 
@@ -373,12 +366,7 @@ async def count_unread(
 def _parse_ids(ids: Sequence[object]) -> list[int]:
     # Ids are strings in the API. Anything that is not one of ours cannot match a row, so it
     # is ignored (never reported back: that would reveal which ids exist).
-    parsed = []
-    for value in ids:
-        text = str(value)
-        if text.isdigit() and len(text) < 19:
-            parsed.append(int(text))
-    return parsed
+    return [parsed for value in ids if (parsed := parse_id(value)) is not None]
 
 
 async def mark_read(

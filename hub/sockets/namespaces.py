@@ -8,6 +8,7 @@ from typing import Any
 from hub.auth import Principal
 from hub.delivery.notifications import Subscriber
 from hub.errors import InvalidInput
+from hub.ids import parse_id
 from hub.keys import (
     CHAT_LIMITS,
     DB_SESSIONS,
@@ -29,12 +30,10 @@ def last_seq_from(auth: object) -> int | None:
     if not isinstance(auth, Mapping) or auth.get("last_seq") is None:
         return None
     value = auth["last_seq"]
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    last_seq = parse_id(value) if isinstance(value, int | str) else None
+    if last_seq is None:
         raise refused("bad_request", "last_seq must be a non-negative integer")
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        raise refused("bad_request", "last_seq must be a non-negative integer")
-    return int(text)
+    return last_seq
 
 
 class NotificationsNamespace(AuthenticatedNamespace):

@@ -51,7 +51,7 @@ class WebSocketSink:
     """A legacy plain WebSocket: JSON text frames ``{"type", "data"}``, written straight to
     the connection's buffer; past ``max_buffer_bytes`` unsent, the connection is aborted."""
 
-    __slots__ = ("_max_buffer_bytes", "_socket", "_writer")
+    __slots__ = ("_max_buffer_bytes", "_socket", "writer")
 
     def __init__(self, socket: web.WebSocketResponse, *, max_buffer_bytes: int) -> None:
         writer = socket._writer
@@ -60,11 +60,11 @@ class WebSocketSink:
         # aiohttp would otherwise await a drain inside send: we measure the buffer instead.
         writer._limit = NO_DRAIN
         self._socket = socket
-        self._writer: WebSocketWriter = writer
+        self.writer: WebSocketWriter = writer
         self._max_buffer_bytes = max_buffer_bytes
 
     async def send(self, outgoing: Outgoing) -> bool:
-        transport = self._writer.transport
+        transport = self.writer.transport
         if transport.is_closing():
             return False
         if transport.get_write_buffer_size() > self._max_buffer_bytes:

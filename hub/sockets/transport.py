@@ -72,9 +72,14 @@ def websocket_frame(payload: bytes, opcode: int = TEXT) -> bytes:
     return header + payload
 
 
-GOING_AWAY = websocket_frame(
-    struct.pack("!H", WSCloseCode.GOING_AWAY) + b"server shutting down", CLOSE
-)
+def close_connection(writer: WebSocketWriter, code: int, reason: bytes) -> None:
+    """Send a close frame and close the connection once it is out, without waiting for the
+    client's answer (one that never answers must not hold anything open)."""
+    transport = writer.transport
+    if transport.is_closing():
+        return
+    transport.write(websocket_frame(struct.pack("!H", code) + reason[:123], CLOSE))
+    transport.close()
 
 
 def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
@@ -198,11 +203,7 @@ def going_away(writer: WebSocketWriter) -> None:
     """Tell a WebSocket client this node is going away (close code 1001) and close the
     connection once the frame is out, without waiting for its answer. Socket.IO clients read
     this as a lost transport and reconnect (to another node), resuming with ``last_seq``."""
-    transport = writer.transport
-    if transport.is_closing():
-        return
-    transport.write(GOING_AWAY)
-    transport.close()
+    close_connection(writer, WSCloseCode.GOING_AWAY, b"server shutting down")
 
 
 def close_all(server: socketio.AsyncServer) -> None:
