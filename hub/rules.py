@@ -17,15 +17,23 @@ if TYPE_CHECKING:  # the settings module validates database URLs with SQLAlchemy
     from hub.settings import Settings
 
 
+# The defaults of every size bound on a notification; settings may change the first four.
+TITLE_MAX_CHARS = 200
+BODY_MAX_CHARS = 5000
+DATA_MAX_BYTES = 16 * 1024
+MAX_RECIPIENTS = 1000
+LINK_MAX_CHARS = 2000
+
+
 @dataclass(frozen=True, slots=True)
 class NotificationLimits:
     """Input bounds, from Settings; checked here so every entry point enforces them."""
 
-    title_max_chars: int = 200
-    body_max_chars: int = 5000
-    data_max_bytes: int = 16 * 1024
-    link_max_chars: int = 2000
-    max_recipients: int = 1000
+    title_max_chars: int = TITLE_MAX_CHARS
+    body_max_chars: int = BODY_MAX_CHARS
+    data_max_bytes: int = DATA_MAX_BYTES
+    link_max_chars: int = LINK_MAX_CHARS
+    max_recipients: int = MAX_RECIPIENTS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NotificationLimits:

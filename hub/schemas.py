@@ -18,13 +18,15 @@ from pydantic import (
     model_validator,
 )
 
+from hub import rules
+
 # Identifiers: no control characters (PostgreSQL refuses NUL; the rest only cause trouble).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 NotificationId = Annotated[str | int, Field(union_mode="left_to_right")]
 
 
-MAX_BROADCAST_DATA_BYTES = 16 * 1024
+MAX_BROADCAST_DATA_BYTES = rules.DATA_MAX_BYTES
 
 
 def _bounded_data(value: dict[str, Any]) -> dict[str, Any]:
@@ -151,8 +153,8 @@ class BroadcastIn(Strict):
         }
     )
 
-    title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    body: Annotated[str, StringConstraints(max_length=5000)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=rules.TITLE_MAX_CHARS)]
+    body: Annotated[str, StringConstraints(max_length=rules.BODY_MAX_CHARS)]
     data: BoundedData = Field(default_factory=dict)
 
 

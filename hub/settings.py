@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Self
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from hub import rules
+
 DEFAULT_JWT_SECRET = "notifyhub-development-secret-change-me"  # noqa: S105 - refused in production
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -110,10 +112,10 @@ class Settings(BaseSettings):
     smtp_start_tls: bool = True
     smtp_from_email: str | None = None
 
-    notification_title_max_chars: int = Field(default=200, ge=1)
-    notification_body_max_chars: int = Field(default=5000, ge=1)
-    notification_data_max_bytes: int = Field(default=16 * 1024, ge=2)
-    notification_max_recipients: int = Field(default=1000, ge=1)
+    notification_title_max_chars: int = Field(default=rules.TITLE_MAX_CHARS, ge=1)
+    notification_body_max_chars: int = Field(default=rules.BODY_MAX_CHARS, ge=1)
+    notification_data_max_bytes: int = Field(default=rules.DATA_MAX_BYTES, ge=2)
+    notification_max_recipients: int = Field(default=rules.MAX_RECIPIENTS, ge=1)
 
     chat_body_max_chars: int = Field(default=4000, ge=1)
     # Token bucket per user for sending messages: a burst, then this many per second.
