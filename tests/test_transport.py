@@ -58,3 +58,33 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
     assert "self.queue.get()" in inspect.getsource(AsyncSocket.poll), (
         "engine.io's writer no longer waits on its queue: direct writes may reorder frames"
     )
+
+
+def test_library_internals_the_hub_extends_are_there() -> None:
+    """hub/app.py starts python-socketio's manager itself, tasks/broker.py extends
+    RedisStreamBroker's listen with its own attributes and tasks/worker.py drives taskiq's
+    Receiver: an upgrade that renames any of these must fail here, saying where."""
+    import inspect
+
+    import socketio
+    from taskiq.receiver import Receiver
+    from taskiq_redis import RedisStreamBroker
+
+    server = socketio.AsyncServer(async_mode="aiohttp")
+    assert hasattr(server, "manager_initialized"), "python-socketio: update hub/app.py"
+    broker = RedisStreamBroker("redis://127.0.0.1:1/0")
+    for name in (
+        "connection_pool",
+        "consumer_group_name",
+        "consumer_name",
+        "queue_name",
+        "block",
+        "count",
+        "idle_timeout",
+        "unacknowledged_batch_size",
+        "_ack_generator",
+    ):
+        assert hasattr(broker, name), f"taskiq-redis lost {name}: update tasks/broker.py"
+    assert "finish_event" in inspect.signature(Receiver.listen).parameters, (
+        "taskiq's Receiver.listen changed: update tasks/worker.py"
+    )
