@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -21,7 +20,7 @@ from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.rules import NotificationLimits
 from hub.settings import ConfigurationError, Settings
-from hub.startup import redis_problem, require_redis
+from hub.startup import redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
 from tasks.email import TaskiqEmailQueue
 
@@ -84,10 +83,7 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
 
 def main(settings: Settings) -> int:
     async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
         intake = await run_consumer(settings, stop=stop)
         log.info(
             "consumer stopped: %d applied, %d duplicates, %d dead-lettered",

@@ -1,9 +1,10 @@
-"""Checks a long-running command makes before it starts working: each failure is a
-:class:`StartupError` with one line saying what to fix."""
+"""What a long-running command does around its work: checks before it starts (each failure
+a :class:`StartupError` with one line saying what to fix) and stopping on a signal."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -45,3 +46,13 @@ async def redis_problem(client: Redis) -> str | None:
     except (RedisError, OSError) as exc:
         return f"Redis: {type(exc).__name__}: {exc}"
     return None
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: how a worker or consumer process learns to stop
+    (finish what it has in hand, then exit) instead of dying mid-batch."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

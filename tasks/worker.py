@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -21,7 +20,7 @@ from taskiq.receiver import Receiver
 
 from hub.heartbeat import run_heartbeat
 from hub.settings import ConfigurationError, Settings
-from hub.startup import redis_problem, require_redis
+from hub.startup import redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE
 from tasks.resources import email_resources
@@ -127,10 +126,7 @@ def main(settings: Settings) -> int:
     """Run until a signal; never hang past the shutdown window."""
 
     async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
         worker = asyncio.create_task(run_worker(settings, stop=stop))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -8,6 +8,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
+
 from db.engine import make_engine, make_session_factory
 from hub.rules import NewNotification
 from hub.services.notifications import store_notifications
@@ -38,14 +40,21 @@ async def all_receive(clients: list[RecordingClient], titles: list[str]) -> floa
     return time.monotonic() - started
 
 
+@pytest.fixture
+async def hub_on_private_redis(
+    hub_factory: HubFactory, hub_settings: SettingsFactory, private_redis: PrivateRedis
+) -> RunningHub:
+    """A hub whose Redis the test may kill and start again."""
+    return await hub_factory(hub_settings(redis_url=private_redis.url))
+
+
 async def test_created_during_a_redis_outage_reaches_sockets_that_never_reconnect(
-    hub_factory: HubFactory,
-    hub_settings: SettingsFactory,
+    hub_on_private_redis: RunningHub,
     sio_connect: SioConnect,
     private_redis: PrivateRedis,
     tenant: str,
 ) -> None:
-    hub = await hub_factory(hub_settings(redis_url=private_redis.url))
+    hub = hub_on_private_redis
     service = ApiClient.for_service(hub.url, tenant)
     await service.notify(["u1"], title="before")  # so a live-only client has a past to skip
     token = hs256_token(tenant=tenant, user="u1")
@@ -92,13 +101,12 @@ async def test_stored_by_a_node_that_died_before_publishing_reaches_the_other_no
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_and_doubles_nothing(
-    hub_factory: HubFactory,
-    hub_settings: SettingsFactory,
+    hub_on_private_redis: RunningHub,
     sio_connect: SioConnect,
     private_redis: PrivateRedis,
     tenant: str,
 ) -> None:
-    hub = await hub_factory(hub_settings(redis_url=private_redis.url))
+    hub = hub_on_private_redis
     users = [f"u{i}" for i in range(4)]
     clients = [
         await sio_connect(hub.url, "/notifications", token=hs256_token(tenant=tenant, user=user))

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
@@ -156,20 +157,24 @@ async def refuse_a_title_in_the_database(postgres_url: str) -> None:
     )
 
 
+@pytest.fixture
+async def consuming_hub(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory, kafka: KafkaTopics
+) -> RunningHub:
+    """A hub consuming this test's topic."""
+    hub: RunningHub = await hub_factory(kafka.settings(hub_settings))
+    return hub
+
+
 async def test_an_event_the_database_refuses_is_dead_lettered_alone(
-    hub_factory: Callable[..., Any],
-    hub_settings: SettingsFactory,
-    kafka: KafkaTopics,
-    postgres_url: str,
-    tenant: str,
+    consuming_hub: RunningHub, kafka: KafkaTopics, postgres_url: str, tenant: str
 ) -> None:
     await refuse_a_title_in_the_database(postgres_url)
     refused = orjson.dumps(
         {**event(tenant, 500), "notification": {"title": REFUSED_TITLE, "body": "b"}}
     )
     good = [orjson.dumps(event(tenant, n)) for n in range(20)]
-    await kafka.produce([*good[:10], refused, *good[10:]])  # one batch, one partition
-    await hub_factory(kafka.settings(hub_settings))
+    await kafka.produce([*good[:10], refused, *good[10:]])
 
     async def all_good_applied() -> bool:
         return await stored(postgres_url, tenant) == 20
