@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
 import aiohttp
 import socketio
@@ -72,6 +74,7 @@ log = logging.getLogger(__name__)
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 MAX_REQUEST_BYTES = 1024 * 1024
+SOURCE_STOP_SECONDS = 15.0
 
 
 async def http_client_context(app: web.Application) -> AsyncIterator[None]:
@@ -258,6 +261,26 @@ def event_applier(app: web.Application, source: str) -> EventApplier:
     )
 
 
+class Runnable(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def running_in_background(source: Runnable, name: str) -> AsyncIterator[None]:
+    """Run an event source while the app serves; on the way out, let it finish the batch in
+    hand (bounded: a source that does not stop in time is left to the process exit)."""
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(source.run(stop), name=f"{name} intake")
+    try:
+        yield
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(consuming, timeout=SOURCE_STOP_SECONDS)
+        except TimeoutError:
+            log.warning("%s intake did not stop in time", name)
+
+
 async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
     """Consume CRM events inside serve when Kafka is configured (and not turned off).
 
@@ -272,16 +295,8 @@ async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
         settings, apply=event_applier(app, "kafka"), limits=app[NOTIFICATION_LIMITS]
     )
     app[KAFKA_INTAKE] = intake
-    stop = asyncio.Event()
-    consuming = asyncio.create_task(intake.run(stop))
-    try:
+    async with running_in_background(intake, "Kafka"):
         yield
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(consuming, timeout=15)
-        except TimeoutError:
-            log.warning("Kafka consumer did not stop in time")
 
 
 async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
@@ -301,16 +316,8 @@ async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
         batch_wait_seconds=settings.rabbitmq_batch_wait_seconds,
     )
     app[RABBITMQ_INTAKE] = intake
-    stop = asyncio.Event()
-    consuming = asyncio.create_task(intake.run(stop))
-    try:
+    async with running_in_background(intake, "RabbitMQ"):
         yield
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(consuming, timeout=15)
-        except TimeoutError:
-            log.warning("RabbitMQ intake did not stop in time")
 
 
 async def close_client_connections(app: web.Application) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -40,21 +41,25 @@ async def all_receive(clients: list[RecordingClient], titles: list[str]) -> floa
     return time.monotonic() - started
 
 
+@dataclass
+class HubOnPrivateRedis:
+    hub: RunningHub
+    redis: PrivateRedis
+
+
 @pytest.fixture
-async def hub_on_private_redis(
+async def on_private_redis(
     hub_factory: HubFactory, hub_settings: SettingsFactory, private_redis: PrivateRedis
-) -> RunningHub:
+) -> HubOnPrivateRedis:
     """A hub whose Redis the test may kill and start again."""
-    return await hub_factory(hub_settings(redis_url=private_redis.url))
+    hub = await hub_factory(hub_settings(redis_url=private_redis.url))
+    return HubOnPrivateRedis(hub, private_redis)
 
 
 async def test_created_during_a_redis_outage_reaches_sockets_that_never_reconnect(
-    hub_on_private_redis: RunningHub,
-    sio_connect: SioConnect,
-    private_redis: PrivateRedis,
-    tenant: str,
+    on_private_redis: HubOnPrivateRedis, sio_connect: SioConnect, tenant: str
 ) -> None:
-    hub = hub_on_private_redis
+    hub, private_redis = on_private_redis.hub, on_private_redis.redis
     service = ApiClient.for_service(hub.url, tenant)
     await service.notify(["u1"], title="before")  # so a live-only client has a past to skip
     token = hs256_token(tenant=tenant, user="u1")
@@ -101,12 +106,9 @@ async def test_stored_by_a_node_that_died_before_publishing_reaches_the_other_no
 
 
 async def test_redis_killed_and_restarted_under_traffic_loses_and_doubles_nothing(
-    hub_on_private_redis: RunningHub,
-    sio_connect: SioConnect,
-    private_redis: PrivateRedis,
-    tenant: str,
+    on_private_redis: HubOnPrivateRedis, sio_connect: SioConnect, tenant: str
 ) -> None:
-    hub = hub_on_private_redis
+    hub, private_redis = on_private_redis.hub, on_private_redis.redis
     users = [f"u{i}" for i in range(4)]
     clients = [
         await sio_connect(hub.url, "/notifications", token=hs256_token(tenant=tenant, user=user))
