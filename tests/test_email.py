@@ -16,7 +16,7 @@ import pytest
 from hub.settings import Settings
 from tests.harness.api import ApiClient
 from tests.harness.auth_service import AuthServiceStub
-from tests.harness.hub import RunningHub, SettingsFactory, settings_environment
+from tests.harness.hub import RunningHub, settings_environment
 from tests.harness.ports import eventually
 from tests.harness.smtp import SmtpSink, start_smtp_sink
 from tests.harness.worker import WorkerStarter
@@ -34,30 +34,6 @@ def second_smtp_server() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
-
-
-@pytest.fixture
-def email_settings(
-    hub_settings: SettingsFactory, auth_service: AuthServiceStub
-) -> Callable[..., Settings]:
-    """Settings for a hub + worker pair with a task queue of this test's own."""
-    channel = f"notifyhub-test-{uuid.uuid4().hex[:12]}"
-
-    def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "socketio_channel": channel,
-            "auth_service_url": auth_service.url,
-            "auth_service_cache_seconds": 0.0,
-            "email_retry_base_seconds": 0.2,
-            "email_retry_max_seconds": 1.0,
-            "email_lease_seconds": 1.0,
-            "email_task_reclaim_seconds": 2.0,
-            "worker_shutdown_seconds": 3.0,
-        }
-        values.update(overrides)
-        return hub_settings(**values)
-
-    return build
 
 
 def smtp_config(sink: SmtpSink, sender: str, name: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from tasks.smtp import stable_message_id
 from tasks.sweeper import EmailSweeper
 from tasks.templates import RenderedEmail
 from tests.harness.auth_service import AuthServiceStub
-from tests.harness.hub import RunningHub, SettingsFactory
+from tests.harness.hub import RunningHub
 from tests.harness.ports import eventually, free_port
 from tests.harness.smtp import SmtpSink, start_smtp_sink
 from tests.harness.worker import WorkerStarter
@@ -58,26 +57,11 @@ def sink() -> Iterator[tuple[SmtpSink, list[Controller]]]:
 
 
 @pytest.fixture
-def fault_settings(
-    hub_settings: SettingsFactory, auth_service: AuthServiceStub
-) -> Callable[..., Settings]:
-    """Short leases, backoffs and sweeps, a task queue of the test's own."""
-    channel = f"notifyhub-test-{uuid.uuid4().hex[:12]}"
+def fault_settings(email_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The email tests' short leases and backoffs, with sweeps every 0.2 s."""
 
     def build(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "socketio_channel": channel,
-            "auth_service_url": auth_service.url,
-            "auth_service_cache_seconds": 0.0,
-            "email_retry_base_seconds": 0.2,
-            "email_retry_max_seconds": 1.0,
-            "email_sweep_interval_seconds": 0.2,
-            "email_lease_seconds": 1.0,
-            "email_task_reclaim_seconds": 2.0,
-            "worker_shutdown_seconds": 3.0,
-        }
-        values.update(overrides)
-        return hub_settings(**values)
+        return email_settings(**{"email_sweep_interval_seconds": 0.2, **overrides})
 
     return build
 

@@ -18,7 +18,7 @@ from hub.heartbeat import heartbeat_problem
 from tests.harness.hub import SettingsFactory, settings_environment
 from tests.harness.kafka import KafkaTopics
 from tests.harness.ports import free_port
-from tests.harness.processes import NOTIFYHUB, clean_environment, run_cli
+from tests.harness.processes import NOTIFYHUB, clean_environment, run_cli, terminate_all
 
 INTERVAL = "0.3"
 Starter = Callable[..., subprocess.Popen[str]]
@@ -37,15 +37,7 @@ async def processes() -> AsyncIterator[Starter]:
         return process
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            await asyncio.to_thread(process.communicate, None, 20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    await terminate_all(started, wait=20)
 
 
 def healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

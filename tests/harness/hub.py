@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,7 @@ from aiohttp import web
 from hub.app import create_app
 from hub.settings import Settings
 from tests.harness.ports import free_port, wait_for_port_async
+from tests.harness.processes import terminate_all
 from tests.harness.tokens import TEST_JWT_SECRET, KeyPair
 
 SettingsFactory = Callable[..., Settings]
@@ -222,14 +222,7 @@ async def serve_process() -> AsyncIterator[ServeStarter]:
         return running
 
     yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-    for running in started:
-        try:
-            await asyncio.to_thread(running.process.wait, 10)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
+    await terminate_all([running.process for running in started], wait=10)
 
 
 @pytest.fixture

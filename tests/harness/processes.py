@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 NOTIFYHUB = str(Path(sys.executable).with_name("notifyhub"))
 
@@ -41,3 +45,17 @@ def assert_startup_error(result: subprocess.CompletedProcess[str], *phrases: str
     for phrase in phrases:
         assert phrase in lines[0], (phrase, lines[0])
     return lines[0]
+
+
+async def terminate_all(processes: Sequence[subprocess.Popen[Any]], *, wait: float) -> None:
+    """SIGTERM every child still running, give them ``wait`` seconds together, then SIGKILL
+    the ones that are left (a fixture's teardown must never hang)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            await asyncio.to_thread(process.communicate, None, wait)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,18 +1,21 @@
-"""``notifyhub worker`` child processes for the email tests."""
+"""``notifyhub worker`` child processes and the settings of the email tests."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from hub.settings import Settings
-from tests.harness.hub import settings_environment
+from tests.harness.auth_service import AuthServiceStub
+from tests.harness.hub import SettingsFactory, settings_environment
+from tests.harness.processes import terminate_all
 
 WorkerStarter = Callable[[Settings], Awaitable[subprocess.Popen[bytes]]]
 
@@ -30,11 +33,28 @@ async def worker_process() -> AsyncIterator[WorkerStarter]:
         return process
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            await asyncio.to_thread(process.wait, 15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    await terminate_all(started, wait=15)
+
+
+@pytest.fixture
+def email_settings(
+    hub_settings: SettingsFactory, auth_service: AuthServiceStub
+) -> Callable[..., Settings]:
+    """Settings for a hub + worker pair with a task queue of this test's own."""
+    channel = f"notifyhub-test-{uuid.uuid4().hex[:12]}"
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "socketio_channel": channel,
+            "auth_service_url": auth_service.url,
+            "auth_service_cache_seconds": 0.0,
+            "email_retry_base_seconds": 0.2,
+            "email_retry_max_seconds": 1.0,
+            "email_lease_seconds": 1.0,
+            "email_task_reclaim_seconds": 2.0,
+            "worker_shutdown_seconds": 3.0,
+        }
+        values.update(overrides)
+        return hub_settings(**values)
+
+    return build
