@@ -67,7 +67,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker  # noqa: E40
 
 from benchmarks.machine import code_version, cpu_model, package_version  # noqa: E402
 from db.engine import make_engine, make_session_factory  # noqa: E402
-from db.migrate import upgrade_to_head  # noqa: E402
 from db.models import Email  # noqa: E402
 from hub.services.emails import EmailRequest, queue_email  # noqa: E402
 from hub.settings import Settings  # noqa: E402
@@ -76,7 +75,8 @@ from tasks.email import TaskiqEmailQueue  # noqa: E402
 from tasks.smtp import stable_message_id  # noqa: E402
 from tests.harness.auth_service import AuthServiceStub, build_stub_app  # noqa: E402
 from tests.harness.hub import settings_environment  # noqa: E402
-from tests.harness.smtp import SmtpSink, start_smtp_sink  # noqa: E402
+from tests.harness.services import migrated_database  # noqa: E402
+from tests.harness.smtp import SmtpSink, smtp_config, start_smtp_sink  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -293,14 +293,10 @@ async def scenario_outage(
 async def database(admin_url: str) -> AsyncIterator[str]:
     dsn = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
     admin = await asyncpg.connect(dsn, timeout=5)
-    name = f"notifyhub_bench_{uuid.uuid4().hex[:10]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
-        await asyncio.to_thread(upgrade_to_head, url)
-        yield url
+        async with migrated_database(admin, admin_url, prefix="notifyhub_bench") as url:
+            yield url
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
 
 
@@ -308,16 +304,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sink, controller = start_smtp_sink()
     controllers = [controller]
     stub = AuthServiceStub()
-    stub.smtp_configs[TENANT] = {
-        "host": sink.host,
-        "port": sink.port,
-        "username": None,
-        "password": None,
-        "use_tls": False,
-        "start_tls": False,
-        "from_email": SENDER,
-        "from_name": "Bench",
-    }
+    stub.smtp_configs[TENANT] = smtp_config(sink, SENDER, "Bench")
     stub.templates[(TENANT, "interview")] = TEMPLATE
     runner = web.AppRunner(build_stub_app(stub), access_log=None)
     await runner.setup()

@@ -18,7 +18,7 @@ from tests.harness.api import ApiClient
 from tests.harness.auth_service import AuthServiceStub
 from tests.harness.hub import RunningHub, settings_environment
 from tests.harness.ports import eventually
-from tests.harness.smtp import SmtpSink, start_smtp_sink
+from tests.harness.smtp import SmtpSink, smtp_config, start_smtp_sink
 from tests.harness.worker import WorkerStarter
 
 TEMPLATE = {
@@ -34,19 +34,6 @@ def second_smtp_server() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
-
-
-def smtp_config(sink: SmtpSink, sender: str, name: str) -> dict[str, Any]:
-    return {
-        "host": sink.host,
-        "port": sink.port,
-        "username": None,
-        "password": None,
-        "use_tls": False,
-        "start_tls": False,
-        "from_email": sender,
-        "from_name": name,
-    }
 
 
 @pytest.fixture

@@ -37,9 +37,9 @@ from tasks.templates import RenderedEmail
 from tests.harness.auth_service import AuthServiceStub
 from tests.harness.hub import RunningHub
 from tests.harness.ports import eventually, free_port
-from tests.harness.smtp import SmtpSink, start_smtp_sink
+from tests.harness.smtp import SmtpSink, smtp_config, start_smtp_sink
 from tests.harness.worker import WorkerStarter
-from tests.test_email import TEMPLATE, queue, smtp_config
+from tests.test_email import TEMPLATE, queue
 
 SENDER = "a@t.example"
 

@@ -7,6 +7,7 @@ skipped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -51,7 +52,19 @@ async def postgres_url() -> AsyncIterator[str]:
             "or point NOTIFYHUB_TEST_DATABASE_URL at a server where the user may create databases.",
             pytrace=False,
         )
-    name = f"notifyhub_test_{uuid.uuid4().hex[:12]}"
+    try:
+        async with migrated_database(admin, admin_url, prefix="notifyhub_test") as url:
+            yield url
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_database(
+    admin: asyncpg.Connection, admin_url: str, *, prefix: str
+) -> AsyncIterator[str]:
+    """A new database on ``admin``'s server, migrated to head with Alembic; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     try:
@@ -59,7 +72,6 @@ async def postgres_url() -> AsyncIterator[str]:
         yield url
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,20 @@ def start_smtp_sink(sink: SmtpSink | None = None) -> tuple[SmtpSink, Controller]
     return sink, controller
 
 
+def smtp_config(sink: SmtpSink, sender: str, name: str) -> dict[str, Any]:
+    """What the stub auth service answers for a tenant whose SMTP server is ``sink``."""
+    return {
+        "host": sink.host,
+        "port": sink.port,
+        "username": None,
+        "password": None,
+        "use_tls": False,
+        "start_tls": False,
+        "from_email": sender,
+        "from_name": name,
+    }
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpSink]:
     sink, controller = start_smtp_sink()
