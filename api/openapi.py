@@ -15,6 +15,7 @@ import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -620,197 +621,11 @@ async def openapi_json(_request: web.Request) -> web.Response:
     return web.Response(body=document_bytes(), content_type="application/json")
 
 
-_DOCS_SCRIPT = r"""
-"use strict";
-const METHODS = ["get", "post", "put", "patch", "delete"];
-let SPEC = null;
-const el = (tag, attrs = {}, ...children) => {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : String(child));
-  }
-  return node;
-};
-// The little Markdown the document uses: `code`, **bold**, *emphasis*. No HTML is parsed.
-function inline(text) {
-  const span = el("span");
-  let last = 0;
-  for (const match of (text || "").matchAll(/`[^`]+`|\*\*[^*]+\*\*|\*[^*\s][^*]*\*/g)) {
-    span.append(text.slice(last, match.index));
-    const token = match[0];
-    if (token.startsWith("`")) span.append(el("code", {}, token.slice(1, -1)));
-    else if (token.startsWith("**")) span.append(el("b", {}, token.slice(2, -2)));
-    else span.append(el("em", {}, token.slice(1, -1)));
-    last = match.index + token.length;
-  }
-  span.append((text || "").slice(last));
-  return span;
-}
-const refName = (ref) => ref.split("/").pop();
-const resolve = (item) => item && item.$ref
-  ? item.$ref.split("/").slice(1).reduce((node, key) => node[key], SPEC) : item;
-const star = () => el("span", { class: "req", title: "required" }, " *");
-const pretty = (value) => el("pre", {}, JSON.stringify(value, null, 2));
-function typeOf(schema) {
-  if (schema === true || !schema || Object.keys(schema).length === 0) return "any";
-  if (schema.$ref) {
-    const name = refName(schema.$ref);
-    return el("a", { href: "#schema-" + name }, name);
-  }
-  const union = schema.anyOf || schema.oneOf;
-  if (union && !schema.properties) {
-    const span = el("span");
-    union.forEach((part, index) => {
-      if (index) span.append(" | ");
-      span.append(typeOf(part));
-    });
-    return span;
-  }
-  if (schema.const !== undefined) return JSON.stringify(schema.const);
-  if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
-  if (schema.type === "array") return el("span", {}, "array of ", typeOf(schema.items));
-  if (schema.type === "object" && schema.additionalProperties) {
-    return schema.additionalProperties === true
-      ? "object" : el("span", {}, "object of ", typeOf(schema.additionalProperties));
-  }
-  return Array.isArray(schema.type) ? schema.type.join(" | ") : schema.type || "any";
-}
-function constraints(schema) {
-  const words = [];
-  const names = ["minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems",
-    "pattern", "format", "default"];
-  const walk = (s) => {
-    if (!s) return;
-    for (const name of names) {
-      if (s[name] !== undefined) words.push(name + ": " + JSON.stringify(s[name]));
-    }
-    (s.anyOf || []).forEach(walk);
-    if (s.items) walk(s.items);
-  };
-  walk(schema);
-  return words.join(", ");
-}
-function table(headings, rows) {
-  return el("table", {}, el("tr", {}, ...headings.map((h) => el("th", {}, h))), ...rows);
-}
-function propertiesTable(schema) {
-  const required = new Set(schema.required || []);
-  return table(["field", "type", "description"],
-    Object.entries(schema.properties || {}).map(([name, prop]) => el("tr", {},
-      el("td", {}, el("code", {}, name), required.has(name) ? star() : null),
-      el("td", {}, typeOf(prop)),
-      el("td", {}, inline(prop.description), el("div", { class: "muted" }, constraints(prop))))));
-}
-function schemaBlock(media) {
-  const block = el("div");
-  if (!media || !media.schema) return block;
-  const target = resolve(media.schema);
-  block.append(el("div", {}, "Schema: ", typeOf(media.schema)));
-  if (target.description) block.append(el("p", {}, inline(target.description)));
-  if (target.properties) block.append(propertiesTable(target));
-  const examples = media.examples
-    ? Object.values(media.examples).map((e) => e.value) : target.examples || [];
-  if (examples.length) block.append(el("div", {}, examples.length > 1 ? "Examples" : "Example"));
-  examples.forEach((example) => block.append(pretty(example)));
-  return block;
-}
-function operationBlock(path, method, op) {
-  const role = op["x-role"];
-  const details = el("details", { id: op.operationId },
-    el("summary", {}, el("span", { class: "method " + method }, method.toUpperCase()), " ",
-      el("code", {}, path), " ", op.summary, " ",
-      el("span", { class: "role " + role }, role === "public" ? "public" : "bearer · " + role)));
-  if (op.description) details.append(el("p", {}, inline(op.description)));
-  if (op.parameters) {
-    details.append(el("h4", {}, "Parameters"));
-    details.append(table(["name", "in", "type", "description"],
-      op.parameters.map((p) => el("tr", {},
-        el("td", {}, el("code", {}, p.name), p.required ? star() : null),
-        el("td", {}, p.in), el("td", {}, typeOf(p.schema)),
-        el("td", {}, inline(p.description),
-          el("div", { class: "muted" }, constraints(p.schema)))))));
-  }
-  if (op.requestBody) {
-    details.append(el("h4", {}, "Request body (JSON)"));
-    details.append(schemaBlock(op.requestBody.content["application/json"]));
-  }
-  details.append(el("h4", {}, "Responses"));
-  details.append(table(["status", "description", "body"],
-    Object.entries(op.responses).map(([status, response]) => {
-      const resolved = resolve(response);
-      const media = Object.values(resolved.content || {})[0];
-      return el("tr", {}, el("td", {}, el("b", {}, status)),
-        el("td", {}, inline(resolved.description)),
-        el("td", {}, media && media.schema ? typeOf(media.schema) : ""));
-    })));
-  return details;
-}
-function render(spec) {
-  SPEC = spec;
-  const root = document.getElementById("root");
-  root.textContent = "";
-  document.title = spec.info.title + " API";
-  root.append(el("h1", {}, spec.info.title + " API ", el("small", {}, "v" + spec.info.version)));
-  root.append(el("p", {}, "OpenAPI " + spec.openapi + " document: ",
-    el("a", { href: "openapi.json" }, "/api/openapi.json")));
-  for (const para of spec.info.description.split("\n\n")) root.append(el("p", {}, inline(para)));
-  for (const tag of spec.tags) {
-    const section = el("section", {}, el("h2", {}, tag.name),
-      el("p", { class: "muted" }, inline(tag.description)));
-    for (const [path, item] of Object.entries(spec.paths)) {
-      for (const method of METHODS) {
-        const op = item[method];
-        if (op && op.tags.includes(tag.name)) section.append(operationBlock(path, method, op));
-      }
-    }
-    root.append(section);
-  }
-  const schemas = el("section", {}, el("h2", {}, "Schemas"));
-  for (const [name, schema] of Object.entries(spec.components.schemas)) {
-    const box = el("div", { id: "schema-" + name, class: "schema" }, el("h3", {}, name));
-    if (schema.description) box.append(el("p", {}, inline(schema.description)));
-    if (schema.properties) box.append(propertiesTable(schema));
-    else box.append(el("div", {}, typeOf(schema)));
-    (schema.examples || []).forEach((example) => box.append(pretty(example)));
-    schemas.append(box);
-  }
-  root.append(schemas);
-  const target = location.hash && document.getElementById(location.hash.slice(1));
-  if (target) {
-    if (target.tagName === "DETAILS") target.open = true;
-    target.scrollIntoView();
-  }
-}
-fetch("openapi.json")
-  .then((response) => response.json())
-  .then(render)
-  .catch((error) => {
-    document.getElementById("root").textContent = "Could not load the document: " + error;
-  });
-"""
-
-_DOCS_STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem 2rem;
-  color: #1d2330; }
-code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; }
-pre { background: #f5f6f8; padding: .6rem .8rem; border-radius: 4px; overflow-x: auto; }
-details { border: 1px solid #dfe3ea; border-radius: 6px; margin: .4rem 0; padding: .3rem .8rem; }
-summary { cursor: pointer; padding: .2rem 0; }
-.method { display: inline-block; min-width: 3.2rem; text-align: center; color: #fff;
-  border-radius: 3px; font: bold 12px ui-monospace, monospace; padding: 2px 4px; }
-.get { background: #2f7dd1; } .post { background: #2e9d5b; }
-.role { font-size: 12px; color: #555; border: 1px solid #ccd; border-radius: 10px;
-  padding: 0 .5rem; }
-.role.service { border-color: #c77d00; color: #8a5600; }
-table { border-collapse: collapse; margin: .3rem 0 .8rem; width: 100%; }
-th, td { text-align: left; border-bottom: 1px solid #eceff3; padding: .25rem .5rem;
-  vertical-align: top; }
-.muted { color: #6b7280; font-size: 13px; } .req { color: #c0392b; }
-.schema { border-top: 1px solid #dfe3ea; padding-top: .3rem; }
-small { color: #6b7280; font-weight: normal; }
-"""
+# The page is three files of hub/ (a template, a script, a style sheet), inlined into one
+# self-contained response so that its Content-Security-Policy can pin them by hash.
+_ASSETS = Path(__file__).resolve().parent.parent / "hub"
+_DOCS_SCRIPT = (_ASSETS / "static" / "api-docs.js").read_text()
+_DOCS_STYLE = (_ASSETS / "static" / "api-docs.css").read_text()
 
 
 def _csp_hash(source: str) -> str:
@@ -818,20 +633,12 @@ def _csp_hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
-DOCS_HTML = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>NotifyHub API</title>
-<style>{_DOCS_STYLE}</style>
-</head>
-<body>
-<main id="root"><p>Loading <a href="openapi.json">/api/openapi.json</a>&hellip;</p></main>
-<script>{_DOCS_SCRIPT}</script>
-</body>
-</html>
-""".encode()
+DOCS_HTML = (
+    (_ASSETS / "templates" / "api-docs.html")
+    .read_text()
+    .format(style=_DOCS_STYLE, script=_DOCS_SCRIPT)
+    .encode()
+)
 
 # Self-contained: no CDN, nothing but the document itself is fetched.
 DOCS_CSP = (
