@@ -105,6 +105,30 @@ def validation_details(exc: pydantic.ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+class ClientProtocolErrorFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line, header or length) at
+    ERROR with a traceback, though the client is at fault and got its 400: keep one INFO
+    line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            message = record.getMessage()
+            record.msg = "%s (%s)"
+            record.args = (message, " ".join(str(exc.message).split())[:200])
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_client_protocol_errors() -> None:
+    """Install :class:`ClientProtocolErrorFilter` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientProtocolErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientProtocolErrorFilter())
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as the JSON error shape: no HTML pages, no tracebacks."""

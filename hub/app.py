@@ -14,7 +14,7 @@ import socketio
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api.errors import error_middleware
+from api.errors import error_middleware, quiet_client_protocol_errors
 from api.middleware import (
     admin_port_middleware,
     auth_middleware,
@@ -23,6 +23,7 @@ from api.middleware import (
 )
 from api.playground import setup_playground
 from api.routes import setup_routes
+from api.socketio_http import attach_socketio
 from db.engine import make_engine, make_session_factory
 from db.migrate import SchemaCheck, upgrade_to_head
 from db.outage import DatabaseStatus
@@ -363,6 +364,7 @@ def create_app(
 ) -> web.Application:
     """Build the hub. ``cleanup_contexts`` lets a test start only the resources it needs."""
     settings.check_for_production()
+    quiet_client_protocol_errors()
     app = web.Application(
         middlewares=[
             request_id_middleware,
@@ -375,7 +377,7 @@ def create_app(
     )
     app[SETTINGS] = settings
     server: socketio.AsyncServer = build_socketio_server(settings, app)
-    server.attach(app)
+    attach_socketio(app, server)
     app[SOCKETIO] = server
     app[LEGACY_SOCKETS] = set()
     app.on_shutdown.append(close_client_connections)

@@ -1,0 +1,53 @@
+"""Checking Engine.IO packets before engine.io decodes them.
+
+engine.io decodes a WebSocket frame outside its error handling and a polling POST body
+inside a catch-all that logs a traceback and answers 200: garbage from a client then
+becomes an HTTP 500, a traceback per request, or a session left half-open. What fails
+these checks is refused at our layer instead (400, or the WebSocket closed).
+"""
+
+from __future__ import annotations
+
+import binascii
+import urllib.parse
+
+from engineio import payload
+
+# Engine.IO v4 packet types: open, close, ping, pong, message, upgrade, noop.
+PACKET_TYPES = frozenset("0123456")
+PACKET_SEPARATOR = "\x1e"
+
+
+def packet_error(encoded: str) -> str | None:
+    """Why ``encoded`` (one text packet) is not an Engine.IO packet, or None if it is."""
+    if not encoded:
+        return "empty packet"
+    if encoded[0] == "b":
+        try:
+            binascii.a2b_base64(encoded[1:].encode("ascii"), strict_mode=True)
+        except (binascii.Error, UnicodeEncodeError):
+            return "binary packet is not valid base64"
+        return None
+    if encoded[0] not in PACKET_TYPES:
+        return f"unknown packet type {encoded[0]!r}"
+    return None
+
+
+def payload_error(body: bytes) -> str | None:
+    """Why ``body`` (a polling POST) is not an Engine.IO payload, or None if it is."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "payload is not UTF-8"
+    if text.startswith("d="):  # JSONP polling wraps the payload in a form field
+        text = urllib.parse.parse_qs(text).get("d", [""])[0]
+    if not text:
+        return "empty payload"
+    packets = text.split(PACKET_SEPARATOR)
+    if len(packets) > payload.Payload.max_decode_packets:
+        return f"more than {payload.Payload.max_decode_packets} packets in one payload"
+    for encoded in packets:
+        error = packet_error(encoded)
+        if error is not None:
+            return error
+    return None
