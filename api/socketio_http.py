@@ -10,7 +10,7 @@ timeout middleware reads every body first), not from the consumed stream.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
 import socketio
@@ -29,16 +29,23 @@ EngineIOHandler = Callable[[Any], Awaitable[web.StreamResponse]]
 
 def attach_socketio(app: web.Application, server: socketio.AsyncServer) -> None:
     """Route the Socket.IO endpoint through :func:`guarded` (instead of ``server.attach``)."""
-    handler = guarded(server.handle_request)
+    engineio_sessions: dict[str, Any] = server.eio.sockets
+    handler = guarded(server.handle_request, sessions=engineio_sessions)
     app.router.add_get(SOCKETIO_PATH, handler)
     app.router.add_post(SOCKETIO_PATH, handler)
 
 
 def guarded(
-    handle_request: EngineIOHandler,
+    handle_request: EngineIOHandler, *, sessions: Container[str]
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``handle_request`` behind the checks; ``sessions`` holds this node's session ids."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         problem = query_error(request)
+        sid = request.query.get("sid")
+        if problem is None and sid is not None and sid not in sessions:
+            # engine.io would say the same, but at ERROR level and echoing the id.
+            problem = "unknown or expired session id (sid)"
         if problem is None and request.method == "POST":
             body = await request.read()
             problem = payload_error(body)

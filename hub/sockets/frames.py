@@ -15,11 +15,16 @@ from engineio import payload
 
 # Engine.IO v4 packet types: open, close, ping, pong, message, upgrade, noop.
 PACKET_TYPES = frozenset("0123456")
+# What a client may send in a polling POST: close, pong, message. engine.io answers any
+# other type by closing the session and waiting for its queue to drain, which only a
+# later GET does: the POST would hang without end.
+POLLING_PACKET_TYPES = frozenset("134")
 PACKET_SEPARATOR = "\x1e"
 
 
-def packet_error(encoded: str) -> str | None:
-    """Why ``encoded`` (one text packet) is not an Engine.IO packet, or None if it is."""
+def packet_error(encoded: str, types: frozenset[str] = PACKET_TYPES) -> str | None:
+    """Why ``encoded`` (one text packet) is not an Engine.IO packet of one of ``types``,
+    or None if it is."""
     if not encoded:
         return "empty packet"
     if encoded[0] == "b":
@@ -28,8 +33,8 @@ def packet_error(encoded: str) -> str | None:
         except (binascii.Error, UnicodeEncodeError):
             return "binary packet is not valid base64"
         return None
-    if encoded[0] not in PACKET_TYPES:
-        return f"unknown packet type {encoded[0]!r}"
+    if encoded[0] not in types:
+        return f"unexpected packet type {encoded[0]!r}"
     return None
 
 
@@ -47,7 +52,7 @@ def payload_error(body: bytes) -> str | None:
     if len(packets) > payload.Payload.max_decode_packets:
         return f"more than {payload.Payload.max_decode_packets} packets in one payload"
     for encoded in packets:
-        error = packet_error(encoded)
+        error = packet_error(encoded, POLLING_PACKET_TYPES)
         if error is not None:
             return error
     return None
