@@ -85,6 +85,11 @@ async def answer_and_close(request: web.Request, response: web.Response) -> web.
     return response
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _malformed_body(request: web.Request, cause: BaseException | None) -> web.Response:
     if isinstance(cause, ContentEncodingError):
         encoding = request.headers.get("Content-Encoding", "")
@@ -166,9 +171,11 @@ async def _unexpected_error_response(request: web.Request, exc: Exception) -> we
         # The body could not be decoded as sent (a plain body labelled gzip, broken
         # chunking): the client's mistake, found while a view or middleware reads it.
         return await answer_and_close(request, _malformed_body(request, exc.__cause__))
-    if isinstance(exc, ConnectionResetError):
+    if isinstance(exc, ConnectionResetError) and _client_gone(request):
         # The client went away mid-request (often mid-body): nobody will read an answer,
         # and it is not a fault of ours, so no traceback; the status only feeds metrics.
+        # (A reset on a connection of ours to a dependency, with the client still there,
+        # is not this case and goes on to the 500 below.)
         log.debug("client disconnected during %s %s", request.method, request.path)
         return error_response(400, "client_disconnected", "the client closed the connection")
     if is_unavailable(exc):
