@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.harness.hub import RunningHub, SettingsFactory
+from tests.harness.hub import RunningHub, ServeStarter, SettingsFactory
 from tests.harness.tokens import hs256_token
 
 HubFactory = Callable[..., Awaitable[RunningHub]]
@@ -295,3 +295,21 @@ async def test_polling_clients_still_work(hub: RunningHub, tenant: str) -> None:
         answer = await poll()
         assert '43/notifications,7[{"ok":true' in answer, answer
         await post("1")
+
+
+async def test_serve_cuts_a_stalled_request_head(
+    serve_process: ServeStarter, hub_settings: SettingsFactory
+) -> None:
+    """``notifyhub serve`` applies the header timeout too (not only the in-process hub)."""
+    served = await serve_process(hub_settings(http_header_timeout_seconds=1.0))
+    port = int(served.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+    await writer.drain()
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # closed without an answer
+    finally:
+        writer.close()
+    assert time.monotonic() - started < 2.5
