@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Dialect, ExceptionContext
+from sqlalchemy.engine import Connection, Dialect, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -61,26 +61,38 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+_STATEMENT_STARTED = "notifyhub_statement_started"
+
+
 class DatabaseStatus:
-    """Whether the database answers, as seen by one engine; logs each change once."""
+    """Whether the database answers, as seen by one engine; logs each change once.
+
+    An observation counts only if its attempt began after the last change: requests run
+    concurrently, so a statement sent just before the database died can still succeed
+    after the first failure was seen, and a connect begun during crash recovery can be
+    refused after another one got through. Counting those would log the outage as
+    several short ones.
+    """
 
     def __init__(self, name: str = "database") -> None:
         self.name = name
         self.available = True
-        self._down_since = 0.0
+        self._changed_at = 0.0
 
     def watch(self, engine: AsyncEngine) -> None:
-        """Hook connection attempts, disconnects and successful statements of ``engine``."""
+        """Hook connection attempts, disconnects and statements of ``engine``."""
         sync_engine = engine.sync_engine
         event.listen(sync_engine, "do_connect", self._connect)
         event.listen(sync_engine, "handle_error", self._on_error)
-        event.listen(sync_engine, "after_cursor_execute", self._on_statement)
+        event.listen(sync_engine, "before_cursor_execute", self._before_statement)
+        event.listen(sync_engine, "after_cursor_execute", self._after_statement)
 
-    def failed(self, exc: BaseException) -> None:
-        if not self.available:
+    def failed(self, exc: BaseException, *, began: float | None = None) -> None:
+        """The database failed an attempt begun at ``began`` (monotonic; None: just now)."""
+        if not self.available or (began is not None and began < self._changed_at):
             return
         self.available = False
-        self._down_since = time.monotonic()
+        self._changed_at = time.monotonic()
         log.warning(
             "%s unavailable (%s: %s); answering 503 until it is back",
             self.name,
@@ -88,11 +100,14 @@ class DatabaseStatus:
             str(exc).strip()[:200],
         )
 
-    def succeeded(self) -> None:
-        if self.available:
+    def succeeded(self, *, began: float) -> None:
+        """The database answered an attempt begun at ``began`` (monotonic)."""
+        if self.available or began < self._changed_at:
             return
         self.available = True
-        log.info("%s available again after %.1f s", self.name, time.monotonic() - self._down_since)
+        now = time.monotonic()
+        log.info("%s available again after %.1f s", self.name, now - self._changed_at)
+        self._changed_at = now
 
     def _connect(
         self, dialect: Dialect, _record: ConnectionPoolEntry, cargs: Any, cparams: Any
@@ -100,20 +115,25 @@ class DatabaseStatus:
         # Opening connections ourselves (what SQLAlchemy would do) is the one place that
         # sees every failed attempt: SQLAlchemy raises a refused connect as a bare OSError
         # and fires no error event for it.
+        began = time.monotonic()
         try:
             connection = dialect.connect(*cargs, **cparams)
         except Exception as exc:
-            self.failed(exc)
+            self.failed(exc, began=began)
             raise DatabaseUnreachable(f"cannot connect to the {self.name}: {exc}") from exc
-        self.succeeded()
+        self.succeeded(began=began)
         return connection
 
     def _on_error(self, context: ExceptionContext) -> None:
         # A failed pre-ping only means a pooled connection died earlier (say, the database
         # restarted); the pool replaces it with a fresh one, which is what counts.
         if context.is_disconnect and not context.is_pre_ping:
-            self.failed(context.original_exception)
+            began = context.connection.info.get(_STATEMENT_STARTED) if context.connection else None
+            self.failed(context.original_exception, began=began)
 
-    def _on_statement(self, *_args: Any) -> None:
+    def _before_statement(self, connection: Connection, *_args: Any) -> None:
+        connection.info[_STATEMENT_STARTED] = time.monotonic()
+
+    def _after_statement(self, connection: Connection, *_args: Any) -> None:
         if not self.available:
-            self.succeeded()
+            self.succeeded(began=connection.info.get(_STATEMENT_STARTED, 0.0))

@@ -122,7 +122,8 @@ async def test_rest_through_a_postgres_kill_and_restart(
     assert first_ok - back < 1.0
     assert not late, late[:5]
     print(
-        f"\nanswers: {len(answers)}; during the outage: {len(during)} "
+        f"\nanswers: {len(answers)}; outage (kill to accepting queries) {back - killed:.1f} s; "
+        f"during it: {len(during)} "
         f"({sum(a.status == 503 for a in during)} x 503); "
         f"first 2xx {1000 * (first_ok - back):.0f} ms after the database accepted queries; "
         f"503 after its return: {sum(a.status == 503 for a in after)}"
