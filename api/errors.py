@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from db.outage import is_unavailable
 from hub.errors import DatabaseUnavailable, HubError
 from hub.keys import SETTINGS
+from hub.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ async def answer_and_close(request: web.Request, response: web.Response) -> web.
     the connection on or logs a traceback of its own.
     """
     response.force_close()
+    # Prepared here, so the request id middleware cannot add its header afterwards.
+    response.headers.setdefault("X-Request-ID", request_id_var.get())
     await response.prepare(request)
     await response.write_eof()
     request.protocol.force_close()

@@ -127,6 +127,5 @@ async def body_timeout_middleware(request: web.Request, handler: Handler) -> web
         response = error_response(
             408, "request_timeout", f"request body not received within {timeout:g} s"
         )
-        response.headers[REQUEST_ID_HEADER] = request_id_var.get()
         return await answer_and_close(request, response)
     return await handler(request)

@@ -52,6 +52,7 @@ async def test_plain_body_labelled_gzip_is_400(
     ):
         body = await r.json()
     assert r.status == 400, body
+    assert r.headers["X-Request-ID"]
     assert body["error"]["code"] == "invalid_content_encoding"
     assert "gzip" in body["error"]["message"]
     assert_quiet(caplog)
