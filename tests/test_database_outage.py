@@ -171,3 +171,40 @@ async def test_socket_event_acks_unavailable_while_postgres_is_down(
     assert time.monotonic() - back < 1.0
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert not tracebacks, [(r.name, r.getMessage()) for r in tracebacks][:5]
+
+
+async def test_a_database_that_never_answers_is_503_within_the_connect_timeout(
+    hub_factory: HubFactory, hub_settings: SettingsFactory, tenant: str
+) -> None:
+    """A black hole (connections accepted, nothing said) must not hang requests."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def swallow(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    try:
+        hub = await hub_factory(
+            hub_settings(
+                database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{port}/none",
+                database_connect_timeout_seconds=0.5,
+            )
+        )
+        user = {"Authorization": f"Bearer {hs256_token(tenant=tenant, user='u-1')}"}
+        async with aiohttp.ClientSession() as http:
+            started = time.monotonic()
+            async with http.get(
+                f"{hub.url}/api/notifications/unread-count/", headers=user
+            ) as response:
+                body = await response.json()
+            took = time.monotonic() - started
+        assert response.status == 503, body
+        assert body["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"] == "1"
+        assert took < 2.0
+    finally:
+        for writer in held:
+            writer.close()
+        hole.close()
+        await hole.wait_closed()
