@@ -77,8 +77,17 @@ async def test_rest_through_a_postgres_kill_and_restart(
     }
     new = {"user_ids": ["u-1"], "title": "t", "body": "b"}
     answers: list[Answer] = []
+    probes: list[int] = []
     stop = asyncio.Event()
     caplog.set_level(logging.INFO)
+
+    async def probe(http: aiohttp.ClientSession) -> None:
+        """What an orchestrator does: /readyz every 100 ms."""
+        while not stop.is_set():
+            async with http.get(f"{hub.url}/readyz") as response:
+                probes.append(response.status)
+            await asyncio.sleep(0.1)
+
     async with aiohttp.ClientSession() as http:
         api = f"{hub.url}/api"
         workers = [
@@ -95,6 +104,7 @@ async def test_rest_through_a_postgres_kill_and_restart(
             asyncio.create_task(
                 drive(http, f"{api}/notifications/", "POST", service, answers, stop, new)
             ),
+            asyncio.create_task(probe(http)),
         ]
         try:
             await asyncio.sleep(1.0)
@@ -134,6 +144,10 @@ async def test_rest_through_a_postgres_kill_and_restart(
     assert "unavailable" in lines[0] and "available again" in lines[1]
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not tracebacks, [(r.name, r.getMessage()) for r in tracebacks][:5]
+    # Readiness saw the outage, and said so once rather than on every probe.
+    assert 503 in probes and probes[-1] == 200
+    readiness = [r for r in caplog.records if "readiness check failed" in r.getMessage()]
+    assert len(readiness) <= 1, [r.getMessage() for r in readiness]
 
 
 async def test_socket_event_acks_unavailable_while_postgres_is_down(
