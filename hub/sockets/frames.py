@@ -1,9 +1,10 @@
-"""Checking Engine.IO packets before engine.io decodes them.
+"""Checking the Engine.IO packets of a polling POST before engine.io decodes them.
 
-engine.io decodes a WebSocket frame outside its error handling and a polling POST body
-inside a catch-all that logs a traceback and answers 200: garbage from a client then
-becomes an HTTP 500, a traceback per request, or a session left half-open. What fails
-these checks is refused at our layer instead (400, or the WebSocket closed).
+engine.io decodes a polling body inside a catch-all that logs a traceback and answers
+200, and answers some packet types by waiting for a GET that may never come: garbage
+from a client becomes a traceback per request or a request that hangs. What fails these
+checks is refused at our layer instead (400). WebSocket frames are checked by the
+transport (hub/sockets/transport.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import urllib.parse
 
 from engineio import payload
 
-# Engine.IO v4 packet types: open, close, ping, pong, message, upgrade, noop.
-PACKET_TYPES = frozenset("0123456")
-# What a client may send in a polling POST: close, pong, message. engine.io answers any
-# other type by closing the session and waiting for its queue to drain, which only a
-# later GET does: the POST would hang without end.
+# Engine.IO v4 packet types are open 0, close 1, ping 2, pong 3, message 4, upgrade 5 and
+# noop 6. A client may send close, pong and message in a polling POST: engine.io answers
+# any other type by closing the session and waiting for its queue to drain, which only a
+# later GET does, so the POST would hang without end.
 POLLING_PACKET_TYPES = frozenset("134")
 PACKET_SEPARATOR = "\x1e"
 
 
-def packet_error(encoded: str, types: frozenset[str] = PACKET_TYPES) -> str | None:
+def packet_error(encoded: str, types: frozenset[str] = POLLING_PACKET_TYPES) -> str | None:
     """Why ``encoded`` (one text packet) is not an Engine.IO packet of one of ``types``,
     or None if it is."""
     if not encoded:
@@ -52,7 +52,7 @@ def payload_error(body: bytes) -> str | None:
     if len(packets) > payload.Payload.max_decode_packets:
         return f"more than {payload.Payload.max_decode_packets} packets in one payload"
     for encoded in packets:
-        error = packet_error(encoded, POLLING_PACKET_TYPES)
+        error = packet_error(encoded)
         if error is not None:
             return error
     return None
