@@ -12,8 +12,12 @@ from sqlalchemy import text
 from api.errors import json_response
 from db.migrate import SchemaCheck
 from hub.keys import DB_ENGINE, KAFKA_INTAKE, RABBITMQ_INTAKE, REDIS, SCHEMA_CHECK
+from hub.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
+# Probes come every few seconds: during an outage a failing check is news once a minute per
+# dependency, not on every probe (db.outage also logs when the database goes and returns).
+READINESS_LOG = ThrottledLog(log, interval_seconds=60.0)
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -31,14 +35,15 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when every configured dependency answers; 503 naming the ones that do not."""
-    checks: dict[str, str] = {"database": await _check(_database_ping(request.app))}
+    app = request.app
+    checks: dict[str, str] = {"database": await _check(app, "database", _database_ping(app))}
     schema = request.app.get(SCHEMA_CHECK)
     if schema is not None and checks["database"] == "ok":
         # An un-migrated database answers SELECT 1 but fails every real query.
         checks["schema"] = await _schema(schema)
     redis = request.app.get(REDIS)
     if redis is not None:
-        checks["redis"] = await _check(redis.ping())
+        checks["redis"] = await _check(app, "redis", redis.ping())
     for name, key in (("kafka", KAFKA_INTAKE), ("rabbitmq", RABBITMQ_INTAKE)):
         source = request.app.get(key)
         if source is not None:
@@ -64,10 +69,10 @@ async def _schema(schema: SchemaCheck) -> str:
     return "ok" if problem is None else f"behind: {problem}"
 
 
-async def _check(probe: object) -> str:
+async def _check(app: web.Application, name: str, probe: object) -> str:
     try:
         await asyncio.wait_for(probe, timeout=CHECK_TIMEOUT_SECONDS)  # type: ignore[arg-type]
     except Exception as exc:  # any failure means "not ready"; say which
-        log.warning("readiness check failed: %s", exc)
+        READINESS_LOG.warning(f"{id(app)}:{name}", "readiness check failed: %s", exc)
         return f"error: {type(exc).__name__}: {exc}"[:200]
     return "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -10,9 +11,9 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from api.errors import Handler, error_response
+from api.errors import Handler, answer_and_close, error_response
 from hub.auth import AuthError, bearer_token
-from hub.keys import PRINCIPAL, VERIFIER
+from hub.keys import PRINCIPAL, SETTINGS, VERIFIER
 from hub.logs import bind_caller, request_id_var, unbind
 from hub.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -108,3 +109,23 @@ def admin_port_middleware(admin_port: int) -> Middleware:
         return await handler(request)
 
     return only_probes_on_admin_port
+
+
+@web.middleware
+async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the whole body within ``http_body_timeout_seconds`` of the request head, or
+    answer 408 and close: a client trickling its body (slowloris) cannot hold a
+    connection and a handler for longer. Views read the cached body afterwards."""
+    if not request.can_read_body:
+        return await handler(request)
+    timeout = request.app[SETTINGS].http_body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            await request.read()
+    except TimeoutError:
+        log.info("%s %s: body not received within %.0f s", request.method, request.path, timeout)
+        response = error_response(
+            408, "request_timeout", f"request body not received within {timeout:g} s"
+        )
+        return await answer_and_close(request, response)
+    return await handler(request)

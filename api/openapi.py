@@ -152,7 +152,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: Reply("A page of notifications, newest first", out.NotificationPage)},
         description="Keyset-paginated, newest first; follow `next_cursor` for older pages.",
         params=(LIMIT, CURSOR, UNREAD, CATEGORY),
-        errors=(400, 401),
+        errors=(400, 401, 503),
     ),
     Operation(
         "POST",
@@ -182,7 +182,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "notifications",
         "user",
         {200: Reply("The unread count", out.UnreadCount)},
-        errors=(401,),
+        errors=(401, 503),
     ),
     Operation(
         "POST",
@@ -244,7 +244,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "user",
         {200: Reply("Most recently active first", out.ConversationPage)},
         params=(LIMIT, CURSOR),
-        errors=(400, 401),
+        errors=(400, 401, 503),
     ),
     Operation(
         "GET",
@@ -255,7 +255,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "user",
         {200: Reply("Newest first", out.MessagePage)},
         params=(CONVERSATION_ID, LIMIT, CURSOR),
-        errors=(400, 401, 404),
+        errors=(400, 401, 404, 503),
     ),
     Operation(
         "POST",
@@ -269,7 +269,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "forward. Both participants receive `message:read` when it moves.",
         params=(CONVERSATION_ID,),
         body=schemas.RestReadIn,
-        errors=(400, 401, 404, 413),
+        errors=(400, 401, 404, 413, 503),
     ),
     Operation(
         "POST",
@@ -327,7 +327,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: Reply("Status and history", out.EmailStatus)},
         description="404 for an email of any other tenant. " + SERVICE_NOTE,
         params=(EMAIL_ID,),
-        errors=(401, 403, 404),
+        errors=(401, 403, 404, 503),
     ),
     Operation(
         "GET",
@@ -403,7 +403,9 @@ _ERRORS: dict[int, tuple[str, str, tuple[str, ...]]] = {
     400: (
         "BadRequest",
         "Invalid request: malformed JSON (`invalid_json`), a field that fails validation "
-        "(`validation_error`, details list each problem) or a bad cursor (`invalid_cursor`)",
+        "(`validation_error`, details list each problem), a bad cursor (`invalid_cursor`) "
+        "or a body that does not decode as its `Content-Encoding` says "
+        "(`invalid_content_encoding`)",
         (),
     ),
     401: (
@@ -434,8 +436,9 @@ _ERRORS: dict[int, tuple[str, str, tuple[str, ...]]] = {
     ),
     503: (
         "Unavailable",
-        "A dependency (Redis, the database) does not answer (`unavailable`); retry later",
-        (),
+        "A dependency (Redis, the database) does not answer (`unavailable`); retry after "
+        "`Retry-After` seconds when given",
+        ("Retry-After",),
     ),
 }
 

@@ -13,14 +13,27 @@ from sqlalchemy.ext.asyncio import (
 )
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(
+    database_url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: float = 3.0,
+    pool_timeout: float = 5.0,
+) -> AsyncEngine:
     """An async engine tuned for the backend named by the URL."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    # pre-ping replaces connections that died while pooled (a database restart) before a
+    # request sees them; the timeouts turn an unreachable server into a prompt error.
     return create_async_engine(
-        database_url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=pool_timeout,
+        connect_args={"timeout": connect_timeout},
     )
 
 

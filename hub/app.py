@@ -14,12 +14,19 @@ import socketio
 from aiohttp import web
 from redis.asyncio import Redis
 
-from api.errors import error_middleware
-from api.middleware import admin_port_middleware, auth_middleware, request_id_middleware
+from api.errors import error_middleware, quiet_client_protocol_errors
+from api.middleware import (
+    admin_port_middleware,
+    auth_middleware,
+    body_timeout_middleware,
+    request_id_middleware,
+)
 from api.playground import setup_playground
 from api.routes import setup_routes
+from api.socketio_http import attach_socketio
 from db.engine import make_engine, make_session_factory
 from db.migrate import SchemaCheck, upgrade_to_head
+from db.outage import DatabaseStatus
 from hub.auth import JwksCache, TokenVerifier
 from hub.delivery.bus import LocalBus, RedisBus, notification_channel
 from hub.delivery.notifications import NotificationDelivery
@@ -98,7 +105,13 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if settings.should_auto_migrate:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)
-    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
+    DatabaseStatus().watch(engine)
     app[DB_ENGINE] = engine
     app[DB_SESSIONS] = make_session_factory(engine)
     schema = SchemaCheck(engine)
@@ -351,18 +364,20 @@ def create_app(
 ) -> web.Application:
     """Build the hub. ``cleanup_contexts`` lets a test start only the resources it needs."""
     settings.check_for_production()
+    quiet_client_protocol_errors()
     app = web.Application(
         middlewares=[
             request_id_middleware,
             error_middleware,
             *([admin_port_middleware(settings.admin_port)] if settings.admin_port else []),
             auth_middleware,
+            body_timeout_middleware,
         ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[SETTINGS] = settings
     server: socketio.AsyncServer = build_socketio_server(settings, app)
-    server.attach(app)
+    attach_socketio(app, server)
     app[SOCKETIO] = server
     app[LEGACY_SOCKETS] = set()
     app.on_shutdown.append(close_client_connections)

@@ -69,3 +69,14 @@ class Unavailable(HubError):
     """A dependency (Redis, the database) does not answer; the client may retry."""
 
     status, code = 503, "unavailable"
+
+
+class DatabaseUnavailable(Unavailable):
+    """The database does not answer (down, restarting, unreachable): retry after a pause."""
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(
+            f"the database is unavailable; retry in {retry_after} s",
+            details={"retry_after": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )

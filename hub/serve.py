@@ -82,6 +82,10 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
             access_log=None,
             print=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+            # aiohttp closes a connection that has not delivered a complete request head
+            # this long after opening or after its previous response: the header timeout
+            # (slowloris).
+            keepalive_timeout=settings.http_header_timeout_seconds,
             backlog=LISTEN_BACKLOG,
             loop=new_event_loop(),
         )

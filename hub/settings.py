@@ -47,11 +47,24 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./notifyhub.db"
     database_pool_size: int = Field(default=10, ge=1)
+    # A dead or black-holed database must turn into a quick 503, not requests that hang:
+    # how long one connection attempt may take, and how long a request waits for a pooled
+    # connection when all are busy.
+    database_connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    database_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # What a 503 ``unavailable`` tells clients to wait before retrying (Retry-After).
+    unavailable_retry_after_seconds: int = Field(default=1, ge=1)
     # The embedded profile migrates its own SQLite file at start so the first run just works.
     auto_migrate: bool | None = None
     # `notifyhub migrate` retries an unreachable database this long before giving up: in a
     # compose stack or a deploy job it often starts before PostgreSQL accepts connections.
     migrate_wait_seconds: float = Field(default=30.0, ge=0)
+
+    # Slow clients: a connection must deliver a complete request head within
+    # ``http_header_timeout_seconds`` of opening (or of its previous response), and a body
+    # within ``http_body_timeout_seconds`` of its head; else it is closed (slowloris).
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     redis_url: str | None = None
     # Socket.IO and the REST API authenticate with bearer tokens, not cookies, so any origin

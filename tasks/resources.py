@@ -57,7 +57,12 @@ async def email_resources(
     """Build the resources; ``sessions``/``http`` are reused when the caller has them."""
     engine = None
     if sessions is None:
-        engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            pool_timeout=settings.database_pool_timeout_seconds,
+        )
         sessions = make_session_factory(engine)
     own_http = http is None
     client_session = aiohttp.ClientSession() if http is None else http

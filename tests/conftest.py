@@ -9,5 +9,6 @@ pytest_plugins = [
     "tests.harness.legacy_ws",
     "tests.harness.worker",
     "tests.harness.proxy",
+    "tests.harness.postgres",
     "tests.harness.kafka",
 ]

@@ -18,9 +18,10 @@ import pydantic
 import socketio
 from aiohttp import web
 
+from db.outage import is_unavailable
 from hub.auth import AuthError, Principal, bearer_token
-from hub.errors import HubError
-from hub.keys import VERIFIER
+from hub.errors import DatabaseUnavailable, HubError
+from hub.keys import SETTINGS, VERIFIER
 from hub.logs import bind_caller, unbind
 from hub.metrics import SOCKETS_CONNECTED
 from hub.rooms import tenant_room, user_room
@@ -95,12 +96,19 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             return exc.as_ack()
         except pydantic.ValidationError as exc:
             return validation_ack(exc)
-        except Exception:
-            log.exception("socket event %r failed", event)
-            return {"ok": False, "error": {"code": "internal_error", "message": "internal error"}}
+        except Exception as exc:
+            return self.failure_ack(event, exc)
         finally:
             if bound is not None:
                 unbind(bound)
+
+    def failure_ack(self, event: str, exc: Exception) -> dict[str, Any]:
+        """The ack for a failure no handler raised on purpose: an outage or a bug."""
+        if is_unavailable(exc):  # logged once per outage by db.outage, not per event
+            retry_after = self.app[SETTINGS].unavailable_retry_after_seconds
+            return DatabaseUnavailable(retry_after).as_ack()
+        log.exception("socket event %r failed", event)
+        return {"ok": False, "error": {"code": "internal_error", "message": "internal error"}}
 
     async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: object = None) -> None:
         try:

@@ -60,7 +60,13 @@ class RunningHub:
 
 async def start_hub(settings: Settings) -> RunningHub:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=2,
+        # As hub.serve.run_server does: the header timeout (see Settings).
+        keepalive_timeout=settings.http_header_timeout_seconds,
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
