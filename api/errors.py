@@ -151,6 +151,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status >= 500:
+            # Raised by a library rather than by us (a template that went missing under a
+            # running server, say): a 500 must always leave a trace in the log.
+            log.error(
+                "%s %s answered %d: %s",
+                request.method,
+                request.path,
+                exc.status,
+                exc.reason,
+                exc_info=exc,
+            )
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return error_response(
             exc.status,

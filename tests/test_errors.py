@@ -94,3 +94,24 @@ async def test_request_id_is_echoed_and_logged(
 
     _, _, generated = await call(sick, "GET", "/healthz")
     assert len(generated["X-Request-ID"]) == 32
+
+
+async def test_a_500_raised_by_a_library_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp-jinja2 answers a missing template with HTTPInternalServerError: the reply is
+    the JSON shape, and the log says what happened (it used to say nothing)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from api.errors import error_middleware
+
+    async def broken(_request: web.Request) -> web.Response:
+        raise web.HTTPInternalServerError(reason="Template 'playground.html' not found")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/broken", broken)
+    caplog.set_level(logging.ERROR)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/broken")
+        assert response.status == 500
+        assert (await response.json())["error"]["code"] == "internal_error"
+    assert any("playground.html" in r.getMessage() for r in caplog.records if r.levelno >= 40)
