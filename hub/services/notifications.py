@@ -348,12 +348,35 @@ async def latest_seqs(
     compares with what it sent, to find notifications whose bus message never came."""
     if not users:
         return {}
-    rows = await session.execute(
-        select(
-            NotificationCounter.tenant_id, NotificationCounter.user_id, NotificationCounter.last_seq
-        ).where(tuple_(NotificationCounter.tenant_id, NotificationCounter.user_id).in_(users))
-    )
+    if is_postgresql(session):
+        # Constant SQL text: a 500-pair IN list is compiled anew on every call, and every
+        # node runs this for all its users every few seconds.
+        rows = await session.execute(
+            _PG_LATEST_SEQS,
+            {
+                "tenant_ids": [tenant_id for tenant_id, _ in users],
+                "user_ids": [user_id for _, user_id in users],
+            },
+        )
+    else:
+        rows = await session.execute(
+            select(
+                NotificationCounter.tenant_id,
+                NotificationCounter.user_id,
+                NotificationCounter.last_seq,
+            ).where(tuple_(NotificationCounter.tenant_id, NotificationCounter.user_id).in_(users))
+        )
     return {(tenant_id, user_id): int(seq) for tenant_id, user_id, seq in rows}
+
+
+_PG_LATEST_SEQS = text(
+    """
+    SELECT c.tenant_id, c.user_id, c.last_seq
+    FROM notification_counters AS c
+    JOIN unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[])) AS k(tenant_id, user_id)
+      ON c.tenant_id = k.tenant_id AND c.user_id = k.user_id
+    """
+)
 
 
 async def count_unread(
