@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -509,6 +509,45 @@ class Bench:
     service_token: str
     workdir: Path
 
+    @classmethod
+    def start(cls, args: argparse.Namespace, name: str) -> Bench:
+        """A fresh tenant, JWT secret, service token and scratch folder for one run."""
+        tenant = f"bench-{secrets.token_hex(4)}"
+        secret = secrets.token_hex(32)
+        return cls(
+            args=args,
+            tenant=tenant,
+            secret=secret,
+            service_token=make_token(secret, tenant=tenant, user="bench-crm", roles=["service"]),
+            workdir=Path(tempfile.mkdtemp(prefix=f"notifyhub-{name}-")),
+        )
+
+
+def make_clients(
+    bench: Bench, prefix: str, count: int, stats: Stats, kind: type[RawClient] | None = None
+) -> list[RawClient]:
+    """``count`` clients, users ``{prefix}0``.. of the bench tenant, each with its own token."""
+    return [
+        (kind or RawClient)(
+            i,
+            f"{prefix}{i}",
+            bench.tenant,
+            make_token(bench.secret, tenant=bench.tenant, user=f"{prefix}{i}"),
+            stats,
+        )
+        for i in range(count)
+    ]
+
+
+def results_header(name: str) -> dict[str, Any]:
+    """What every results file starts with: which benchmark, when, on what, at which commit."""
+    return {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "machine": machine_info(),
+        "code": code_version(),
+    }
+
 
 TriggerFactory = Callable[[int], dict[str, Any]]
 
@@ -669,16 +708,7 @@ async def warm_up(
     """A few clients, one broadcast and one create, then disconnect: imports, pools, caches."""
     count = 10
     stats = Stats(size=count)
-    clients = [
-        RawClient(
-            i,
-            f"warm{i}",
-            bench.tenant,
-            make_token(bench.secret, tenant=bench.tenant, user=f"warm{i}"),
-            stats,
-        )
-        for i in range(count)
-    ]
+    clients = make_clients(bench, "warm", count, stats)
     connected, failures = await connect_all(
         clients, session, server.port, concurrency=10, limit=bench.args.connect_timeout
     )
@@ -729,16 +759,7 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         quiet: dict[str, Any] = {}
         result["machine_quiet_before"] = quiet
 
-        clients = [
-            RawClient(
-                i,
-                f"u{i}",
-                bench.tenant,
-                make_token(bench.secret, tenant=bench.tenant, user=f"u{i}"),
-                stats,
-            )
-            for i in range(args.clients)
-        ]
+        clients = make_clients(bench, "u", args.clients, stats)
         started = time.perf_counter()
         connected, failures = await connect_all(
             clients,
@@ -965,22 +986,30 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    params = results["params"]
+def run_facts(results: dict[str, Any]) -> tuple[str, str]:
+    """ "Run <date> on <machine>, <versions>." and "Hub at commit `<sha>`" for a doc header."""
     machine = results["machine"]
     packages = machine["packages"]
     code = results.get("code") or {}
     commit = str(code.get("commit") or "?")[:12]
     dirty = " with uncommitted changes" if code.get("uncommitted_hub_changes") else ""
-    header = [
+    return (
         f"Run {results['date']} on {machine['nproc']} cores ({machine['cpu_model']}), "
         f"Python {machine['python']}, python-socketio {packages['python-socketio']}, "
-        f"python-engineio {packages['python-engineio']}, aiohttp {packages['aiohttp']}. "
-        f"{params['clients']} clients, {params['rounds']} rounds x {params['pipeline']} "
+        f"python-engineio {packages['python-engineio']}, aiohttp {packages['aiohttp']}.",
+        f"Hub at commit `{commit}`{dirty}.",
+    )
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    params = results["params"]
+    ran, hub_commit = run_facts(results)
+    header = [
+        f"{ran} {params['clients']} clients, {params['rounds']} rounds x {params['pipeline']} "
         f"pipelined triggers, median of {params.get('repeats', 1)} measurements, "
         f"Redis manager {'on' if params['redis'] else 'off'}, "
         f"server on CPU {params['server_cpu']}, load generator on CPU {params['client_cpu']}, "
-        f"stock server loop: {params['stock_loop']}. Hub at commit `{commit}`{dirty}. "
+        f"stock server loop: {params['stock_loop']}. {hub_commit} "
         f"Raw numbers: `{params['output']}`.",
         "",
         "| metric | notifyhub | stock python-socketio | ratio | target |",
@@ -1088,15 +1117,24 @@ database is created and dropped):
 """
 
 
-def update_doc(path: Path, section: str) -> None:
+def update_doc(
+    path: Path,
+    section: str,
+    *,
+    start: str = DOC_START,
+    end: str = DOC_END,
+    intro: str = "### Latest results",
+) -> None:
+    """Rewrite what lies between ``start`` and ``end`` in ``path``; where the markers are
+    missing, append ``intro`` and the markers (other benchmarks pass their own)."""
     template = DOC_TEMPLATE.format(start=DOC_START, end=DOC_END)
     text = path.read_text() if path.exists() else template
-    if DOC_START in text and DOC_END in text:
-        head, rest = text.split(DOC_START, 1)
-        _old, tail = rest.split(DOC_END, 1)
-        text = f"{head}{DOC_START}\n{section}{DOC_END}{tail}"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _old, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{section}{end}{tail}"
     else:
-        text = f"{text.rstrip()}\n\n### Latest results\n\n{DOC_START}\n{section}{DOC_END}\n"
+        text = f"{text.rstrip()}\n\n{intro.rstrip()}\n\n{start}\n{section}{end}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
@@ -1175,22 +1213,11 @@ def server_specs(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    tenant = f"bench-{secrets.token_hex(4)}"
-    secret = secrets.token_hex(32)
-    workdir = Path(tempfile.mkdtemp(prefix="notifyhub-fanout-"))
-    bench = Bench(
-        args=args,
-        tenant=tenant,
-        secret=secret,
-        service_token=make_token(secret, tenant=tenant, user="bench-crm", roles=["service"]),
-        workdir=workdir,
-    )
+    bench = Bench.start(args, "fanout")
+    workdir = bench.workdir
     db_name = f"notifyhub_bench_{secrets.token_hex(4)}"
     results: dict[str, Any] = {
-        "benchmark": "fanout",
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
-        "code": code_version(),
+        **results_header("fanout"),
         "params": {
             "clients": args.clients,
             "rounds": args.rounds,
@@ -1368,18 +1395,12 @@ def render_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    apply_defaults(args)
-    if args.from_json:
-        return render_only(args)
-    names = [n for n in args.order.split(",") if n]
-    if not names or any(n not in SERVER_NAMES for n in names):
-        print(f"--order takes a comma-separated subset of {SERVER_NAMES}", file=sys.stderr)
-        return 2
-    if min(args.clients, args.rounds, args.pipeline, args.repeats) < 1:
-        print("--clients, --rounds, --pipeline and --repeats must be positive", file=sys.stderr)
-        return 2
+def run_load_generator(
+    args: argparse.Namespace,
+    benchmark: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+) -> tuple[dict[str, Any], Path]:
+    """Run ``benchmark(args)`` as the load generator: pinned to ``--client-cpu``, with open
+    files for ``--clients``, on uvloop where installed; write its results to ``--output``."""
     cpus = os.sched_getaffinity(0)
     if args.client_cpu in cpus:
         os.sched_setaffinity(0, {args.client_cpu})
@@ -1392,15 +1413,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
 
-        results = uvloop.run(run(args))
+        results = uvloop.run(benchmark(args))
     except ImportError:
-        results = asyncio.run(run(args))
+        results = asyncio.run(benchmark(args))
 
     output = Path(args.output)
     if not output.is_absolute():
         output = REPO / output
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
+    return results, output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    apply_defaults(args)
+    if args.from_json:
+        return render_only(args)
+    names = [n for n in args.order.split(",") if n]
+    if not names or any(n not in SERVER_NAMES for n in names):
+        print(f"--order takes a comma-separated subset of {SERVER_NAMES}", file=sys.stderr)
+        return 2
+    if min(args.clients, args.rounds, args.pipeline, args.repeats) < 1:
+        print("--clients, --rounds, --pipeline and --repeats must be positive", file=sys.stderr)
+        return 2
+    results, output = run_load_generator(args, run)
     print()
     print_table(results)
     print(f"\nresults: {output}\nserver logs: {results['logs']}")
