@@ -88,6 +88,7 @@ from tests.harness.rawws import RawWebSocket, connect_socketio
 
 TITLE_MARK = '"title":"storm-'
 SCENARIOS = ("baseline", "stalled")
+PEAKS = ("p99", "max")
 # What the allocator may add to the bytes a stalled socket's buffer holds (freed buffers are
 # kept by malloc for reuse, not returned to the kernel, so RSS stays at its peak).
 ALLOCATOR_SLACK = 1.25
@@ -362,6 +363,18 @@ def phases(stats: StormStats, started: float, dropped_at: Sequence[float]) -> di
     }
 
 
+def per_second(stats: StormStats, started: float) -> list[dict[str, Any]]:
+    """p99 and max latency of the broadcasts sent in each second of the storm: when a spike
+    happened (a drop, another job on the machine)."""
+    seconds: dict[int, list[float]] = {}
+    for number, values in stats.latencies.items():
+        seconds.setdefault(int(stats.sent[number] - started), []).extend(values)
+    return [
+        {"second": second, **{k: v for k, v in percentiles_ms(values).items() if k in PEAKS}}
+        for second, values in sorted(seconds.items())
+    ]
+
+
 async def measure_storm(
     bench: Bench,
     server: RunningServer,
@@ -421,6 +434,7 @@ async def measure_storm(
         "unknown_broadcast_frames": stats.unknown_broadcasts,
         "latency_ms": percentiles_ms([s for n in stats.latencies.values() for s in n], expected),
         "latency_ms_by_phase": phases(stats, started, dropped_at),
+        "latency_ms_by_second": per_second(stats, started),
         "seconds_to_complete": round(elapsed, 3),
         "rss_kb": {
             "before_storm": rss_before,
@@ -857,11 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
-    """What --quick changes, unless given explicitly; what fanout's helpers expect."""
-    defaults = build_parser().parse_args([])
-    for key, value in QUICK.items() if args.quick else ():
-        if getattr(args, key) == getattr(defaults, key):
-            setattr(args, key, value)
+    """Defaults that depend on other options; what fanout's helpers expect."""
     if args.update_doc is None:
         args.update_doc = not args.quick
     if args.output is None:
@@ -891,7 +901,11 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--quick" in given:
+        parser.set_defaults(**QUICK)  # options given explicitly still win
+    args = parser.parse_args(given)
     apply_defaults(args)
     if args.from_json:
         results = json.loads(Path(args.from_json).read_text())
