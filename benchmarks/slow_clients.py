@@ -89,6 +89,7 @@ from tests.harness.rawws import RawWebSocket, connect_socketio
 TITLE_MARK = '"title":"storm-'
 SCENARIOS = ("baseline", "stalled")
 PEAKS = ("p99", "max")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 # What the allocator may add to the bytes a stalled socket's buffer holds (freed buffers are
 # kept by malloc for reuse, not returned to the kernel, so RSS stays at its peak).
 ALLOCATOR_SLACK = 1.25
@@ -237,11 +238,22 @@ def vm_rss_kb(pid: int) -> int | None:
     return None
 
 
-async def sample_rss(pid: int, every: float, into: list[int]) -> None:
+def tcp_buffers_kb() -> int | None:
+    """Memory in the kernel's TCP buffers, whole machine (``/proc/net/sockstat``, pages):
+    what stalled sockets hold beyond the hub's own buffer, outside its RSS."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/net/sockstat").read_text().splitlines():
+            if line.startswith("TCP:"):
+                fields = line.split()
+                return int(fields[fields.index("mem") + 1]) * PAGE_KB
+    return None
+
+
+async def sample_memory(pid: int, every: float, rss: list[int], tcp: list[int]) -> None:
     while True:
-        rss = vm_rss_kb(pid)
-        if rss is not None:
-            into.append(rss)
+        for into, value in ((rss, vm_rss_kb(pid)), (tcp, tcp_buffers_kb())):
+            if value is not None:
+                into.append(value)
         await asyncio.sleep(every)
 
 
@@ -388,7 +400,9 @@ async def measure_storm(
     drops_before = await slow_consumer_drops(http, server)
     rss_before = vm_rss_kb(server.pid)
     rss: list[int] = []
-    sampler = asyncio.create_task(sample_rss(server.pid, 0.05, rss))
+    tcp: list[int] = []
+    tcp_before = tcp_buffers_kb()
+    sampler = asyncio.create_task(sample_memory(server.pid, 0.05, rss, tcp))
     cpu_server_0, cpu_loadgen_0, cores_0 = (
         process_cpu_seconds(server.pid),
         own_cpu_seconds(),
@@ -442,6 +456,7 @@ async def measure_storm(
             "after": vm_rss_kb(server.pid),
             "samples": len(rss),
         },
+        "kernel_tcp_buffers_kb": {"before_storm": tcp_before, "peak": max(tcp, default=None)},
         "slow_consumer_disconnects": {
             kind: drops_after.get(kind, 0) - drops_before.get(kind, 0)
             for kind in sorted(set(drops_before) | set(drops_after))
@@ -553,6 +568,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 ((r.get("rss_kb") or {}).get("peak") or 0 for r in runs), default=None
             ),
             "rss_before_storm_kb": median_of(runs, "rss_kb", "before_storm"),
+            "tcp_buffers_peak_kb": median_of(runs, "kernel_tcp_buffers_kb", "peak"),
             "dropped": [
                 (r.get("slow_consumer_disconnects") or {}).get("websocket", 0) for r in runs
             ],
@@ -656,6 +672,11 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             mb(slow["rss_before_storm_kb"]),
         ),
         ("server RSS peak", mb(base["rss_peak_kb_max"]), mb(slow["rss_peak_kb_max"])),
+        (
+            "kernel TCP buffers peak, whole machine (not in RSS)",
+            mb(base["tcp_buffers_peak_kb"]),
+            mb(slow["tcp_buffers_peak_kb"]),
+        ),
         (
             "stalled clients dropped (slow-consumer metric)",
             *(str(s["dropped"]) for s in (base, slow)),
