@@ -12,6 +12,18 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from hub.settings import Settings
+
+
+def engine_for(settings: Settings) -> AsyncEngine:
+    """The engine every hub process builds from its settings (serve, worker, consume)."""
+    return make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        connect_timeout=settings.database_connect_timeout_seconds,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
+
 
 def make_engine(
     database_url: str,

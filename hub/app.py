@@ -24,7 +24,7 @@ from api.middleware import (
 from api.playground import setup_playground
 from api.routes import setup_routes
 from api.socketio_http import attach_socketio
-from db.engine import make_engine, make_session_factory
+from db.engine import engine_for, make_session_factory
 from db.migrate import SchemaCheck, upgrade_to_head
 from db.outage import DatabaseStatus
 from hub.auth import JwksCache, TokenVerifier
@@ -105,12 +105,7 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if settings.should_auto_migrate:
         await asyncio.to_thread(upgrade_to_head, settings.database_url)
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        connect_timeout=settings.database_connect_timeout_seconds,
-        pool_timeout=settings.database_pool_timeout_seconds,
-    )
+    engine = engine_for(settings)
     DatabaseStatus().watch(engine)
     app[DB_ENGINE] = engine
     app[DB_SESSIONS] = make_session_factory(engine)

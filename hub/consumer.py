@@ -13,7 +13,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from db.engine import make_engine, make_session_factory
+from db.engine import engine_for, make_session_factory
 from hub.delivery.bus import RedisBus, notification_channel
 from hub.heartbeat import run_heartbeat
 from hub.intake.apply import EventApplier
@@ -38,12 +38,7 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     # Checked once here, for a one-line error; Kafka is not: an unreachable broker is
     # retried with backoff for as long as the process runs (and shown by the heartbeat).
     await require_redis(settings.redis_url)
-    engine = make_engine(
-        settings.database_url,
-        pool_size=settings.database_pool_size,
-        connect_timeout=settings.database_connect_timeout_seconds,
-        pool_timeout=settings.database_pool_timeout_seconds,
-    )
+    engine = engine_for(settings)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(settings.redis_url)
     bus = RedisBus(redis, notification_channel(settings))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.engine import make_engine, make_session_factory
+from db.engine import engine_for, make_session_factory
 from hub.settings import Settings
 from tasks.auth_service import AuthServiceClient, SmtpConfig
 from tasks.leases import LeaseKeeper
@@ -57,12 +57,7 @@ async def email_resources(
     """Build the resources; ``sessions``/``http`` are reused when the caller has them."""
     engine = None
     if sessions is None:
-        engine = make_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            connect_timeout=settings.database_connect_timeout_seconds,
-            pool_timeout=settings.database_pool_timeout_seconds,
-        )
+        engine = engine_for(settings)
         sessions = make_session_factory(engine)
     own_http = http is None
     client_session = aiohttp.ClientSession() if http is None else http
