@@ -25,7 +25,7 @@ _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Routes anyone may call: probes, metrics, docs and the Socket.IO/WebSocket endpoints, which
 # authenticate in their own handshake.
 PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/socket.io", "/ws/")
-PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/api/docs"})
+PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/api/docs", "/api/asyncapi.json"})
 
 
 @web.middleware

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -371,6 +371,15 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "GET",
+        "/api/asyncapi.json",
+        "getAsyncApi",
+        "The AsyncAPI 3.0 document of the Socket.IO namespaces and the Kafka topics",
+        "operations",
+        "public",
+        {200: Reply("The document", schema={"type": "object"})},
+    ),
+    Operation(
+        "GET",
         "/api/docs",
         "getDocs",
         "A page that renders this document",
@@ -465,19 +474,21 @@ _HEADERS: dict[str, dict[str, Any]] = {
 _DESCRIPTION = """\
 Realtime notifications and 1-on-1 chat for multi-tenant CRMs.
 
-**Authentication.** Every `/api/` route except this document and `/api/docs` takes a JWT:
-`Authorization: Bearer <token>`, with claims `sub` (user id), `tenant_id` and `exp`
-(optionally `roles`, `iat`, `aud`, `iss`). A missing, invalid or expired token is 401; a
-valid token that is not allowed is 403. Routes marked *service* need the `service` role: a
-trusted CRM module, acting for any user of its own tenant and never of another.
+**Authentication.** Every `/api/` route except this document, `/api/docs` and
+`/api/asyncapi.json` takes a JWT: `Authorization: Bearer <token>`, with claims `sub` (user
+id), `tenant_id` and `exp` (optionally `roles`, `iat`, `aud`, `iss`). A missing, invalid or
+expired token is 401; a valid token that is not allowed is 403. Routes marked *service*
+need the `service` role: a trusted CRM module, acting for any user of its own tenant and
+never of another.
 
 **Errors.** Every error is `{"error": {"code", "message", "details"}}` (schema `Error`).
 
 **Trailing slashes** are optional on every route.
 
 **Realtime.** Socket.IO at `/socket.io/` (namespaces `/notifications` and `/chat`, token in
-the connect packet's `auth`) is described in the repository's `docs/protocol.md`, not
-here; the legacy plain WebSocket is listed for completeness. Every response carries `X-Request-ID`.
+the connect packet's `auth`) is described in the repository's `docs/protocol.md` and by the
+AsyncAPI 3.0 document at `/api/asyncapi.json`, not here; the legacy plain WebSocket is
+listed for completeness. Every response carries `X-Request-ID`.
 """
 
 
@@ -542,6 +553,20 @@ def _operation(op: Operation, schemas_by_model: Mapping[type[BaseModel], Any]) -
     return document
 
 
+def model_schemas(
+    wanted: Iterable[tuple[type[BaseModel], JsonSchemaMode]],
+) -> tuple[dict[type[BaseModel], dict[str, Any]], dict[str, Any]]:
+    """Each model's JSON Schema, a ``$ref`` into ``components.schemas``, and those components.
+
+    One pydantic pass over all the models, so a model nested in several of them is one
+    component, named once. Also used by :mod:`api.asyncapi`.
+    """
+    pairs = list(dict.fromkeys(wanted))
+    refs, definitions = models_json_schema(pairs, ref_template=REF_TEMPLATE)
+    by_model = {model: dict(refs[(model, mode)]) for model, mode in pairs}
+    return by_model, dict(sorted(definitions.get("$defs", {}).items()))
+
+
 def build_document(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``operations`` (every REST route by default)."""
     wanted: dict[tuple[type[BaseModel], JsonSchemaMode], None] = {}
@@ -552,8 +577,7 @@ def build_document(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, 
             if reply.model is not None:
                 wanted[(reply.model, "serialization")] = None
     wanted[(out.Error, "serialization")] = None
-    refs, definitions = models_json_schema(list(wanted), ref_template=REF_TEMPLATE)
-    schemas_by_model = {model: refs[(model, mode)] for model, mode in wanted}
+    schemas_by_model, components = model_schemas(wanted)
 
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -598,7 +622,7 @@ def build_document(operations: tuple[Operation, ...] = OPERATIONS) -> dict[str, 
                     "(`service` for CRM modules), `iat`, `aud`, `iss`",
                 }
             },
-            "schemas": dict(sorted(definitions.get("$defs", {}).items())),
+            "schemas": components,
             "responses": error_responses,
             "headers": _HEADERS,
         },

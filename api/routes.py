@@ -6,7 +6,17 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from api import broadcasts, chat, emails, events, health, legacy_ws, notifications, openapi
+from api import (
+    asyncapi,
+    broadcasts,
+    chat,
+    emails,
+    events,
+    health,
+    legacy_ws,
+    notifications,
+    openapi,
+)
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -24,6 +34,7 @@ def setup_routes(app: web.Application) -> None:
     # Documented in api/openapi.py (OPERATIONS), which covers every route added here.
     app.router.add_get("/api/openapi.json", openapi.openapi_json)
     app.router.add_get("/api/docs", openapi.docs_page)
+    app.router.add_get("/api/asyncapi.json", asyncapi.asyncapi_json)
     _add(app, "POST", "/api/broadcasts/", broadcasts.create_broadcast)
     _add(app, "GET", "/api/notifications/", notifications.list_notifications)
     _add(app, "POST", "/api/notifications/", notifications.create_notifications)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 Timestamp = Annotated[
     str,
@@ -325,3 +325,103 @@ class NotReady(Out):
     status: Literal["unavailable"]
     failing: list[str] = Field(description="Names of the dependencies that do not answer")
     checks: dict[str, str] = Field(description='Each configured dependency: "ok" or the error')
+
+
+# -- Socket.IO: server events and acks --------------------------------------------------------
+# What the hub emits on /notifications and /chat, and what it acks client events with. The
+# services build these payloads as dicts; the models are their published shape, which the
+# AsyncAPI document (api/asyncapi.py) is generated from.
+
+_AT = "2025-03-01T09:31:00.123456Z"
+
+
+def _example(value: dict[str, Any]) -> ConfigDict:
+    """The config of a model whose JSON Schema shows ``value`` as its example."""
+    return ConfigDict(json_schema_extra={"examples": [value]})
+
+
+class NotificationsReadIds(Out):
+    model_config = _example({"ids": ["1042", "1043"], "unread_count": 3})
+
+    ids: list[str] = Field(description="The notifications that went from unread to read")
+    unread_count: Count = Field(description="The user's unread notifications after the change")
+
+
+class NotificationsReadAll(Out):
+    model_config = _example({"all": True, "unread_count": 0})
+
+    all: Literal[True] = Field(description="Every unread notification was marked read")
+    unread_count: Count = Field(description="The user's unread notifications after the change")
+
+
+class NotificationsRead(RootModel[NotificationsReadIds | NotificationsReadAll]):
+    """``notification:read``: sent to every connection of the user, whoever marked."""
+
+
+class Broadcast(Out):
+    """``broadcast``: a tenant-wide announcement; not stored, never replayed."""
+
+    model_config = _example({"title": "Release 4.2", "body": "Reports load faster.", "data": {}})
+
+    title: str
+    body: str
+    data: dict[str, Any] = Field(description="Free-form JSON object; `{}` when none was given")
+
+
+class MessageReadReceipt(Out):
+    """``message:read``: a participant read the conversation up to ``message_id``."""
+
+    model_config = _example(
+        {"conversation_id": "77", "user_id": "u-43", "message_id": "5001", "read_at": _AT}
+    )
+
+    conversation_id: str
+    user_id: str = Field(description="The reader")
+    message_id: str = Field(description="Read up to and including this message")
+    read_at: Timestamp
+
+
+class TypingIndicator(Out):
+    """``typing``: relayed to the other participant only."""
+
+    model_config = _example({"conversation_id": "77", "user_id": "u-42", "typing": True})
+
+    conversation_id: str
+    user_id: str = Field(description="The typer")
+    typing: bool
+
+
+class Ack(Out):
+    """A successful event's ack; ``{"ok": true}`` alone where there is nothing more to say."""
+
+    ok: Literal[True]
+
+
+class MarkReadAck(Ack):
+    model_config = _example({"ok": True, "updated": 2, "unread_count": 1})
+
+    updated: Count = Field(description="Notifications that went from unread to read")
+    unread_count: Count
+
+
+class SendMessageAck(Ack):
+    message: Message = Field(
+        description="The stored message (the first one, for a repeated `client_msg_id`)"
+    )
+
+
+class TokenRefreshed(Ack):
+    model_config = _example({"ok": True, "expires_at": 1764589000})
+
+    expires_at: int = Field(description="The new token's `exp`, seconds since the epoch")
+
+
+class AckError(Out):
+    """Every failed event's ack: ``{"ok": false, "error": {"code", "message", "details"?}}``."""
+
+    model_config = _example(
+        {"ok": False, "error": {"code": "not_found", "message": "conversation not found"}}
+    )
+
+    ok: Literal[False]
+    error: ErrorDetail

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictStr,
     StringConstraints,
     model_validator,
 )
@@ -198,6 +199,16 @@ class RestSendMessageIn(Strict):
         description="The client's id for retries: a repeat from the same sender returns the "
         "first message with 200",
     )
+
+
+class AuthRefreshIn(BaseModel):
+    """``auth:refresh``: a new token for the same tenant and user (other fields are ignored)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"token": "eyJhbGciOiJIUzI1NiJ9..."}]}
+    )
+
+    token: StrictStr = Field(description="The new JWT; its `exp` replaces the old expiry")
 
 
 class TypingIn(Strict):

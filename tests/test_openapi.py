@@ -70,6 +70,7 @@ PUBLIC_ROUTES = {
     ("GET", "/metrics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/api/docs"),
+    ("GET", "/api/asyncapi.json"),
     ("GET", "/ws/notifications/{tenant_id}/{user_id}/"),
 }
 

@@ -127,3 +127,19 @@ def decode_event(raw: bytes | None, limits: NotificationLimits) -> EventEnvelope
     except orjson.JSONDecodeError as exc:
         raise BadEvent(f"not JSON: {exc}"[:500]) from None
     return validate_envelope(document, limits)
+
+
+class KafkaDeadLetterHeaders(BaseModel):
+    """The headers of a Kafka dead letter, UTF-8 strings set by the Kafka intake (the original
+    record's headers are not copied)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    error: str = Field(description="Why the event cannot be applied (a BadEvent reason)")
+    source_topic: str = Field(alias="source-topic", description="The topic it came from")
+    source_partition: str = Field(
+        alias="source-partition", pattern=r"^[0-9]+$", description="Its partition, in decimal"
+    )
+    source_offset: str = Field(
+        alias="source-offset", pattern=r"^[0-9]+$", description="Its offset, in decimal"
+    )

@@ -25,6 +25,7 @@ from hub.keys import SETTINGS, VERIFIER
 from hub.logs import bind_caller, unbind
 from hub.metrics import SOCKETS_CONNECTED
 from hub.rooms import tenant_room, user_room
+from hub.schemas import AuthRefreshIn
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,11 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
 
     async def on_auth_refresh(self, sid: str, payload: object = None) -> dict[str, Any]:
         """``auth:refresh`` ``{"token"}``: a new token for the same tenant and user."""
-        token = payload.get("token") if isinstance(payload, Mapping) else None
-        if not isinstance(token, str):
-            raise HubError('payload must be {"token": "<jwt>"}', code="validation_error")
+        try:
+            token = AuthRefreshIn.model_validate(payload).token
+        except pydantic.ValidationError:
+            # One message for every misshapen payload: the client only ever sends a token.
+            raise HubError('payload must be {"token": "<jwt>"}', code="validation_error") from None
         try:
             fresh = await self.app[VERIFIER].verify(token)
         except AuthError as exc:
