@@ -11,6 +11,7 @@ import uuid
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from api.declarations import PUBLIC_PATHS
 from api.errors import Handler, answer_and_close, error_response
 from hub.auth import AuthError, bearer_token
 from hub.keys import PRINCIPAL, SETTINGS, VERIFIER
@@ -21,11 +22,6 @@ log = logging.getLogger("hub.http")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-# Routes anyone may call: probes, metrics, docs and the Socket.IO/WebSocket endpoints, which
-# authenticate in their own handshake.
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/socket.io", "/ws/")
-PUBLIC_PATHS = frozenset({"/", "/api/openapi.json", "/api/docs", "/api/asyncapi.json"})
 
 
 @web.middleware
@@ -71,9 +67,12 @@ def _route_template(request: web.Request) -> str:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every ``/api/`` route needs a valid bearer token; the principal goes on the request."""
+    """Every ``/api/`` route needs a valid bearer token, but those declared ``public`` (the
+    documents); the principal goes on the request. Routes outside ``/api/`` (probes, the
+    playground, Socket.IO and the legacy WebSocket, which authenticate in their handshake)
+    are not checked here."""
     path = request.path
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or not path.startswith("/api/"):
+    if not path.startswith("/api/") or path in request.app.get(PUBLIC_PATHS, frozenset()):
         return await handler(request)
     try:
         principal = await request.app[VERIFIER].verify(
