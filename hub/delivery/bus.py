@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hub.errors import Unavailable
+from hub.records import NotificationRecord
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class BusListener(Protocol):
 
 
 class NotificationBus(Protocol):
-    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None: ...
+    async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None: ...
 
     async def publish_read(
         self, *, tenant_id: str, user_id: str, event: dict[str, Any]
@@ -70,7 +71,7 @@ def notification_channel(settings: Settings) -> str:
     return f"{settings.socketio_channel}:notifications"
 
 
-def encode_new(notifications: Sequence[dict[str, Any]]) -> list[PublishedNotification]:
+def encode_new(notifications: Sequence[NotificationRecord]) -> list[PublishedNotification]:
     return [
         PublishedNotification(n["tenant_id"], n["user_id"], n["seq"], orjson.dumps(n).decode())
         for n in notifications
@@ -83,7 +84,7 @@ class LocalBus:
     def __init__(self) -> None:
         self.listener: BusListener | None = None
 
-    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None:
+    async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None:
         if self.listener is not None and notifications:
             await self.listener.on_new(encode_new(notifications))
 
@@ -105,7 +106,7 @@ class RedisBus:
         self._redis = redis
         self.channel = channel
 
-    async def publish_new(self, notifications: Sequence[dict[str, Any]]) -> None:
+    async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None:
         if not notifications:
             return
         message = {

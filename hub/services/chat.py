@@ -18,6 +18,7 @@ from db.models import Conversation, ConversationMember, Message
 from hub import ids
 from hub.errors import InvalidInput, NotFound, TooLarge
 from hub.realtime import CHAT_NAMESPACE, Realtime
+from hub.records import ConversationRecord, MessageRecord
 from hub.services.common import clamp_limit, insert_for, iso_utc
 from hub.services.ratelimit import RateLimiter
 from hub.settings import Settings
@@ -37,11 +38,11 @@ class ChatLimits:
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    message: dict[str, Any]
+    message: MessageRecord
     created: bool  # False: a retried client_msg_id; the first message, nothing stored
 
 
-def serialize_message(row: Mapping[Any, Any]) -> dict[str, Any]:
+def serialize_message(row: Mapping[Any, Any]) -> MessageRecord:
     return {
         "id": str(row["id"]),
         "conversation_id": str(row["conversation_id"]),
@@ -130,7 +131,7 @@ async def _peer_of(
 
 async def _existing_message(
     session: AsyncSession, *, tenant_id: str, sender_id: str, client_msg_id: str
-) -> dict[str, Any] | None:
+) -> MessageRecord | None:
     row = (
         (
             await session.execute(
@@ -278,7 +279,7 @@ async def list_messages(
     conversation_id: object,
     limit: int | None = None,
     cursor: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[MessageRecord], str | None]:
     """Newest first, keyset on ``seq``."""
     size = clamp_limit(limit)
     target = parse_id(conversation_id)
@@ -306,7 +307,7 @@ async def list_conversations(
     user_id: str,
     limit: int | None = None,
     cursor: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[ConversationRecord], str | None]:
     """The caller's conversations, most recently active first (keyset on activity, id)."""
     size = clamp_limit(limit)
     members = ConversationMember
@@ -344,19 +345,19 @@ async def list_conversations(
         rows = (await session.execute(query)).all()
         page = rows[:size]
         message_ids = [row.last_message_id for row in page if row.last_message_id is not None]
-        last_messages: dict[int, dict[str, Any]] = {}
+        last_messages: dict[int, MessageRecord] = {}
         if message_ids:
             found = await session.execute(
                 select(MESSAGES).where(Message.tenant_id == tenant_id, Message.id.in_(message_ids))
             )
             last_messages = {row["id"]: serialize_message(row) for row in found.mappings()}
     items = [
-        {
-            "id": str(row.conversation_id),
-            "participants": sorted((user_id, row.peer_id)),
-            "last_message": last_messages.get(row.last_message_id),
-            "unread_count": int(row.unread_count),
-        }
+        ConversationRecord(
+            id=str(row.conversation_id),
+            participants=sorted((user_id, row.peer_id)),
+            last_message=last_messages.get(row.last_message_id),
+            unread_count=int(row.unread_count),
+        )
         for row in page
     ]
     next_cursor = None

@@ -24,6 +24,7 @@ from hub.errors import InvalidInput, Unavailable
 from hub.ids import bad_cursor, cursor_id, parse_id
 from hub.ids import decode_cursor as decode_cursor_parts
 from hub.ids import encode_cursor as encode_cursor_parts
+from hub.records import NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 
@@ -40,7 +41,7 @@ class CreateResult:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    items: list[dict[str, Any]]
+    items: list[NotificationRecord]
     next_cursor: str | None
     unread_count: int
 
@@ -48,7 +49,7 @@ class Page:
 NOTIFICATIONS = Notification.__table__
 
 
-def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> dict[str, Any]:
+def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> NotificationRecord:
     """The notification object (docs/protocol.md 5.1) from a row mapping (``created_at``
     pre-formatted when a whole batch shares it)."""
     read_at = row["read_at"]
@@ -121,7 +122,7 @@ async def create_notifications(
     return CreateResult(ids=[str(i) for i in ids], created=True)
 
 
-async def publish_created(bus: NotificationBus, created: list[dict[str, Any]]) -> None:
+async def publish_created(bus: NotificationBus, created: Sequence[NotificationRecord]) -> None:
     """Live delivery of committed notifications; a bus outage loses nothing stored."""
     try:
         await bus.publish_new(created)
@@ -164,7 +165,7 @@ Recipient = tuple[str, str]  # (tenant_id, user_id)
 
 async def store_notifications(
     session: AsyncSession, items: Sequence[tuple[str, str, NewNotification]]
-) -> list[dict[str, Any]]:
+) -> list[NotificationRecord]:
     """Insert notifications (any tenants, users and contents) inside the caller's
     transaction; returns the notification objects in the order of ``items``.
 
@@ -320,7 +321,7 @@ async def list_notifications(
 
 async def notifications_after(
     *, session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
-) -> list[dict[str, Any]]:
+) -> list[NotificationRecord]:
     """Oldest first from ``after_seq`` (exclusive): the replay of a reconnecting client."""
     rows = await session.execute(
         select(NOTIFICATIONS)
