@@ -152,6 +152,12 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await server.shutdown()
+        # The manager's Redis listener is not stopped by shutdown(): stop it, or it retries a
+        # Redis that went away for as long as the process lives.
+        listener = getattr(server.manager, "thread", None)
+        if isinstance(listener, asyncio.Task):
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
 
 
 async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:

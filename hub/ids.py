@@ -20,7 +20,8 @@ def parse_id(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     text = str(value)
-    if not text.isdigit() or len(text) > MAX_ID_DIGITS:
+    # isdigit() alone takes "²" and other Unicode digits that int() refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
         return None
     return int(text)
 

@@ -88,3 +88,14 @@ def test_library_internals_the_hub_extends_are_there() -> None:
     assert "finish_event" in inspect.signature(Receiver.listen).parameters, (
         "taskiq's Receiver.listen changed: update tasks/worker.py"
     )
+
+
+def test_python_socketio_pubsub_manager_keeps_its_listener_task_as_thread() -> None:
+    """hub/app.py stops the Redis manager's listener through ``manager.thread``."""
+    import inspect
+
+    from socketio.async_pubsub_manager import AsyncPubSubManager
+
+    assert "self.thread = " in inspect.getsource(AsyncPubSubManager.initialize), (
+        "python-socketio's AsyncPubSubManager moved its listener task: update hub/app.py"
+    )

@@ -25,6 +25,7 @@ allocated under the lock of its counter row, which is held until commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from db.outage import is_unavailable
 from hub.delivery.bus import PublishedNotification, ReadEvent, TenantBroadcast
 from hub.logs import ThrottledLog
 from hub.metrics import CATCH_UPS, EMITS
@@ -46,6 +48,8 @@ REPLAY_PAGE_SIZE = 500
 _EMITTED = {event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, BROADCAST_EVENT)}
 
 LAG_CHECK_CHUNK = 500
+DATABASE_SLOTS = 4
+DATABASE_RETRY_SECONDS = 1.0
 UserKey = tuple[str, str]  # (tenant_id, user_id)
 
 # (session, tenant_id, user_id, after_seq, limit) -> notification objects, oldest first
@@ -110,6 +114,9 @@ class NotificationDelivery:
         self._tasks: set[asyncio.Task[None]] = set()
         self._awaiting_baseline: list[Subscriber] = []
         self._resolving_baselines = False
+        # Catch-ups of many subscribers at once (a bus that came back, a reconnect storm)
+        # share the pool with requests: bounded, so they queue here rather than time out there.
+        self._database_slots = asyncio.Semaphore(DATABASE_SLOTS)
 
     # -- registry ---------------------------------------------------------------------
 
@@ -186,9 +193,14 @@ class NotificationDelivery:
             await self._send(subscriber, outgoing)
 
     async def on_resubscribed(self) -> None:
-        for group in tuple(self._by_user.values()):
-            for subscriber in tuple(group):
-                self._begin_catch_up(subscriber, "resubscribed")
+        """Messages may have been lost while the bus was away: one batched read finds the
+        subscribers behind what is stored, and only those catch up."""
+        try:
+            latest = await self._read_latest_seqs(self._live_users())
+        except Exception as exc:  # the database is away too: the lag check will retry
+            LAG_CHECK_LOG.warning("lag", "catch-up after the bus returned failed: %s", exc)
+            return
+        self._catch_up_behind(latest, "resubscribed")
 
     # -- lag checks -------------------------------------------------------------------
 
@@ -209,22 +221,44 @@ class NotificationDelivery:
         Comparing with the previous check rather than this one leaves bus messages in flight
         (milliseconds old) alone: only what stayed missing for a whole interval is fetched.
         """
-        keys = [
+        self._retry_baselines()
+        seen = await self._read_latest_seqs(self._live_users())
+        self._catch_up_behind(seen_before, "lagging")
+        return seen
+
+    def _live_users(self) -> list[UserKey]:
+        return [
             key
             for key, group in self._by_user.items()
             if any(s.last_seq is not None and not s.catching_up for s in group)
         ]
-        seen = await self._read_latest_seqs(keys)
-        for key, committed in seen_before.items():
+
+    def _catch_up_behind(self, committed_seqs: dict[UserKey, int], reason: str) -> None:
+        for key, committed in committed_seqs.items():
             for subscriber in tuple(self._by_user.get(key, ())):
                 if subscriber.last_seq is not None and subscriber.last_seq < committed:
-                    self._begin_catch_up(subscriber, "lagging")
-        return seen
+                    self._begin_catch_up(subscriber, reason)
+
+    def _retry_baselines(self) -> None:
+        """Live-only subscribers whose baseline could not be read (the database was away)
+        and that have received nothing since: read it now, so the lag check covers them."""
+        waiting = [
+            s
+            for group in self._by_user.values()
+            for s in group
+            if s.last_seq is None and not s.catching_up and not s.closed
+        ]
+        if waiting:
+            for subscriber in waiting:
+                subscriber.catching_up = True
+            self._awaiting_baseline.extend(waiting)
+            if not self._resolving_baselines:
+                self._spawn(self._resolve_baselines())
 
     async def _read_latest_seqs(self, keys: Sequence[UserKey]) -> dict[UserKey, int]:
         latest: dict[UserKey, int] = {}
         for start in range(0, len(keys), LAG_CHECK_CHUNK):
-            async with self._sessions() as session:
+            async with self._database_slots, self._sessions() as session:
                 latest.update(
                     await self._latest_seqs(session, keys[start : start + LAG_CHECK_CHUNK])
                 )
@@ -274,10 +308,18 @@ class NotificationDelivery:
                     subscriber.last_seq = subscriber.pending[0][0] - 1
                     log.error("seq hole before %s for a subscriber", subscriber.pending[0][0])
                 await asyncio.sleep(0.01 * stalls)
-        except Exception:
+        except Exception as exc:
+            if is_unavailable(exc) and not subscriber.closed:
+                # The database is away: keep the client (and its buffer) and try again, once
+                # a second, instead of sending every client of the node to reconnect at once.
+                LAG_CHECK_LOG.warning("catch-up", "catch-up waits for the database: %s", exc)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+                self._spawn(self._catch_up(subscriber, read_database=True))
+                return
             log.exception("replay failed; closing the connection so the client resumes")
             self.unsubscribe(subscriber)
-            await subscriber.sink.close()
+            with contextlib.suppress(Exception):
+                await subscriber.sink.close()
 
     async def _resolve_baselines(self) -> None:
         """A live-only subscriber starts after its user's latest stored ``seq``; anything the
@@ -292,8 +334,8 @@ class NotificationDelivery:
                 try:
                     latest = await self._read_latest_seqs(keys)
                 except Exception as exc:
-                    # Nothing can be stored while the database is away: go live without a
-                    # baseline (the first notification sets it) rather than refuse clients.
+                    # Go live without a baseline rather than hold the client: the first
+                    # notification sets one, and the next lag check reads it again.
                     LAG_CHECK_LOG.warning("baseline", "live delivery baseline not read: %s", exc)
                 for subscriber in batch:
                     if latest is not None:
@@ -308,7 +350,7 @@ class NotificationDelivery:
     async def _send_from_database(self, subscriber: Subscriber) -> int:
         sent = 0
         while not subscriber.closed:
-            async with self._sessions() as session:
+            async with self._database_slots, self._sessions() as session:
                 page = await self._fetch_after(
                     session,
                     subscriber.tenant_id,
