@@ -175,3 +175,22 @@ async def test_the_default_namespace_is_refused(hub: RunningHub) -> None:
     refusal = orjson.loads((await ws.read_text() or "")[2:])
     assert refusal["data"]["code"] == "not_found"
     ws.close()
+
+
+async def test_non_ascii_digits_are_refused_not_a_500(hub: RunningHub, tenant: str) -> None:
+    """ "²" passes str.isdigit() and then fails int(): every id parser must refuse it."""
+    import base64
+
+    cursor = base64.urlsafe_b64encode("n1:²".encode()).decode().rstrip("=")
+    user = ApiClient.for_user(hub.url, tenant, "u")
+    status, body = await user.get("/api/notifications/", cursor=cursor)
+    assert (status, body["error"]["code"]) == (400, "invalid_cursor")
+    status, body = await user.get("/api/conversations/²/messages/")
+    assert status == 404
+    ws = await RawWebSocket.connect(hub.port, "/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.read_text() or "").startswith("0")
+    token = hs256_token(tenant=tenant, user="u")
+    ws.send_text("40/notifications," + orjson.dumps({"token": token, "last_seq": "²"}).decode())
+    refusal = orjson.loads((await ws.read_text() or "")[len("44/notifications,") :])
+    assert refusal["data"]["code"] == "bad_request"
+    ws.close()
