@@ -39,8 +39,6 @@ import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
 import ssl  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -52,11 +50,13 @@ from email.message import EmailMessage  # noqa: E402
 from typing import Any  # noqa: E402
 
 from benchmarks.machine import (  # noqa: E402
+    CLK_TCK,
     core_times,
-    cpu_model,
     free_port,
+    git_state,
+    machine_info,
     own_cpu_seconds,
-    package_version,
+    process_cpu_seconds,
     wait_for_quiet,
 )
 
@@ -64,7 +64,6 @@ HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
 DOC_END = "<!-- email-results:end -->"
 TARGET_RATIO = 3.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SINK_HOSTNAME = "sink.bench.local"
 USERNAME = "bench-tenant"
 PASSWORD = "bench-password"  # noqa: S105 - a throwaway credential of the local sink
@@ -132,48 +131,11 @@ Run:
 
 
 def code_commit() -> dict[str, Any]:
-    git = shutil.which("git")
-    if git is None:
+    state = git_state("tasks/smtp.py")
+    if state is None:
         return {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "tasks/smtp.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return {
-            "commit": head.stdout.strip() or None,
-            "smtp_module_uncommitted": bool(dirty.stdout.strip()),
-        }
-    return {}
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {name: package_version(name) for name in ("aiosmtplib", "aiosmtpd", "uvloop")},
-    }
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    commit, changed = state
+    return {"commit": commit, "smtp_module_uncommitted": bool(changed)}
 
 
 def pin(cpu: int) -> bool:
@@ -582,7 +544,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "email",
         "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine_info(),
+        "machine": machine_info(("aiosmtplib", "aiosmtpd", "uvloop")),
         "code": code_commit(),
         "settings": {
             "emails": args.emails,

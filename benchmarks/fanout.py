@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import secrets
@@ -59,12 +58,13 @@ import asyncpg  # noqa: E402
 import jwt  # noqa: E402
 
 from benchmarks.machine import (  # noqa: E402
+    CLK_TCK,
     code_version,
     core_times,
-    cpu_model,
     free_port,
+    machine_info,
     own_cpu_seconds,
-    package_version,
+    process_cpu_seconds,
     wait_for_quiet,
 )
 
@@ -91,34 +91,23 @@ DOC_START = "<!-- fanout-results:start -->"
 DOC_END = "<!-- fanout-results:end -->"
 TARGET_SPEEDUP = 2.0
 TARGET_KB_PER_SOCKET = 20.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_NAMES = ("notifyhub", "stock")
 
 
 # -- small helpers ------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {
-            name: package_version(name)
-            for name in (
-                "python-socketio",
-                "python-engineio",
-                "aiohttp",
-                "asyncpg",
-                "SQLAlchemy",
-                "redis",
-                "orjson",
-                "uvloop",
-                "PyJWT",
-            )
-        },
-    }
+FACTS_PACKAGES = (
+    "python-socketio",
+    "python-engineio",
+    "aiohttp",
+    "asyncpg",
+    "SQLAlchemy",
+    "redis",
+    "orjson",
+    "uvloop",
+    "PyJWT",
+)
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -132,13 +121,6 @@ def memory_kb(pid: int) -> dict[str, int]:
             if line.startswith("Pss:"):
                 found["pss_kb"] = int(line.split()[1])
     return found
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def make_token(
@@ -544,7 +526,7 @@ def results_header(name: str) -> dict[str, Any]:
     return {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
+        "machine": machine_info(FACTS_PACKAGES),
         "code": code_version(),
     }
 

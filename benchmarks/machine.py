@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import os
+import platform
 import resource
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -39,33 +43,52 @@ def cpu_model() -> str | None:
     return None
 
 
-def code_version() -> dict[str, Any]:
-    """The commit of the hub under test and which of its files differ from it."""
+def git_state(*paths: str) -> tuple[str | None, list[str]] | None:
+    """HEAD's commit and which of ``paths`` differ from it (None without git)."""
     git = shutil.which("git")
     if git is None:
-        return {}
+        return None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
+        head, dirty = (
+            subprocess.run(  # noqa: S603 - git, fixed arguments
+                [git, *arguments],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            for arguments in (["rev-parse", "HEAD"], ["status", "--porcelain", "--", *paths])
         )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations", "tasks"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return {
-            "commit": head.stdout.strip() or None,
-            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
-        }
-    return {}
+        return head.stdout.strip() or None, [line[3:] for line in dirty.stdout.splitlines()]
+    return None
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the hub under test and which of its files differ from it."""
+    state = git_state("hub", "api", "db", "migrations", "tasks")
+    if state is None:
+        return {}
+    commit, changed = state
+    return {"commit": commit, "uncommitted_hub_changes": changed}
+
+
+def machine_info(packages: Sequence[str]) -> dict[str, Any]:
+    """Cores, CPU, platform, Python and the versions of ``packages``."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {name: package_version(name) for name in packages},
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds; OSError when it is gone."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def own_cpu_seconds() -> float:

@@ -67,7 +67,6 @@ from benchmarks.fanout import (
     log_problems,
     make_clients,
     migrate,
-    process_cpu_seconds,
     results_header,
     run_facts,
     run_load_generator,
@@ -82,6 +81,7 @@ from benchmarks.machine import (
     REPO,
     core_times,
     own_cpu_seconds,
+    process_cpu_seconds,
     wait_for_quiet,
 )
 from tests.harness.rawws import RawWebSocket, connect_socketio
