@@ -59,6 +59,7 @@ from benchmarks.machine import (  # noqa: E402
     process_cpu_seconds,
     wait_for_quiet,
 )
+from benchmarks.processes import pin  # noqa: E402
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
@@ -136,15 +137,6 @@ def code_commit() -> dict[str, Any]:
         return {}
     commit, changed = state
     return {"commit": commit, "smtp_module_uncommitted": bool(changed)}
-
-
-def pin(cpu: int) -> bool:
-    """Pin this process to one core (any online core: a child inherits its parent's mask)."""
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
 
 
 # -- the sink (its own process) ------------------------------------------------------------

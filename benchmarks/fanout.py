@@ -34,7 +34,6 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -67,6 +66,7 @@ from benchmarks.machine import (  # noqa: E402
     process_cpu_seconds,
     wait_for_quiet,
 )
+from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -342,30 +342,10 @@ class RunningServer:
         return f"http://{HOST}:{self.port}"
 
 
-def pinned(command: list[str], cpu: int | None) -> list[str]:
-    if cpu is None:
-        return command
-    taskset = shutil.which("taskset")
-    if taskset is None:
-        return command  # pinned with sched_setaffinity right after start instead
-    return [taskset, "-c", str(cpu), *command]
-
-
 def spawn(spec: ServerSpec, *, port: int, cpu: int | None, workdir: Path) -> RunningServer:
     log_path = workdir / f"{spec.name}.log"
     command = [part.replace("{port}", str(port)) for part in spec.command]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
-            pinned(command, cpu),
-            env=spec.env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    if cpu is not None and shutil.which("taskset") is None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, {cpu})
+    process = spawn_pinned(command, env=spec.env, cwd=workdir, log_path=log_path, cpu=cpu)
     return RunningServer(spec, port, process, log_path)
 
 
@@ -406,12 +386,6 @@ def stop_server(server: RunningServer) -> None:
         process.wait(5)
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 def log_problems(path: Path) -> list[str]:
     with contextlib.suppress(OSError):
         return [
@@ -420,21 +394,6 @@ def log_problems(path: Path) -> list[str]:
             if re.search(r"ERROR|CRITICAL|Traceback|Exception", line)
         ][:20]
     return []
-
-
-def profile_summary(path: Path, lines: int = 25) -> dict[str, Any]:
-    """The top functions of a cProfile dump, by own time and by cumulative time."""
-    import io
-    import pstats
-
-    summary: dict[str, Any] = {"file": str(path)}
-    for order in ("tottime", "cumtime"):
-        out = io.StringIO()
-        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(lines)
-        text = out.getvalue()
-        (path.parent / f"{path.stem}.{order}.txt").write_text(text)
-        summary[order] = [row for row in text.splitlines() if row.strip()][-lines:]
-    return summary
 
 
 # -- database -------------------------------------------------------------------------
@@ -821,7 +780,7 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["log_problems"] = log_problems(server.log_path)
         profile = bench.workdir / f"{spec.name}.prof"
         if profile.exists():
-            result["profile"] = profile_summary(profile)
+            result["profile"] = profile_summary(profile, 25)
     return result
 
 

@@ -59,7 +59,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import secrets  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -88,6 +87,7 @@ from benchmarks.machine import (  # noqa: E402
     process_cpu_seconds,
     wait_for_quiet,
 )
+from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
 from hub.producer import event_key, publish_events  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -206,31 +206,6 @@ class CpuMeter:
 # -- processes ----------------------------------------------------------------------------
 
 
-def pinned(command: list[str], cpu: int | None) -> list[str]:
-    taskset = shutil.which("taskset")
-    if cpu is None or taskset is None:
-        return command
-    return [taskset, "-c", str(cpu), *command]
-
-
-def spawn(
-    command: list[str], *, env: dict[str, str], cpu: int | None, log_path: Path, cwd: Path
-) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter, CLI and Tansu
-            pinned(command, cpu),
-            env=env,
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    if cpu is not None and shutil.which("taskset") is None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, {cpu})
-    return process
-
-
 def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -> int | None:
     """SIGCONT (in case it is stopped) and SIGTERM; SIGKILL after ``grace``. Only this PID."""
     if process is None or process.poll() is not None:
@@ -243,12 +218,6 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(5)
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 def tansu_binary() -> Path:
@@ -616,12 +585,13 @@ async def setup_path(bench: Bench, name: str) -> PathRun:
     await create_topic(bench.bootstrap, run.topic, args.partitions)
     port = free_port()
     serve_log = bench.workdir / f"serve-{name}.log"
-    run.serve = spawn(
+    run.serve = spawn_pinned(
         [*notifyhub_command(), "serve", "--port", str(port)],
         env=env,
         cpu=args.client_cpu,
         log_path=serve_log,
         cwd=bench.workdir,
+        append=True,
     )
     await wait_for_health(f"http://{HOST}:{port}", run.serve, serve_log)
     run.client = WatchClient(port, make_token(bench.secret, tenant=bench.tenant, user=WATCHER))
@@ -633,12 +603,13 @@ async def setup_path(bench: Bench, name: str) -> PathRun:
     if name == "tuned":
         run.stats_file = bench.workdir / f"batches-{name}.json"
         consumer_env["INGEST_STATS_FILE"] = str(run.stats_file)
-    run.consumer = spawn(
+    run.consumer = spawn_pinned(
         consumer_command(name, run.profile),
         env=consumer_env,
         cpu=args.consumer_cpu,
         log_path=run.consumer_log,
         cwd=bench.workdir,
+        append=True,
     )
     return run
 
@@ -652,26 +623,12 @@ async def close_path(bench: Bench, run: PathRun) -> dict[str, Any]:
     if run.counter_connection is not None:
         await run.counter_connection.close()
     if run.profile is not None and run.profile.exists():
-        info["profile"] = profile_summary(run.profile)
+        info["profile"] = profile_summary(run.profile, 30)
     if not bench.args.keep_databases:
         await admin_execute(
             bench.args.admin_url, f'DROP DATABASE IF EXISTS "{run.db_name}" WITH (FORCE)'
         )
     return info
-
-
-def profile_summary(path: Path, lines: int = 30) -> dict[str, Any]:
-    import io
-    import pstats
-
-    summary: dict[str, Any] = {"file": str(path)}
-    for order in ("tottime", "cumtime"):
-        out = io.StringIO()
-        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(lines)
-        text = out.getvalue()
-        (path.parent / f"{path.stem}.{order}.txt").write_text(text)
-        summary[order] = [row for row in text.splitlines() if row.strip()][-lines:]
-    return summary
 
 
 async def check_stored(run: PathRun, tenant: str, events: int, notifications: int) -> list[str]:
@@ -1102,7 +1059,7 @@ def batch_summary(batches: list[list[float]], window: list[float]) -> dict[str, 
 async def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     address = f"tcp://{HOST}:{port}"
-    process = spawn(
+    process = spawn_pinned(
         [
             str(tansu_binary()),
             "broker",
@@ -1115,6 +1072,7 @@ async def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         cpu=None,
         log_path=workdir / "tansu.log",
         cwd=workdir,
+        append=True,
     )
     await wait_for_port(port, 15)
     return process, f"{HOST}:{port}"
