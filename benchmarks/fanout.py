@@ -67,14 +67,13 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 NAMESPACE = "/notifications"
 EVENT_PREFIX = f'42{NAMESPACE},["'
 EVENT_PREFIX_LEN = len(EVENT_PREFIX)
-CONNECTED_PREFIX = f"40{NAMESPACE},"
-REFUSED_PREFIX = f"44{NAMESPACE},"
 BROADCAST_EVENT = "broadcast"
 NEW_EVENT = "notification:new"
 NOTIFICATION_KEYS = frozenset(
@@ -233,24 +232,11 @@ class RawClient:
         self.reader: asyncio.Task[None] | None = None
 
     async def connect(self, session: aiohttp.ClientSession, port: int, limit: float) -> None:
-        url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
+        url = engineio_url(HOST, port)
         async with asyncio.timeout(limit):
             ws = await session.ws_connect(url, compress=0, autoping=True, max_msg_size=0)
             self.ws = ws
-            opening = await ws.receive()
-            if opening.type is not aiohttp.WSMsgType.TEXT or not opening.data.startswith("0{"):
-                raise ConnectionError(f"no engine.io open packet: {opening!r}")
-            await ws.send_str(CONNECTED_PREFIX + json.dumps({"token": self.token}))
-            while True:
-                answer = await ws.receive()
-                if answer.type is not aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError(f"closed during connect: {answer!r}")
-                if answer.data.startswith(CONNECTED_PREFIX):
-                    break
-                if answer.data.startswith(REFUSED_PREFIX):
-                    raise ConnectionError(f"refused: {answer.data}")
-                if answer.data == "2":
-                    await ws.send_str("3")
+            await join_namespace(ws, NAMESPACE, self.token)
         self.reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -268,12 +254,7 @@ class RawClient:
                 else:
                     stats.unexpected_frames += 1
                     stats.problem(f"{user}: unexpected frame {frame[:120]!r}")
-            elif message.type in {
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            }:
+            elif message.type in CLOSED_TYPES:
                 stats.closed_clients += 1
                 return
 

@@ -88,13 +88,12 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
 from hub.producer import event_key, publish_events  # noqa: E402
 
 HOST = "127.0.0.1"
 NAMESPACE = "/notifications"
 EVENT_PREFIX = f'42{NAMESPACE},["notification:new",'
-CONNECTED_PREFIX = f"40{NAMESPACE},"
-REFUSED_PREFIX = f"44{NAMESPACE},"
 WATCHER = "watcher"
 USER_POOL = 1000
 DOC_START = "<!-- ingest-results:start -->"
@@ -402,24 +401,11 @@ class WatchClient:
 
     async def connect(self) -> None:
         self._session = aiohttp.ClientSession()
-        url = f"ws://{HOST}:{self.port}/socket.io/?EIO=4&transport=websocket"
+        url = engineio_url(HOST, self.port)
         async with asyncio.timeout(15):
             ws = await self._session.ws_connect(url, compress=0, max_msg_size=0)
             self._ws = ws
-            opening = await ws.receive()
-            if opening.type is not aiohttp.WSMsgType.TEXT or not opening.data.startswith("0{"):
-                raise ConnectionError(f"no engine.io open packet: {opening!r}")
-            await ws.send_str(CONNECTED_PREFIX + json.dumps({"token": self.token}))
-            while True:
-                answer = await ws.receive()
-                if answer.type is not aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError(f"closed during connect: {answer!r}")
-                if answer.data.startswith(CONNECTED_PREFIX):
-                    break
-                if answer.data.startswith(REFUSED_PREFIX):
-                    raise ConnectionError(f"refused: {answer.data}")
-                if answer.data == "2":
-                    await ws.send_str("3")
+            await join_namespace(ws, NAMESPACE, self.token)
         self._reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -437,12 +423,7 @@ class WatchClient:
                     await ws.send_str("3")
                 else:
                     received.other_frames += 1
-            elif message.type in {
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            }:
+            elif message.type in CLOSED_TYPES:
                 self.closed = True
                 return
 
