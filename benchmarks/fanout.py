@@ -713,31 +713,24 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
             ),
         }
 
-        result["broadcast"] = await measure_repeated(
-            quiet=quiet.setdefault("broadcast", []),
-            bench=bench,
-            server=server,
-            http=http,
-            stats=stats,
-            clients=connected,
-            path=spec.broadcast_path,
-            event=BROADCAST_EVENT,
-            body_for=broadcast_body,
-            expected_status=202,
-        )
         users = [c.user for c in connected]
-        result["per_user"] = await measure_repeated(
-            quiet=quiet.setdefault("per_user", []),
-            bench=bench,
-            server=server,
-            http=http,
-            stats=stats,
-            clients=connected,
-            path=spec.per_user_path,
-            event=NEW_EVENT,
-            body_for=lambda _n: per_user_body(users),
-            expected_status=201,
-        )
+        rig = {"bench": bench, "server": server, "http": http, "stats": stats, "clients": connected}
+        targets: dict[str, dict[str, Any]] = {
+            "broadcast": {
+                "path": spec.broadcast_path,
+                "event": BROADCAST_EVENT,
+                "body_for": broadcast_body,
+                "expected_status": 202,
+            },
+            "per_user": {
+                "path": spec.per_user_path,
+                "event": NEW_EVENT,
+                "body_for": lambda _n: per_user_body(users),
+                "expected_status": 201,
+            },
+        }
+        for metric, target in targets.items():
+            result[metric] = await measure_repeated(quiet.setdefault(metric, []), **rig, **target)
         result["memory"]["after_load_rss_kb"] = memory_kb(server.pid).get("rss_kb")
         result["client_checks"] = {
             "parsed_frames": dict(stats.parsed),
