@@ -49,6 +49,7 @@ from dataclasses import dataclass  # noqa: E402
 from email.message import EmailMessage  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     CLK_TCK,
     core_times,
@@ -60,6 +61,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import pin  # noqa: E402
+from benchmarks.report import replace_section, write_results  # noqa: E402
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
@@ -653,12 +655,9 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def update_doc(path: Path, section: str) -> None:
     """Rewrite only what lies between this benchmark's markers (the section is added once)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_START not in text or DOC_END not in text:
-        text = f"{text.rstrip()}\n\n{DOC_SECTION}"
-    head, rest = text.split(DOC_START, 1)
-    _old, tail = rest.split(DOC_END, 1)
-    path.write_text(f"{head}{DOC_START}\n{section}{DOC_END}{tail}")
+    replace_section(
+        path, section, start=DOC_START, end=DOC_END, missing=DOC_SECTION, new_file="# Benchmarks\n"
+    )
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -708,15 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated network round trip: the sink delays every reply by this much "
         "(twice for its greeting and STARTTLS replies, standing for the TCP and TLS handshakes)",
     )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="before each measurement wait until the cores are this idle (in cores busy)",
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=30.0, help="longest wait for a quiet machine"
-    )
+    add_quiet_options(parser, 0.15, 30.0)
     parser.add_argument(
         "--max-other-cpu",
         type=float,
@@ -727,16 +718,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attempts", type=int, default=4, help="tries per measurement to get a quiet one"
     )
     parser.add_argument("--output", help="results JSON (default benchmarks/results/email.json)")
-    parser.add_argument(
-        "--doc",
-        default=str(REPO / "docs" / "benchmarks.md"),
-        help="markdown file whose email results section is rewritten",
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the email results in --doc (default: yes, except with --quick)",
+    add_doc_options(
+        parser,
+        "markdown file whose email results section is rewritten",
+        "rewrite the email results in --doc (default: yes, except with --quick)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 300 emails, 1 repeat, no doc update"
@@ -765,12 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: could not pin the sink to CPU {args.sink_cpu}", file=sys.stderr)
         run_loop(args.sink_loop, serve_sink(args))
         return 0
-    defaults = build_parser().parse_args([])
-    if args.quick:
-        if args.emails == defaults.emails:
-            args.emails = 300
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    apply_quick(args, build_parser, {"emails": 300, "repeats": 1})
     if args.update_doc is None:
         args.update_doc = not args.quick
     if args.output is None:
@@ -792,8 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output).resolve()
     with contextlib.suppress(ValueError):
         results["output"] = str(output.relative_to(REPO))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     print()
     print_table(results)
     print(f"results: {output}")

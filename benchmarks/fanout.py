@@ -56,6 +56,7 @@ import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import jwt  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     CLK_TCK,
     code_version,
@@ -67,6 +68,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.report import replace_section, write_results  # noqa: E402
 from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1042,16 +1044,14 @@ def update_doc(
 ) -> None:
     """Rewrite what lies between ``start`` and ``end`` in ``path``; where the markers are
     missing, append ``intro`` and the markers (other benchmarks pass their own)."""
-    template = DOC_TEMPLATE.format(start=DOC_START, end=DOC_END)
-    text = path.read_text() if path.exists() else template
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _old, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{section}{end}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{intro.rstrip()}\n\n{start}\n{section}{end}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(
+        path,
+        section,
+        start=start,
+        end=end,
+        missing=f"{intro.rstrip()}\n\n{start}\n{end}\n",
+        new_file=DOC_TEMPLATE.format(start=DOC_START, end=DOC_END),
+    )
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -1223,16 +1223,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing: print the table of a results file (and update the doc with "
         "--update-doc)",
     )
-    parser.add_argument(
-        "--doc",
-        default=str(REPO / "docs" / "benchmarks.md"),
-        help="markdown file whose results section is rewritten",
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the results table in --doc (default: yes, except with --quick)",
+    add_doc_options(
+        parser,
+        "markdown file whose results section is rewritten",
+        "rewrite the results table in --doc (default: yes, except with --quick)",
     )
     parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
     parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
@@ -1259,15 +1253,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-seconds-per-server", type=float, default=600.0, help="hard bound per server"
     )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="before each measurement wait until the cores are this idle (in cores busy)",
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="longest wait for a quiet machine"
-    )
+    add_quiet_options(parser, 0.15, 60.0)
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -1281,14 +1267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> None:
     """What --quick and --profile change, unless given explicitly."""
-    if args.quick:
-        defaults = build_parser().parse_args([])
-        if args.clients == defaults.clients:
-            args.clients = 200
-        if args.rounds == defaults.rounds:
-            args.rounds = 2
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    apply_quick(args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1})
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile)
     if args.output is None:
@@ -1335,8 +1314,7 @@ def run_load_generator(
     output = Path(args.output)
     if not output.is_absolute():
         output = REPO / output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     return results, output
 
 

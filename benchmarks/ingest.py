@@ -77,6 +77,7 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     CLK_TCK,
     code_version,
@@ -88,6 +89,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.report import replace_section, write_results  # noqa: E402
 from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
 from hub.producer import event_key, publish_events  # noqa: E402
 
@@ -1478,12 +1480,9 @@ Run (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis on 127.0.0.1:6379):
 
 def update_doc(path: Path, section: str) -> None:
     """Rewrite only what lies between this benchmark's markers (the section is added once)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_START not in text or DOC_END not in text:
-        text = f"{text.rstrip()}\n\n{DOC_SECTION}"
-    head, rest = text.split(DOC_START, 1)
-    _old, tail = rest.split(DOC_END, 1)
-    path.write_text(f"{head}{DOC_START}\n{section}{DOC_END}{tail}")
+    replace_section(
+        path, section, start=DOC_START, end=DOC_END, missing=DOC_SECTION, new_file="# Benchmarks\n"
+    )
 
 
 # -- command line -------------------------------------------------------------------------
@@ -1556,14 +1555,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-cpu", type=int, default=1, help="core of the generator, client and serve"
     )
     parser.add_argument("--output", help="results file (default benchmarks/results/ingest.json)")
-    parser.add_argument(
-        "--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update"
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the results in --doc (default: yes, except with --quick/--profile)",
+    add_doc_options(
+        parser,
+        "markdown file to update",
+        "rewrite the results in --doc (default: yes, except with --quick/--profile)",
     )
     parser.add_argument(
         "--from-json", metavar="RESULTS", help="run nothing: print (and --update-doc) a file"
@@ -1580,11 +1575,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds-per-path", type=float, default=900.0, help="hard bound per path, s"
     )
     parser.add_argument("--settle-after", type=float, default=0.5, help="late frames, s")
-    parser.add_argument(
-        "--quiet-threshold", type=float, default=0.3, help="wait for cores this idle (cores)"
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=30.0, help="longest wait for quiet, s"
+    add_quiet_options(
+        parser, 0.3, 30.0, "wait for cores this idle (cores)", "longest wait for quiet, s"
     )
     parser.add_argument(
         "--keep-databases", action="store_true", help="do not drop the databases (debugging)"
@@ -1593,16 +1585,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
-    if args.quick:
-        defaults = build_parser().parse_args([])
-        if args.events == defaults.events:
-            args.events = 3_000
-        if args.warmup == defaults.warmup:
-            args.warmup = 500
-        if args.latency_seconds == defaults.latency_seconds:
-            args.latency_seconds = 3.0
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    quick = {"events": 3_000, "warmup": 500, "latency_seconds": 3.0, "repeats": 1}
+    apply_quick(args, build_parser, quick)
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile or args.from_json)
     if args.output is None:
@@ -1641,8 +1625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("warning: consumer and load generator share a core", file=sys.stderr)
     results = asyncio.run(run(args))
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     print_table(results)
     print(f"results: {output}\nlogs: {results['logs']}")
     if args.update_doc:
