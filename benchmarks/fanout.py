@@ -53,10 +53,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
 import jwt  # noqa: E402
 
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     CLK_TCK,
     code_version,
@@ -69,7 +69,12 @@ from benchmarks.machine import (  # noqa: E402
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
 from benchmarks.report import replace_section, write_results  # noqa: E402
-from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
+from benchmarks.socketio_client import (  # noqa: E402
+    CLOSED_TYPES,
+    engineio_url,
+    join_namespace,
+    stop_reading,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -261,13 +266,7 @@ class RawClient:
                 return
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self.ws.close()
+        await stop_reading(self.reader, self.ws)
 
 
 async def connect_all(
@@ -380,27 +379,6 @@ def log_problems(path: Path) -> list[str]:
 
 
 # -- database -------------------------------------------------------------------------
-
-
-async def create_database(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
-def database_url(admin_url: str, name: str, driver: str) -> str:
-    base = admin_url.rsplit("/", 1)[0].split("://", 1)[1]
-    return f"{driver}://{base}/{name}"
 
 
 def migrate(env: dict[str, str], workdir: Path) -> None:

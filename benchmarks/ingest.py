@@ -78,6 +78,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.database import (  # noqa: E402
+    asyncpg_dsn,
+    create_database,
+    database_url,
+    drop_database,
+)
 from benchmarks.machine import (  # noqa: E402
     CLK_TCK,
     code_version,
@@ -90,7 +96,12 @@ from benchmarks.machine import (  # noqa: E402
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
 from benchmarks.report import replace_section, write_results  # noqa: E402
-from benchmarks.socketio_client import CLOSED_TYPES, engineio_url, join_namespace  # noqa: E402
+from benchmarks.socketio_client import (  # noqa: E402
+    CLOSED_TYPES,
+    engineio_url,
+    join_namespace,
+    stop_reading,
+)
 from hub.producer import event_key, publish_events  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -261,23 +272,6 @@ async def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path)
 # -- database -----------------------------------------------------------------------------
 
 
-def asyncpg_dsn(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
-
-
-def database_url(admin_url: str, name: str) -> str:
-    base = admin_url.split("://", 1)[1].rsplit("/", 1)[0]
-    return f"postgresql+asyncpg://{base}/{name}"
-
-
-async def admin_execute(admin_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(admin_url), timeout=10)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 def migrate(env: dict[str, str], cwd: Path) -> None:
     result = subprocess.run(  # noqa: S603 - our own CLI
         [*notifyhub_command(), "migrate"],
@@ -430,13 +424,7 @@ class WatchClient:
                 return
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._ws.close()
+        await stop_reading(self._reader, self._ws)
         if self._session is not None:
             await self._session.close()
 
@@ -559,10 +547,10 @@ async def setup_path(bench: Bench, name: str) -> PathRun:
     run = PathRun(
         name=name,
         db_name=db_name,
-        db_url=database_url(args.admin_url, db_name),
+        db_url=database_url(args.admin_url, db_name, "postgresql+asyncpg"),
         topic=f"bench.ingest.{bench.run_id}.{name}",
     )
-    await admin_execute(args.admin_url, f'CREATE DATABASE "{db_name}"')
+    await create_database(args.admin_url, db_name)
     env = path_environment(bench, name, run.db_url)
     await asyncio.to_thread(migrate, env, bench.workdir)
     await create_topic(bench.bootstrap, run.topic, args.partitions)
@@ -608,9 +596,7 @@ async def close_path(bench: Bench, run: PathRun) -> dict[str, Any]:
     if run.profile is not None and run.profile.exists():
         info["profile"] = profile_summary(run.profile, 30)
     if not bench.args.keep_databases:
-        await admin_execute(
-            bench.args.admin_url, f'DROP DATABASE IF EXISTS "{run.db_name}" WITH (FORCE)'
-        )
+        await drop_database(bench.args.admin_url, run.db_name)
     return info
 
 

@@ -51,6 +51,7 @@ import benchmarks.fanout  # noqa: F401
 # isort: split
 import aiohttp
 
+from benchmarks.database import create_database, database_url, drop_database
 from benchmarks.fanout import (
     BROADCAST_EVENT,
     NAMESPACE,
@@ -60,9 +61,6 @@ from benchmarks.fanout import (
     ServerSpec,
     Stats,
     connect_all,
-    create_database,
-    database_url,
-    drop_database,
     fmt,
     log_problems,
     make_clients,

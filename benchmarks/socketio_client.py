@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 import aiohttp
@@ -39,3 +41,16 @@ async def join_namespace(ws: aiohttp.ClientWebSocketResponse, namespace: str, to
             raise ConnectionError(f"refused: {answer.data}")
         if answer.data == "2":
             await ws.send_str("3")
+
+
+async def stop_reading(
+    reader: asyncio.Task[None] | None, ws: aiohttp.ClientWebSocketResponse | None
+) -> None:
+    """Cancel the task that reads ``ws`` and close ``ws`` (two seconds at most)."""
+    if reader is not None:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    if ws is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await ws.close()
