@@ -51,13 +51,10 @@ from typing import Any  # noqa: E402
 
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
-    CLK_TCK,
-    core_times,
+    CpuWindow,
     free_port,
     git_state,
     machine_info,
-    own_cpu_seconds,
-    process_cpu_seconds,
     wait_for_quiet,
 )
 from benchmarks.processes import pin  # noqa: E402
@@ -418,23 +415,17 @@ async def measure(
         await send_all(pool, config, messages[: min(len(messages), 20)], concurrency)
         opened_before = pool.connections_opened
         before = sink.stats()
-        cpu_before, sink_cpu_before = own_cpu_seconds(), process_cpu_seconds(sink.pid)
-        cores_before = core_times()
+        cpu = CpuWindow.begin(sink.pid)
         started = time.perf_counter()
         errors = await send_all(pool, config, messages, concurrency)
         seconds = time.perf_counter() - started
-        cpu_after, sink_cpu_after = own_cpu_seconds(), process_cpu_seconds(sink.pid)
-        cores_after = core_times()
+        (sink_cpu,), client_cpu, all_busy, _cores = cpu.end()
     finally:
         await pool.close()
     after = sink.stats()
     received = after["messages"] - before["messages"]
     if received != len(messages) - errors:
         raise RuntimeError(f"sink received {received} of {len(messages) - errors} emails")
-    all_busy = sum(
-        cores_after[n][0] - busy for n, (busy, _total) in cores_before.items() if n in cores_after
-    )
-    client_cpu, sink_cpu = cpu_after - cpu_before, sink_cpu_after - sink_cpu_before
     return Measurement(
         emails=len(messages),
         seconds=seconds,
@@ -444,7 +435,7 @@ async def measure(
         sink_sessions=after["sessions"] - before["sessions"],
         errors=errors,
         machine_before=machine_before,
-        other_cpu=max(0.0, all_busy / CLK_TCK - client_cpu - sink_cpu),
+        other_cpu=max(0.0, all_busy - client_cpu - sink_cpu),
     )
 
 

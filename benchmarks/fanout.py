@@ -58,13 +58,10 @@ import jwt  # noqa: E402
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
-    CLK_TCK,
+    CpuWindow,
     code_version,
-    core_times,
     free_port,
     machine_info,
-    own_cpu_seconds,
-    process_cpu_seconds,
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
@@ -490,9 +487,7 @@ async def measure_fanout(
     round_seconds: list[float] = []
     trigger_seconds: list[float] = []
     timed_out = False
-    cpu_server_0 = process_cpu_seconds(server.pid)
-    cpu_client_0 = own_cpu_seconds()
-    cores_0 = core_times()
+    cpu = CpuWindow.begin(server.pid)
     first_trigger = time.perf_counter()
     last_delivery = first_trigger
     for round_number in range(rounds):
@@ -523,10 +518,7 @@ async def measure_fanout(
         last_delivery = stats.reached_at
         round_seconds.append(stats.reached_at - started)
     elapsed = last_delivery - first_trigger
-    cpu_server = process_cpu_seconds(server.pid) - cpu_server_0
-    cpu_client = own_cpu_seconds() - cpu_client_0
-    cores_1 = core_times()
-    busy_s = sum(cores_1[n][0] - b0 for n, (b0, _t0) in cores_0.items() if n in cores_1) / CLK_TCK
+    (cpu_server,), cpu_client, busy_s, core_busy = cpu.end()
     # Late frames (duplicates) have a moment to arrive before the per-client check.
     await asyncio.sleep(args.settle_after)
     after_counts = stats.per_client.get(event, [0] * stats.size)
@@ -562,11 +554,7 @@ async def measure_fanout(
         "server_cpu_util": round(cpu_server / elapsed, 3) if elapsed > 0 else None,
         "loadgen_cpu_s": round(cpu_client, 3),
         "loadgen_cpu_util": round(cpu_client / elapsed, 3) if elapsed > 0 else None,
-        "core_busy": {
-            name: round((cores_1[name][0] - b0) / max(1, cores_1[name][1] - t0), 3)
-            for name, (b0, t0) in cores_0.items()
-            if name in cores_1
-        },
+        "core_busy": core_busy,
         # Redis, PostgreSQL and anything else running on the machine meanwhile.
         "other_cpu_s": round(max(0.0, busy_s - cpu_server - cpu_client), 3),
         "other_cpu_util": round(max(0.0, busy_s - cpu_server - cpu_client) / elapsed, 3)

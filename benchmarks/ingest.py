@@ -85,12 +85,10 @@ from benchmarks.database import (  # noqa: E402
     drop_database,
 )
 from benchmarks.machine import (  # noqa: E402
-    CLK_TCK,
+    CpuWindow,
     code_version,
-    core_times,
     free_port,
     machine_info,
-    own_cpu_seconds,
     process_cpu_seconds,
     wait_for_quiet,
 )
@@ -164,8 +162,7 @@ class CpuMeter:
 
     roles: dict[str, list[int]]
     start: dict[str, dict[int, float]] = field(default_factory=dict)
-    own_start: float = 0.0
-    cores_start: dict[str, tuple[int, int]] = field(default_factory=dict)
+    window: CpuWindow | None = None
     started_at: float = 0.0
 
     def _sample(self) -> dict[str, dict[int, float]]:
@@ -183,22 +180,20 @@ class CpuMeter:
 
     def begin(self) -> None:
         self.start = self._sample()
-        self.own_start = own_cpu_seconds()
-        self.cores_start = core_times()
+        self.window = CpuWindow.begin()
         self.started_at = time.perf_counter()
 
     def end(self, elapsed: float | None = None) -> dict[str, Any]:
         seconds = elapsed if elapsed is not None else time.perf_counter() - self.started_at
         now = self._sample()
-        cores = core_times()
+        assert self.window is not None, "end() before begin()"
+        _none, own, busy_s, core_busy = self.window.end()
         used: dict[str, float] = {}
         for role, pids in now.items():
             before = self.start.get(role, {})
             # A process born in the window counts whole; one that ended in it is lost.
             used[role] = sum(cpu - before.get(pid, 0.0) for pid, cpu in pids.items())
-        used["generator"] = own_cpu_seconds() - self.own_start
-        busy = sum(cores[n][0] - b0 for n, (b0, _t) in self.cores_start.items() if n in cores)
-        busy_s = busy / CLK_TCK
+        used["generator"] = own
         used["other"] = max(0.0, busy_s - sum(used.values()))
         return {
             "seconds": round(seconds, 4),
@@ -207,11 +202,7 @@ class CpuMeter:
                 role: round(value / seconds, 3) if seconds > 0 else None
                 for role, value in used.items()
             },
-            "core_busy": {
-                name: round((cores[name][0] - b0) / max(1, cores[name][1] - t0), 3)
-                for name, (b0, t0) in self.cores_start.items()
-                if name in cores
-            },
+            "core_busy": core_busy,
         }
 
 

@@ -13,8 +13,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
@@ -127,3 +128,42 @@ async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
                 "waited_s": round(waited, 1),
                 "quiet": busy <= threshold,
             }
+
+
+class CpuUse(NamedTuple):
+    """CPU seconds spent over a window."""
+
+    processes: tuple[float, ...]  # by each of the processes watched, in their order
+    own: float  # by this process
+    busy: float  # by all the cores together, whoever ran on them
+    core_busy: dict[str, float]  # the busy share of each core's time
+
+
+@dataclass(frozen=True)
+class CpuWindow:
+    """What the CPU did between ``CpuWindow.begin(pid, ...)`` and ``end()``."""
+
+    pids: tuple[int, ...]
+    processes: tuple[float, ...]
+    own: float
+    cores: dict[str, tuple[int, int]]
+
+    @classmethod
+    def begin(cls, *pids: int) -> CpuWindow:
+        processes = tuple(process_cpu_seconds(pid) for pid in pids)
+        return cls(pids, processes, own_cpu_seconds(), core_times())
+
+    def end(self) -> CpuUse:
+        processes = tuple(
+            process_cpu_seconds(pid) - before
+            for pid, before in zip(self.pids, self.processes, strict=True)
+        )
+        own = own_cpu_seconds() - self.own
+        cores = core_times()
+        busy = sum(cores[n][0] - b0 for n, (b0, _t0) in self.cores.items() if n in cores)
+        core_busy = {
+            name: round((cores[name][0] - b0) / max(1, cores[name][1] - t0), 3)
+            for name, (b0, t0) in self.cores.items()
+            if name in cores
+        }
+        return CpuUse(processes, own, busy / CLK_TCK, core_busy)

@@ -77,9 +77,7 @@ from benchmarks.fanout import (
 )
 from benchmarks.machine import (
     REPO,
-    core_times,
-    own_cpu_seconds,
-    process_cpu_seconds,
+    CpuWindow,
     wait_for_quiet,
 )
 from tests.harness.rawws import RawWebSocket, connect_socketio
@@ -401,11 +399,7 @@ async def measure_storm(
     tcp: list[int] = []
     tcp_before = tcp_buffers_kb()
     sampler = asyncio.create_task(sample_memory(server.pid, 0.05, rss, tcp))
-    cpu_server_0, cpu_loadgen_0, cores_0 = (
-        process_cpu_seconds(server.pid),
-        own_cpu_seconds(),
-        core_times(),
-    )
+    cpu = CpuWindow.begin(server.pid)
     stats.arm(BROADCAST_EVENT, stats.size * args.broadcasts)
     try:
         sent = await storm(bench, server, http, stats)
@@ -418,11 +412,8 @@ async def measure_storm(
             result["errors"].append(f"not every delivery arrived within {args.wait_timeout}s")
     finally:
         sampler.cancel()
-    cpu_server = process_cpu_seconds(server.pid) - cpu_server_0
-    cpu_loadgen = own_cpu_seconds() - cpu_loadgen_0
-    cores_1 = core_times()
-    busy = sum(cores_1[n][0] - b for n, (b, _t) in cores_0.items() if n in cores_1)
-    other = max(0.0, busy / os.sysconf("SC_CLK_TCK") - cpu_server - cpu_loadgen)
+    (cpu_server,), cpu_loadgen, busy, _cores = cpu.end()
+    other = max(0.0, busy - cpu_server - cpu_loadgen)
     await asyncio.sleep(args.settle_after)  # late or duplicate frames
     drops_after = await slow_consumer_drops(http, server)
     # Counted before the stalled sockets are read below: that would unblock a server that
