@@ -58,7 +58,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import pin  # noqa: E402
-from benchmarks.report import replace_section, write_results  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
@@ -767,9 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(results)
     print(f"results: {output}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     return 0
 
 

@@ -65,7 +65,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
-from benchmarks.report import replace_section, write_results  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 from benchmarks.socketio_client import (  # noqa: E402
     CLOSED_TYPES,
     engineio_url,
@@ -1249,9 +1249,7 @@ def render_only(args: argparse.Namespace) -> int:
     """Print the table of a results file and, with --update-doc, rewrite the doc from it."""
     results = json.loads(Path(args.from_json).read_text())
     print_table(results)
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     return 0
 
 
@@ -1300,9 +1298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(results)
     print(f"\nresults: {output}\nserver logs: {results['logs']}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     failed = any(server.get("errors") for server in results["servers"].values())
     return 1 if failed else 0
 

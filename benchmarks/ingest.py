@@ -93,7 +93,7 @@ from benchmarks.machine import (  # noqa: E402
     wait_for_quiet,
 )
 from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
-from benchmarks.report import replace_section, write_results  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 from benchmarks.socketio_client import (  # noqa: E402
     CLOSED_TYPES,
     engineio_url,
@@ -1605,9 +1605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_results(output, results)
     print_table(results)
     print(f"results: {output}\nlogs: {results['logs']}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     failed = any(
         path.get("errors") or get(path, "backlog", "problems") for path in results["paths"].values()
     )

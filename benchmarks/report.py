@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +27,12 @@ def replace_section(
     _old, tail = rest.split(end, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{head}{start}\n{section}{end}{tail}")
+
+
+def update_doc_if_asked(
+    args: argparse.Namespace, update_doc: Callable[[Path, str], None], section: str
+) -> None:
+    """With --update-doc, ``update_doc(--doc, section)`` and say which file it rewrote."""
+    if args.update_doc:
+        update_doc(Path(args.doc), section)
+        print(f"doc: {args.doc}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -80,6 +81,7 @@ from benchmarks.machine import (
     CpuWindow,
     wait_for_quiet,
 )
+from benchmarks.report import update_doc_if_asked
 from tests.harness.rawws import RawWebSocket, connect_socketio
 
 TITLE_MARK = '"title":"storm-'
@@ -903,11 +905,8 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print_table(results)
-    if args.update_doc:
-        update_doc(
-            Path(args.doc), markdown_table(results), start=DOC_START, end=DOC_END, intro=DOC_INTRO
-        )
-        print(f"doc: {args.doc}")
+    slow_section = functools.partial(update_doc, start=DOC_START, end=DOC_END, intro=DOC_INTRO)
+    update_doc_if_asked(args, slow_section, markdown_table(results))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
