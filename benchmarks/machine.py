@@ -49,19 +49,21 @@ def git_state(*paths: str) -> tuple[str | None, list[str]] | None:
     git = shutil.which("git")
     if git is None:
         return None
+
+    def run(*arguments: str) -> str:
+        return subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, *arguments],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head, dirty = (
-            subprocess.run(  # noqa: S603 - git, fixed arguments
-                [git, *arguments],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            for arguments in (["rev-parse", "HEAD"], ["status", "--porcelain", "--", *paths])
-        )
-        return head.stdout.strip() or None, [line[3:] for line in dirty.stdout.splitlines()]
+        head = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--", *paths)
+        return head.strip() or None, [line[3:] for line in dirty.splitlines()]
     return None
 
 
