@@ -39,8 +39,6 @@ import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
 import ssl  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -51,20 +49,21 @@ from dataclasses import dataclass  # noqa: E402
 from email.message import EmailMessage  # noqa: E402
 from typing import Any  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
-    core_times,
-    cpu_model,
+    CpuWindow,
     free_port,
-    own_cpu_seconds,
-    package_version,
+    git_state,
+    machine_info,
     wait_for_quiet,
 )
+from benchmarks.processes import pin  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
 DOC_END = "<!-- email-results:end -->"
 TARGET_RATIO = 3.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SINK_HOSTNAME = "sink.bench.local"
 USERNAME = "bench-tenant"
 PASSWORD = "bench-password"  # noqa: S105 - a throwaway credential of the local sink
@@ -132,57 +131,11 @@ Run:
 
 
 def code_commit() -> dict[str, Any]:
-    git = shutil.which("git")
-    if git is None:
+    state = git_state("tasks/smtp.py")
+    if state is None:
         return {}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "tasks/smtp.py"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return {
-            "commit": head.stdout.strip() or None,
-            "smtp_module_uncommitted": bool(dirty.stdout.strip()),
-        }
-    return {}
-
-
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {name: package_version(name) for name in ("aiosmtplib", "aiosmtpd", "uvloop")},
-    }
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def pin(cpu: int) -> bool:
-    """Pin this process to one core (any online core: a child inherits its parent's mask)."""
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
+    commit, changed = state
+    return {"commit": commit, "smtp_module_uncommitted": bool(changed)}
 
 
 # -- the sink (its own process) ------------------------------------------------------------
@@ -462,23 +415,17 @@ async def measure(
         await send_all(pool, config, messages[: min(len(messages), 20)], concurrency)
         opened_before = pool.connections_opened
         before = sink.stats()
-        cpu_before, sink_cpu_before = own_cpu_seconds(), process_cpu_seconds(sink.pid)
-        cores_before = core_times()
+        cpu = CpuWindow.begin(sink.pid)
         started = time.perf_counter()
         errors = await send_all(pool, config, messages, concurrency)
         seconds = time.perf_counter() - started
-        cpu_after, sink_cpu_after = own_cpu_seconds(), process_cpu_seconds(sink.pid)
-        cores_after = core_times()
+        (sink_cpu,), client_cpu, all_busy, _cores = cpu.end()
     finally:
         await pool.close()
     after = sink.stats()
     received = after["messages"] - before["messages"]
     if received != len(messages) - errors:
         raise RuntimeError(f"sink received {received} of {len(messages) - errors} emails")
-    all_busy = sum(
-        cores_after[n][0] - busy for n, (busy, _total) in cores_before.items() if n in cores_after
-    )
-    client_cpu, sink_cpu = cpu_after - cpu_before, sink_cpu_after - sink_cpu_before
     return Measurement(
         emails=len(messages),
         seconds=seconds,
@@ -488,7 +435,7 @@ async def measure(
         sink_sessions=after["sessions"] - before["sessions"],
         errors=errors,
         machine_before=machine_before,
-        other_cpu=max(0.0, all_busy / CLK_TCK - client_cpu - sink_cpu),
+        other_cpu=max(0.0, all_busy - client_cpu - sink_cpu),
     )
 
 
@@ -582,7 +529,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "email",
         "started_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine_info(),
+        "machine": machine_info(("aiosmtplib", "aiosmtpd", "uvloop")),
         "code": code_commit(),
         "settings": {
             "emails": args.emails,
@@ -699,12 +646,9 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def update_doc(path: Path, section: str) -> None:
     """Rewrite only what lies between this benchmark's markers (the section is added once)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_START not in text or DOC_END not in text:
-        text = f"{text.rstrip()}\n\n{DOC_SECTION}"
-    head, rest = text.split(DOC_START, 1)
-    _old, tail = rest.split(DOC_END, 1)
-    path.write_text(f"{head}{DOC_START}\n{section}{DOC_END}{tail}")
+    replace_section(
+        path, section, start=DOC_START, end=DOC_END, missing=DOC_SECTION, new_file="# Benchmarks\n"
+    )
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -754,15 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated network round trip: the sink delays every reply by this much "
         "(twice for its greeting and STARTTLS replies, standing for the TCP and TLS handshakes)",
     )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="before each measurement wait until the cores are this idle (in cores busy)",
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=30.0, help="longest wait for a quiet machine"
-    )
+    add_quiet_options(parser, 0.15, 30.0)
     parser.add_argument(
         "--max-other-cpu",
         type=float,
@@ -773,16 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--attempts", type=int, default=4, help="tries per measurement to get a quiet one"
     )
     parser.add_argument("--output", help="results JSON (default benchmarks/results/email.json)")
-    parser.add_argument(
-        "--doc",
-        default=str(REPO / "docs" / "benchmarks.md"),
-        help="markdown file whose email results section is rewritten",
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the email results in --doc (default: yes, except with --quick)",
+    add_doc_options(
+        parser,
+        "markdown file whose email results section is rewritten",
+        "rewrite the email results in --doc (default: yes, except with --quick)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 300 emails, 1 repeat, no doc update"
@@ -811,12 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: could not pin the sink to CPU {args.sink_cpu}", file=sys.stderr)
         run_loop(args.sink_loop, serve_sink(args))
         return 0
-    defaults = build_parser().parse_args([])
-    if args.quick:
-        if args.emails == defaults.emails:
-            args.emails = 300
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    apply_quick(args, build_parser, {"emails": 300, "repeats": 1})
     if args.update_doc is None:
         args.update_doc = not args.quick
     if args.output is None:
@@ -838,14 +763,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = Path(args.output).resolve()
     with contextlib.suppress(ValueError):
         results["output"] = str(output.relative_to(REPO))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     print()
     print_table(results)
     print(f"results: {output}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     return 0
 
 

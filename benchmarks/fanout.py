@@ -31,11 +31,9 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
 import resource
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
@@ -55,17 +53,24 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 import aiohttp  # noqa: E402
-import asyncpg  # noqa: E402
 import jwt  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
+    CpuWindow,
     code_version,
-    core_times,
-    cpu_model,
     free_port,
-    own_cpu_seconds,
-    package_version,
+    machine_info,
     wait_for_quiet,
+)
+from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
+from benchmarks.socketio_client import (  # noqa: E402
+    CLOSED_TYPES,
+    engineio_url,
+    join_namespace,
+    stop_reading,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,8 +78,6 @@ HOST = "127.0.0.1"
 NAMESPACE = "/notifications"
 EVENT_PREFIX = f'42{NAMESPACE},["'
 EVENT_PREFIX_LEN = len(EVENT_PREFIX)
-CONNECTED_PREFIX = f"40{NAMESPACE},"
-REFUSED_PREFIX = f"44{NAMESPACE},"
 BROADCAST_EVENT = "broadcast"
 NEW_EVENT = "notification:new"
 NOTIFICATION_KEYS = frozenset(
@@ -91,34 +94,23 @@ DOC_START = "<!-- fanout-results:start -->"
 DOC_END = "<!-- fanout-results:end -->"
 TARGET_SPEEDUP = 2.0
 TARGET_KB_PER_SOCKET = 20.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_NAMES = ("notifyhub", "stock")
 
 
 # -- small helpers ------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {
-            name: package_version(name)
-            for name in (
-                "python-socketio",
-                "python-engineio",
-                "aiohttp",
-                "asyncpg",
-                "SQLAlchemy",
-                "redis",
-                "orjson",
-                "uvloop",
-                "PyJWT",
-            )
-        },
-    }
+FACTS_PACKAGES = (
+    "python-socketio",
+    "python-engineio",
+    "aiohttp",
+    "asyncpg",
+    "SQLAlchemy",
+    "redis",
+    "orjson",
+    "uvloop",
+    "PyJWT",
+)
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -132,13 +124,6 @@ def memory_kb(pid: int) -> dict[str, int]:
             if line.startswith("Pss:"):
                 found["pss_kb"] = int(line.split()[1])
     return found
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def make_token(
@@ -251,24 +236,11 @@ class RawClient:
         self.reader: asyncio.Task[None] | None = None
 
     async def connect(self, session: aiohttp.ClientSession, port: int, limit: float) -> None:
-        url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
+        url = engineio_url(HOST, port)
         async with asyncio.timeout(limit):
             ws = await session.ws_connect(url, compress=0, autoping=True, max_msg_size=0)
             self.ws = ws
-            opening = await ws.receive()
-            if opening.type is not aiohttp.WSMsgType.TEXT or not opening.data.startswith("0{"):
-                raise ConnectionError(f"no engine.io open packet: {opening!r}")
-            await ws.send_str(CONNECTED_PREFIX + json.dumps({"token": self.token}))
-            while True:
-                answer = await ws.receive()
-                if answer.type is not aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError(f"closed during connect: {answer!r}")
-                if answer.data.startswith(CONNECTED_PREFIX):
-                    break
-                if answer.data.startswith(REFUSED_PREFIX):
-                    raise ConnectionError(f"refused: {answer.data}")
-                if answer.data == "2":
-                    await ws.send_str("3")
+            await join_namespace(ws, NAMESPACE, self.token)
         self.reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -286,23 +258,12 @@ class RawClient:
                 else:
                     stats.unexpected_frames += 1
                     stats.problem(f"{user}: unexpected frame {frame[:120]!r}")
-            elif message.type in {
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            }:
+            elif message.type in CLOSED_TYPES:
                 stats.closed_clients += 1
                 return
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self.ws.close()
+        await stop_reading(self.reader, self.ws)
 
 
 async def connect_all(
@@ -360,30 +321,10 @@ class RunningServer:
         return f"http://{HOST}:{self.port}"
 
 
-def pinned(command: list[str], cpu: int | None) -> list[str]:
-    if cpu is None:
-        return command
-    taskset = shutil.which("taskset")
-    if taskset is None:
-        return command  # pinned with sched_setaffinity right after start instead
-    return [taskset, "-c", str(cpu), *command]
-
-
 def spawn(spec: ServerSpec, *, port: int, cpu: int | None, workdir: Path) -> RunningServer:
     log_path = workdir / f"{spec.name}.log"
     command = [part.replace("{port}", str(port)) for part in spec.command]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
-            pinned(command, cpu),
-            env=spec.env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    if cpu is not None and shutil.which("taskset") is None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, {cpu})
+    process = spawn_pinned(command, env=spec.env, cwd=workdir, log_path=log_path, cpu=cpu)
     return RunningServer(spec, port, process, log_path)
 
 
@@ -424,12 +365,6 @@ def stop_server(server: RunningServer) -> None:
         process.wait(5)
 
 
-def log_tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
-
-
 def log_problems(path: Path) -> list[str]:
     with contextlib.suppress(OSError):
         return [
@@ -440,43 +375,7 @@ def log_problems(path: Path) -> list[str]:
     return []
 
 
-def profile_summary(path: Path, lines: int = 25) -> dict[str, Any]:
-    """The top functions of a cProfile dump, by own time and by cumulative time."""
-    import io
-    import pstats
-
-    summary: dict[str, Any] = {"file": str(path)}
-    for order in ("tottime", "cumtime"):
-        out = io.StringIO()
-        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(lines)
-        text = out.getvalue()
-        (path.parent / f"{path.stem}.{order}.txt").write_text(text)
-        summary[order] = [row for row in text.splitlines() if row.strip()][-lines:]
-    return summary
-
-
 # -- database -------------------------------------------------------------------------
-
-
-async def create_database(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    connection = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
-def database_url(admin_url: str, name: str, driver: str) -> str:
-    base = admin_url.rsplit("/", 1)[0].split("://", 1)[1]
-    return f"{driver}://{base}/{name}"
 
 
 def migrate(env: dict[str, str], workdir: Path) -> None:
@@ -544,7 +443,7 @@ def results_header(name: str) -> dict[str, Any]:
     return {
         "benchmark": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
+        "machine": machine_info(FACTS_PACKAGES),
         "code": code_version(),
     }
 
@@ -588,9 +487,7 @@ async def measure_fanout(
     round_seconds: list[float] = []
     trigger_seconds: list[float] = []
     timed_out = False
-    cpu_server_0 = process_cpu_seconds(server.pid)
-    cpu_client_0 = own_cpu_seconds()
-    cores_0 = core_times()
+    cpu = CpuWindow.begin(server.pid)
     first_trigger = time.perf_counter()
     last_delivery = first_trigger
     for round_number in range(rounds):
@@ -621,10 +518,7 @@ async def measure_fanout(
         last_delivery = stats.reached_at
         round_seconds.append(stats.reached_at - started)
     elapsed = last_delivery - first_trigger
-    cpu_server = process_cpu_seconds(server.pid) - cpu_server_0
-    cpu_client = own_cpu_seconds() - cpu_client_0
-    cores_1 = core_times()
-    busy_s = sum(cores_1[n][0] - b0 for n, (b0, _t0) in cores_0.items() if n in cores_1) / CLK_TCK
+    (cpu_server,), cpu_client, busy_s, core_busy = cpu.end()
     # Late frames (duplicates) have a moment to arrive before the per-client check.
     await asyncio.sleep(args.settle_after)
     after_counts = stats.per_client.get(event, [0] * stats.size)
@@ -660,11 +554,7 @@ async def measure_fanout(
         "server_cpu_util": round(cpu_server / elapsed, 3) if elapsed > 0 else None,
         "loadgen_cpu_s": round(cpu_client, 3),
         "loadgen_cpu_util": round(cpu_client / elapsed, 3) if elapsed > 0 else None,
-        "core_busy": {
-            name: round((cores_1[name][0] - b0) / max(1, cores_1[name][1] - t0), 3)
-            for name, (b0, t0) in cores_0.items()
-            if name in cores_1
-        },
+        "core_busy": core_busy,
         # Redis, PostgreSQL and anything else running on the machine meanwhile.
         "other_cpu_s": round(max(0.0, busy_s - cpu_server - cpu_client), 3),
         "other_cpu_util": round(max(0.0, busy_s - cpu_server - cpu_client) / elapsed, 3)
@@ -791,31 +681,24 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
             ),
         }
 
-        result["broadcast"] = await measure_repeated(
-            quiet=quiet.setdefault("broadcast", []),
-            bench=bench,
-            server=server,
-            http=http,
-            stats=stats,
-            clients=connected,
-            path=spec.broadcast_path,
-            event=BROADCAST_EVENT,
-            body_for=broadcast_body,
-            expected_status=202,
-        )
         users = [c.user for c in connected]
-        result["per_user"] = await measure_repeated(
-            quiet=quiet.setdefault("per_user", []),
-            bench=bench,
-            server=server,
-            http=http,
-            stats=stats,
-            clients=connected,
-            path=spec.per_user_path,
-            event=NEW_EVENT,
-            body_for=lambda _n: per_user_body(users),
-            expected_status=201,
-        )
+        rig = {"bench": bench, "server": server, "http": http, "stats": stats, "clients": connected}
+        targets: dict[str, dict[str, Any]] = {
+            "broadcast": {
+                "path": spec.broadcast_path,
+                "event": BROADCAST_EVENT,
+                "body_for": broadcast_body,
+                "expected_status": 202,
+            },
+            "per_user": {
+                "path": spec.per_user_path,
+                "event": NEW_EVENT,
+                "body_for": lambda _n: per_user_body(users),
+                "expected_status": 201,
+            },
+        }
+        for metric, target in targets.items():
+            result[metric] = await measure_repeated(quiet.setdefault(metric, []), **rig, **target)
         result["memory"]["after_load_rss_kb"] = memory_kb(server.pid).get("rss_kb")
         result["client_checks"] = {
             "parsed_frames": dict(stats.parsed),
@@ -839,7 +722,7 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["log_problems"] = log_problems(server.log_path)
         profile = bench.workdir / f"{spec.name}.prof"
         if profile.exists():
-            result["profile"] = profile_summary(profile)
+            result["profile"] = profile_summary(profile, 25)
     return result
 
 
@@ -1127,16 +1010,14 @@ def update_doc(
 ) -> None:
     """Rewrite what lies between ``start`` and ``end`` in ``path``; where the markers are
     missing, append ``intro`` and the markers (other benchmarks pass their own)."""
-    template = DOC_TEMPLATE.format(start=DOC_START, end=DOC_END)
-    text = path.read_text() if path.exists() else template
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _old, tail = rest.split(end, 1)
-        text = f"{head}{start}\n{section}{end}{tail}"
-    else:
-        text = f"{text.rstrip()}\n\n{intro.rstrip()}\n\n{start}\n{section}{end}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    replace_section(
+        path,
+        section,
+        start=start,
+        end=end,
+        missing=f"{intro.rstrip()}\n\n{start}\n{end}\n",
+        new_file=DOC_TEMPLATE.format(start=DOC_START, end=DOC_END),
+    )
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -1308,16 +1189,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing: print the table of a results file (and update the doc with "
         "--update-doc)",
     )
-    parser.add_argument(
-        "--doc",
-        default=str(REPO / "docs" / "benchmarks.md"),
-        help="markdown file whose results section is rewritten",
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the results table in --doc (default: yes, except with --quick)",
+    add_doc_options(
+        parser,
+        "markdown file whose results section is rewritten",
+        "rewrite the results table in --doc (default: yes, except with --quick)",
     )
     parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
     parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
@@ -1344,15 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-seconds-per-server", type=float, default=600.0, help="hard bound per server"
     )
-    parser.add_argument(
-        "--quiet-threshold",
-        type=float,
-        default=0.15,
-        help="before each measurement wait until the cores are this idle (in cores busy)",
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=60.0, help="longest wait for a quiet machine"
-    )
+    add_quiet_options(parser, 0.15, 60.0)
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -1366,14 +1233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> None:
     """What --quick and --profile change, unless given explicitly."""
-    if args.quick:
-        defaults = build_parser().parse_args([])
-        if args.clients == defaults.clients:
-            args.clients = 200
-        if args.rounds == defaults.rounds:
-            args.rounds = 2
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    apply_quick(args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1})
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile)
     if args.output is None:
@@ -1389,9 +1249,7 @@ def render_only(args: argparse.Namespace) -> int:
     """Print the table of a results file and, with --update-doc, rewrite the doc from it."""
     results = json.loads(Path(args.from_json).read_text())
     print_table(results)
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     return 0
 
 
@@ -1420,8 +1278,7 @@ def run_load_generator(
     output = Path(args.output)
     if not output.is_absolute():
         output = REPO / output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     return results, output
 
 
@@ -1441,9 +1298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print_table(results)
     print(f"\nresults: {output}\nserver logs: {results['logs']}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     failed = any(server.get("errors") for server in results["servers"].values())
     return 1 if failed else 0
 

