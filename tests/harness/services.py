@@ -110,21 +110,20 @@ def tansu_binary() -> Path:
     return path
 
 
+def tansu_command(address: str) -> list[str]:
+    """Tansu listening on ``address`` (``tcp://host:port``), memory storage."""
+    # Without the advertised URL Tansu advertises localhost:9092 and clients fail.
+    listen = ["--listener-url", address, "--advertised-listener-url", address]
+    return [str(tansu_binary()), "broker", *listen]
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
     """A Kafka-compatible broker (Tansu, in memory) on a free loopback port."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            address,
-            # Without the advertised URL Tansu advertises localhost:9092 and clients fail.
-            "--advertised-listener-url",
-            address,
-        ],
+        tansu_command(address),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
