@@ -1,4 +1,4 @@
-"""The CONTRACT error shape ``{"error": {"code", "message", "details"}}`` and its middleware."""
+"""The error shape ``{"error": {"code", "message", "details"}}`` and its middleware."""
 
 from __future__ import annotations
 

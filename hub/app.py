@@ -52,7 +52,6 @@ from hub.keys import (
     SEND_LIMITER,
     SETTINGS,
     SOCKETIO,
-    TASK_BROKER,
     TYPING,
     VERIFIER,
 )
@@ -243,7 +242,6 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     with Redis, serve only queues them for ``notifyhub worker`` processes."""
     settings = app[SETTINGS]
     broker = build_broker(settings)
-    app[TASK_BROKER] = broker
     app[EMAIL_QUEUE] = TaskiqEmailQueue(broker)
     app[REST_EVENTS] = event_applier(app, "rest")
     async with email_resources(

@@ -6,6 +6,7 @@ import contextvars
 import logging
 import sys
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 import orjson
@@ -86,7 +87,8 @@ class ThrottledLog:
     """At most one line per key (a socket, a peer) per interval.
 
     For what clients cause: a client that sends 1,000 malformed frames a second must not
-    write 1,000 lines a second. Keys are forgotten once their interval has passed.
+    write 1,000 lines a second. At most ``max_keys`` keys are remembered, the oldest
+    forgotten first.
     """
 
     def __init__(
@@ -95,14 +97,15 @@ class ThrottledLog:
         self._logger = logger
         self._interval = interval_seconds
         self._max_keys = max_keys
-        self._last: dict[str, float] = {}
+        self._last: OrderedDict[str, float] = OrderedDict()
 
     def warning(self, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self._interval:
             return
-        if len(self._last) >= self._max_keys:
-            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
         self._last[key] = now
+        self._last.move_to_end(key)
+        while len(self._last) > self._max_keys:
+            self._last.popitem(last=False)
         self._logger.warning(message, *args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hub.metrics import EMITS
-from hub.rooms import tenant_room, user_room
+from hub.rooms import user_room
 
 NOTIFICATIONS_NAMESPACE = "/notifications"
 CHAT_NAMESPACE = "/chat"
@@ -33,8 +33,4 @@ class Realtime:
         self, *, tenant_id: str, user_id: str, event: str, data: Any, namespace: str
     ) -> None:
         await self._emitter.emit(event, data, to=user_room(tenant_id, user_id), namespace=namespace)
-        EMITS.labels(event).inc()
-
-    async def to_tenant(self, *, tenant_id: str, event: str, data: Any, namespace: str) -> None:
-        await self._emitter.emit(event, data, to=tenant_room(tenant_id), namespace=namespace)
         EMITS.labels(event).inc()

@@ -228,7 +228,7 @@ class RestReadIn(Strict):
 
 
 class SendEmailIn(Strict):
-    """``POST /api/emails/send/``: the seed task's arguments (``tenant_id`` optional)."""
+    """``POST /api/emails/send/``: the email task's arguments (``tenant_id`` optional)."""
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -1,5 +1,6 @@
-"""The email task, as the seed calls it: ``send_notification_email.kiq(tenant_id=...,
-to_email=..., subject=..., template_key=..., context={...})``.
+"""The email task, under the name CRM code queues it by:
+``send_notification_email.kiq(tenant_id=..., to_email=..., subject=..., template_key=...,
+context={...})``.
 
 One attempt = SMTP settings and template from the auth service, render, send through the
 worker's connection pool. Transient failures are retried with capped exponential backoff
@@ -56,7 +57,7 @@ PERMANENT = (PermanentFailure, SmtpPermanentError, TemplateError, AuthServiceErr
 
 
 @async_shared_broker.task(task_name=TASK_NAME)
-async def send_notification_email(  # noqa: PLR0917 - the seed's signature
+async def send_notification_email(  # noqa: PLR0917 - the queued task's signature
     tenant_id: str,
     to_email: str,
     subject: str | None,
@@ -88,7 +89,7 @@ async def deliver(resources: EmailResources, *, email_id: str, request: EmailReq
     """
     settings = resources.settings
     sessions = resources.sessions
-    # A seed-style .kiq() has no record yet; one queued over REST has (same id, no-op).
+    # A task queued by CRM code directly has no record yet; one queued by the hub has.
     await emails.record_email(
         sessions=sessions,
         email_id=email_id,

@@ -1,7 +1,7 @@
 """Per-node delivery of ``notification:new`` / ``notification:read`` to local connections.
 
 Each connection (a ``/notifications`` socket or a legacy WebSocket) is a :class:`Subscriber`
-that remembers the last ``seq`` it was sent. Delivery keeps three promises:
+that remembers the last ``seq`` it was sent. Delivery keeps four promises:
 
 - **in order, no duplicate**: a notification whose ``seq`` is not above the last one sent is
   dropped; one that arrives ahead of a missing ``seq`` (two creators publishing in the other
@@ -9,14 +9,15 @@ that remembers the last ``seq`` it was sent. Delivery keeps three promises:
 - **no gap on (re)connect**: a client that connects with ``last_seq`` is registered *before*
   the database is read, so anything committed later arrives over the bus and is buffered
   until the replay has been sent;
-- **one slow client hurts nobody**: sends only queue frames; catch-ups run as tasks of
-  their own;
+- **one slow client hurts nobody**: a send only appends the frame to the connection's
+  buffer (a connection that stops reading is dropped at its limit); catch-ups run as tasks
+  of their own and share a few database slots;
 - **nothing stored is missed for long**, even when its bus message never comes (Redis was
   away when it was published, or the node that stored it died between commit and publish):
-  every ``lag_check_seconds`` the node reads the latest ``seq`` of each user it serves, and
-  a subscriber still behind a ``seq`` that was committed a whole check earlier catches up
-  from the database. A live-only subscriber (no ``last_seq``) starts from the user's latest
-  ``seq`` at connect, so it is covered too.
+  every ``NOTIFYHUB_DELIVERY_LAG_CHECK_SECONDS`` the node reads the latest ``seq`` of each
+  user it serves, and a subscriber still behind a ``seq`` that was committed a whole check
+  earlier catches up from the database. A live-only subscriber (no ``last_seq``) starts
+  from the user's latest ``seq`` at connect, so it is covered too.
 
 A higher ``seq`` committed implies every lower one is committed: seqs of a user are
 allocated under the lock of its counter row, which is held until commit.
@@ -52,7 +53,7 @@ DATABASE_SLOTS = 4
 DATABASE_RETRY_SECONDS = 1.0
 UserKey = tuple[str, str]  # (tenant_id, user_id)
 
-# (session, tenant_id, user_id, after_seq, limit) -> notification objects, oldest first
+# (session, tenant_id, user_id, after_seq, limit) -> (seq, encoded notification), oldest first
 FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str]]]]
 # (session, users) -> the latest stored seq of each of those users that has any
 LatestSeqs = Callable[[AsyncSession, Sequence[UserKey]], Awaitable[dict[UserKey, int]]]
@@ -165,10 +166,6 @@ class NotificationDelivery:
             tenant_group.discard(subscriber)
             if not tenant_group:
                 del self._by_tenant[subscriber.tenant_id]
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(group) for group in self._by_user.values())
 
     # -- bus listener -----------------------------------------------------------------
 

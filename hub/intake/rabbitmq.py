@@ -80,7 +80,6 @@ from hub.rules import NotificationLimits
 
 log = logging.getLogger(__name__)
 
-SOURCE: Final = "rabbitmq"
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
 
 

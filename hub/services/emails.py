@@ -29,14 +29,13 @@ from hub.metrics import EMAILS
 from hub.services.common import insert_for, iso_utc
 
 QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
-FINAL = frozenset({SENT, FAILED})
 # Matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
 PENDING = (QUEUED, SENDING, RETRYING)
 
 
 @dataclass(frozen=True, slots=True)
 class EmailRequest:
-    """The seed's task arguments: ``send_notification_email(tenant_id, to_email, ...)``."""
+    """The email task's arguments: ``send_notification_email(tenant_id, to_email, ...)``."""
 
     tenant_id: str
     to_email: str
@@ -146,7 +145,8 @@ async def record_email(
 async def get_email(
     *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, email_id: str
 ) -> dict[str, Any]:
-    """The CONTRACT status object (plus its history); 404 for any other tenant's email."""
+    """The email status object (docs/protocol.md 9.2, plus its history); 404 for any other
+    tenant's email."""
     async with sessions() as session:
         email = await session.scalar(
             select(Email).where(Email.tenant_id == tenant_id, Email.id == email_id)

@@ -127,8 +127,8 @@ async def publish_created(bus: NotificationBus, created: Sequence[NotificationRe
     try:
         await bus.publish_new(created)
     except Unavailable:
-        # Stored is what counts: clients get these on their next replay (reconnect with
-        # last_seq) or when the next live one reveals the gap.
+        # Stored is what counts: every node's lag check finds them within two checks and
+        # delivers them to the users' connected sockets (or a reconnect replays them).
         log.warning("%d notifications stored but not published live", len(created))
 
 
