@@ -253,16 +253,17 @@ def build_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
     }
 
 
-_BUILT: dict[int, bytes] = {}
+# Keyed by the tuple's id, holding the tuple itself so that the id cannot be reused.
+_BUILT: dict[int, tuple[tuple[Operation, ...], bytes]] = {}
 
 
 def document_bytes(operations: tuple[Operation, ...]) -> bytes:
     """The document of ``operations`` (the app's routes), built on first use and kept for
     the life of the process."""
-    built = _BUILT.get(id(operations))
-    if built is None:
-        built = _BUILT[id(operations)] = orjson.dumps(build_document(operations))
-    return built
+    entry = _BUILT.get(id(operations))
+    if entry is None or entry[0] is not operations:
+        entry = _BUILT[id(operations)] = (operations, orjson.dumps(build_document(operations)))
+    return entry[1]
 
 
 def openapi_document(operations: tuple[Operation, ...]) -> dict[str, Any]:

@@ -280,7 +280,7 @@ class Runnable(Protocol):
 @contextlib.asynccontextmanager
 async def running_in_background(source: Runnable, name: str) -> AsyncIterator[None]:
     """Run an event source while the app serves; on the way out, let it finish the batch in
-    hand (bounded: a source that does not stop in time is left to the process exit)."""
+    hand (bounded: a source that does not stop in time is cancelled)."""
     stop = asyncio.Event()
     consuming = asyncio.create_task(source.run(stop), name=f"{name} intake")
     try:

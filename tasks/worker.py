@@ -74,7 +74,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         )
         finish.set()
         sweeper.stop()
-        # The sweeper's attempts get the same window as the receiver's tasks, in parallel.
+        # The sweeper's attempts get the same window as the receiver's tasks, in parallel,
+        # however early the receiver is done.
+        window_ends = asyncio.get_running_loop().time() + settings.worker_shutdown_seconds
         sweeper_closed = asyncio.create_task(sweeper.close(settings.worker_shutdown_seconds))
         try:
             await asyncio.wait_for(asyncio.shield(listening), settings.worker_shutdown_seconds)
@@ -84,9 +86,10 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(listening, HARD_EXIT_GRACE_SECONDS)
         except Exception:
             log.exception("worker listener failed")
+        left = max(0.0, window_ends - asyncio.get_running_loop().time())
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(
-                asyncio.gather(sweeping, sweeper_closed), HARD_EXIT_GRACE_SECONDS + 1.0
+                asyncio.gather(sweeping, sweeper_closed), left + HARD_EXIT_GRACE_SECONDS + 1.0
             )
         try:
             await asyncio.wait_for(broker.shutdown(), HARD_EXIT_GRACE_SECONDS)
@@ -131,7 +134,8 @@ def main(settings: Settings) -> int:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        deadline = settings.worker_shutdown_seconds + 2 * HARD_EXIT_GRACE_SECONDS
+        # The window, the listener's grace, the sweeper's grace and the broker's shutdown.
+        deadline = settings.worker_shutdown_seconds + 3 * HARD_EXIT_GRACE_SECONDS + 1.0
         try:
             await asyncio.wait_for(asyncio.shield(worker), deadline)
         except TimeoutError:

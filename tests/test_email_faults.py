@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.engine import make_engine, make_session_factory
 from db.models import Email
+from hub.errors import Unavailable
 from hub.services import emails
 from hub.settings import Settings
 from tasks import smtp
@@ -375,3 +376,26 @@ def test_a_lease_not_renewed_in_time_stops_the_send() -> None:
         Lease(email_id="e", attempt=1, valid_until=now + 0.5, margin=1).check()
     with pytest.raises(LeaseLost):
         Lease(email_id="e", attempt=1, valid_until=now + 10, margin=1, lost=True).check()
+
+
+class DownQueue:
+    """A task queue that is away (Redis down)."""
+
+    async def kick(self, *, email_id: str, request: emails.EmailRequest) -> None:
+        raise Unavailable("the email queue is unavailable (Redis does not answer)")
+
+
+async def test_an_email_is_stored_before_its_task_is_queued(
+    sessions: async_sessionmaker[AsyncSession], mail_tenant: str
+) -> None:
+    """Accepted means stored: with the task queue away the email is still recorded
+    ``queued`` (the sweeper sends it after the reclaim interval), never lost after a 202;
+    and a failure to record kicks nothing, so the caller's retry cannot send it twice."""
+    email_id = await emails.queue_email(
+        queue=DownQueue(),
+        sessions=sessions,
+        request=request_for(mail_tenant, "kept@example.com"),
+        sweep_after_seconds=30.0,
+    )
+    stored = await emails.get_email(sessions=sessions, tenant_id=mail_tenant, email_id=email_id)
+    assert stored["status"] == "queued"

@@ -15,6 +15,7 @@ longer renewed), a ``queued`` one whose task was lost.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,9 +25,11 @@ from sqlalchemy import and_, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Email, EmailEvent
-from hub.errors import NotFound
+from hub.errors import NotFound, Unavailable
 from hub.metrics import EMAILS
 from hub.services.common import insert_for, iso_utc
+
+log = logging.getLogger(__name__)
 
 QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
 # Matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
@@ -62,21 +65,24 @@ async def queue_email(
     sweep_after_seconds: float,
     email_id: str | None = None,
 ) -> str:
-    """Queue an email (REST, event intake): kick the task, then record it as ``queued``.
+    """Queue an email (REST): record it as ``queued``, then kick its task.
 
-    Kicked first: if the queue is down nothing is stored and the caller hears so; the
-    record is then written with the same id, which the task would also create itself.
-    Should the task be lost after all, the sweeper takes the record once the reclaim
-    interval has passed.
+    Recorded first: once the caller hears 202 the email exists and is sent exactly once,
+    whatever happens next. If the kick fails (the task queue is away), the sweeper takes the
+    record once the reclaim interval has passed; if recording fails, nothing was kicked and
+    the caller may retry without sending twice.
     """
     email_id = email_id or new_email_id()
-    await queue.kick(email_id=email_id, request=request)
     await record_email(
         sessions=sessions,
         email_id=email_id,
         request=request,
         sweep_after_seconds=sweep_after_seconds,
     )
+    try:
+        await queue.kick(email_id=email_id, request=request)
+    except Unavailable as exc:
+        log.warning("email %s stored; its task waits for the sweeper (%s)", email_id, exc)
     return email_id
 
 
