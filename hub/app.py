@@ -269,7 +269,11 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
 def event_applier(app: web.Application, source: str) -> EventApplier:
     """What an event source applies its batches with, on this process's resources."""
     return EventApplier(
-        sessions=app[DB_SESSIONS], bus=app[NOTIFICATION_BUS], emails=app[EMAIL_QUEUE], source=source
+        sessions=app[DB_SESSIONS],
+        bus=app[NOTIFICATION_BUS],
+        emails=app[EMAIL_QUEUE],
+        source=source,
+        email_sweep_after_seconds=app[SETTINGS].email_task_reclaim_seconds,
     )
 
 

@@ -45,7 +45,11 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     broker = build_broker(settings)
     await broker.startup()
     apply = EventApplier(
-        sessions=sessions, bus=bus, emails=TaskiqEmailQueue(broker), source="kafka"
+        sessions=sessions,
+        bus=bus,
+        emails=TaskiqEmailQueue(broker),
+        source="kafka",
+        email_sweep_after_seconds=settings.email_task_reclaim_seconds,
     )
     intake = KafkaIntake(settings, apply=apply, limits=NotificationLimits.from_settings(settings))
     # Everything imported and built so far lives for the whole process: keep it out of the

@@ -24,7 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.engine import make_engine, make_session_factory
 from db.models import Email
+from hub.delivery.bus import LocalBus
 from hub.errors import Unavailable
+from hub.intake.apply import apply_events, email_id_for
+from hub.intake.envelope import validate_envelope
+from hub.rules import NotificationLimits
 from hub.services import emails
 from hub.settings import Settings
 from tasks import smtp
@@ -399,3 +403,28 @@ async def test_an_email_is_stored_before_its_task_is_queued(
     )
     stored = await emails.get_email(sessions=sessions, tenant_id=mail_tenant, email_id=email_id)
     assert stored["status"] == "queued"
+
+
+async def test_an_events_email_is_stored_with_the_event(
+    sessions: async_sessionmaker[AsyncSession], mail_tenant: str
+) -> None:
+    """The event applies and its email is stored ``queued`` in the same transaction, even
+    with the task queue away: a worker's sweeper sends it later, nothing is lost."""
+    event = validate_envelope(
+        {
+            "event_id": "evt-mail-1",
+            "tenant_id": mail_tenant,
+            "type": "interview.scheduled",
+            "recipients": [{"user_id": "u1", "email": "cand@example.com"}],
+            "email": {"template_key": "interview", "context": {"Candidate Name": "Ada"}},
+        },
+        NotificationLimits(),
+    )
+    outcome = await apply_events(
+        sessions=sessions, bus=LocalBus(), emails=DownQueue(), events=[event], source="test"
+    )
+    assert (outcome.applied, outcome.emails) == (1, 1)
+    stored = await emails.get_email(
+        sessions=sessions, tenant_id=mail_tenant, email_id=email_id_for(event, "u1")
+    )
+    assert (stored["status"], stored["to_email"]) == ("queued", "cand@example.com")

@@ -10,6 +10,7 @@ happen after the commit.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import ProcessedEvent
 from hub.delivery.bus import NotificationBus
+from hub.errors import Unavailable
 from hub.intake.envelope import EventEnvelope
 from hub.metrics import EVENTS
-from hub.services.emails import EmailQueue, EmailRequest
+from hub.services.emails import EmailQueue, EmailRequest, record_email_in
 from hub.services.notifications import publish_created, store_notifications
+
+log = logging.getLogger(__name__)
 
 # Email task ids for event recipients: stable, so redelivery finds the same email.
 EMAIL_ID_NAMESPACE = uuid.UUID("6f1d4b58-2c2e-4f63-9a55-8f0d0c7b2d11")
@@ -99,6 +103,8 @@ class EventApplier:
     bus: NotificationBus
     emails: EmailQueue
     source: str
+    # After this long an email whose task never ran is sent by a worker's sweeper.
+    email_sweep_after_seconds: float = 120.0
 
     async def __call__(self, events: Sequence[EventEnvelope]) -> BatchOutcome:
         return await apply_events(
@@ -107,6 +113,7 @@ class EventApplier:
             emails=self.emails,
             events=events,
             source=self.source,
+            email_sweep_after_seconds=self.email_sweep_after_seconds,
         )
 
 
@@ -117,12 +124,18 @@ async def apply_events(
     emails: EmailQueue,
     events: Sequence[EventEnvelope],
     source: str,
+    email_sweep_after_seconds: float = 120.0,
 ) -> BatchOutcome:
-    """Apply what is new in ``events`` (duplicates, in the batch or from before, are no-ops)."""
+    """Apply what is new in ``events`` (duplicates, in the batch or from before, are no-ops).
+
+    Emails are stored with the event that asks for them, in its transaction, and their tasks
+    queued after the commit: an event applied always has its emails, and a task queue that is
+    away only delays them until a worker's sweeper finds them.
+    """
     unique: dict[tuple[str, str], EventEnvelope] = {}
     for event in events:
         unique.setdefault(event.key, event)
-    emails_queued = 0
+    to_send: list[tuple[str, EmailRequest]] = []
     async with sessions() as session, session.begin():
         fresh_keys = await _claim(session, list(unique.values()), source)
         fresh = [event for key, event in unique.items() if key in fresh_keys]
@@ -139,18 +152,23 @@ async def apply_events(
             for recipient in event.unique_recipients():
                 if recipient.email is None:
                     continue
-                await emails.kick(
-                    email_id=email_id_for(event, recipient.user_id),
-                    request=EmailRequest(
-                        tenant_id=event.tenant_id,
-                        to_email=recipient.email,
-                        subject=event.email.subject,
-                        template_key=event.email.template_key,
-                        context=event.email.context,
-                    ),
+                email_id = email_id_for(event, recipient.user_id)
+                request = EmailRequest(
+                    tenant_id=event.tenant_id,
+                    to_email=recipient.email,
+                    subject=event.email.subject,
+                    template_key=event.email.template_key,
+                    context=event.email.context,
                 )
-                emails_queued += 1
+                await record_email_in(
+                    session,
+                    email_id=email_id,
+                    request=request,
+                    sweep_after_seconds=email_sweep_after_seconds,
+                )
+                to_send.append((email_id, request))
     await publish_created(bus, created)
+    await _kick_all(emails, to_send)
     duplicates = frozenset(key for key in unique if key not in fresh_keys)
     EVENTS.labels(source, "applied").inc(len(fresh))
     EVENTS.labels(source, "duplicate").inc(len(events) - len(fresh))
@@ -158,6 +176,20 @@ async def apply_events(
         applied=len(fresh),
         duplicates=len(events) - len(fresh),
         notifications=len(created),
-        emails=emails_queued,
+        emails=len(to_send),
         duplicate_keys=duplicates,
     )
+
+
+async def _kick_all(emails: EmailQueue, to_send: Sequence[tuple[str, EmailRequest]]) -> None:
+    for number, (email_id, request) in enumerate(to_send):
+        try:
+            await emails.kick(email_id=email_id, request=request)
+        except Unavailable as exc:
+            # Stored already: a worker's sweeper sends them once their wait has passed.
+            log.warning(
+                "%d emails stored; their tasks wait for the sweeper (%s)",
+                len(to_send) - number,
+                exc,
+            )
+            return

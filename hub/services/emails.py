@@ -118,33 +118,41 @@ async def record_email(
     takes it, in case the task was lost (a Redis without persistence restarted, an embedded
     serve stopped with tasks in memory).
     """
-    now = datetime.now(UTC)
     async with sessions() as session, session.begin():
-        inserted = await session.execute(
-            insert_for(session)(Email)
-            .values(
-                id=email_id,
-                tenant_id=request.tenant_id,
-                to_email=request.to_email,
-                subject=request.subject,
-                template_key=request.template_key,
-                context=request.context,
-                status=QUEUED,
-                attempts=0,
-                next_attempt_at=now + timedelta(seconds=sweep_after_seconds),
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing()
-            .returning(Email.id)
+        return await record_email_in(
+            session, email_id=email_id, request=request, sweep_after_seconds=sweep_after_seconds
         )
-        if inserted.first() is None:
-            return False
-        session.add(
-            EmailEvent(
-                tenant_id=request.tenant_id, email_id=email_id, status=QUEUED, attempt=0, at=now
-            )
+
+
+async def record_email_in(
+    session: AsyncSession, *, email_id: str, request: EmailRequest, sweep_after_seconds: float
+) -> bool:
+    """:func:`record_email` inside the caller's transaction (event intake stores the email
+    with the event that asked for it)."""
+    now = datetime.now(UTC)
+    inserted = await session.execute(
+        insert_for(session)(Email)
+        .values(
+            id=email_id,
+            tenant_id=request.tenant_id,
+            to_email=request.to_email,
+            subject=request.subject,
+            template_key=request.template_key,
+            context=request.context,
+            status=QUEUED,
+            attempts=0,
+            next_attempt_at=now + timedelta(seconds=sweep_after_seconds),
+            created_at=now,
+            updated_at=now,
         )
+        .on_conflict_do_nothing()
+        .returning(Email.id)
+    )
+    if inserted.first() is None:
+        return False
+    session.add(
+        EmailEvent(tenant_id=request.tenant_id, email_id=email_id, status=QUEUED, attempt=0, at=now)
+    )
     return True
 
 
