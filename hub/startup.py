@@ -9,10 +9,13 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.settings import StartupError
 
 REDIS_CHECK_SECONDS = 5.0
+DATABASE_CHECK_SECONDS = 5.0
 
 
 def redis_location(url: str) -> str:
@@ -45,6 +48,16 @@ async def redis_problem(client: Redis) -> str | None:
         await client.ping()
     except (RedisError, OSError) as exc:
         return f"Redis: {type(exc).__name__}: {exc}"
+    return None
+
+
+async def database_problem(sessions: async_sessionmaker[AsyncSession]) -> str | None:
+    """A heartbeat probe: None when the database answers a query within a few seconds."""
+    try:
+        async with asyncio.timeout(DATABASE_CHECK_SECONDS), sessions() as session:
+            await session.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure to answer is what the probe reports
+        return f"database: {type(exc).__name__}: {exc}"
     return None
 
 

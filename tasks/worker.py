@@ -15,12 +15,13 @@ import os
 from pathlib import Path
 
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
 from hub.heartbeat import run_heartbeat
 from hub.settings import ConfigurationError, Settings
-from hub.startup import redis_problem, require_redis, stop_on_signals
+from hub.startup import database_problem, redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE
 from tasks.resources import email_resources
@@ -61,7 +62,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         sweeper = EmailSweeper.for_worker(resources)
         sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
-        beating = _start_heartbeat(settings, listening, stop)
+        beating = _start_heartbeat(settings, listening, stop, resources.sessions)
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({listening, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -99,9 +100,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
 
 
 def _start_heartbeat(
-    settings: Settings, listening: asyncio.Task[None], stop: asyncio.Event
+    settings: Settings,
+    listening: asyncio.Task[None],
+    stop: asyncio.Event,
+    sessions: async_sessionmaker[AsyncSession],
 ) -> asyncio.Task[None] | None:
-    """Healthy while the task listener runs and Redis answers (NOTIFYHUB_HEARTBEAT_FILE)."""
+    """Healthy while the task listener runs and Redis and the database answer
+    (NOTIFYHUB_HEARTBEAT_FILE): every attempt and the sweeper need both."""
     if not settings.heartbeat_file or not settings.redis_url:
         return None
     redis = Redis.from_url(settings.redis_url)
@@ -109,7 +114,7 @@ def _start_heartbeat(
     async def probe() -> str | None:
         if listening.done():
             return "the task listener stopped"
-        return await redis_problem(redis)
+        return await redis_problem(redis) or await database_problem(sessions)
 
     async def beat() -> None:
         try:
