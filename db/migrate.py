@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import migrations
+from db.outage import causes
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ async def _connect_once(database_url: str, attempt_seconds: float) -> None:
 def _permanent_problem(database_url: str, exc: BaseException) -> str | None:
     """A one-line explanation when waiting cannot help, else None."""
     url = make_url(database_url)
-    for cause in _chain(exc):
+    for cause in causes(exc):
         # asyncpg's errors carry PostgreSQL's SQLSTATE; asyncpg ships no type hints.
         sqlstate = getattr(cause, "sqlstate", None)
         if sqlstate == INVALID_CATALOG_NAME:
@@ -244,24 +245,6 @@ def _where(database_url: str) -> str:
     return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}"
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, what it wraps (SQLAlchemy's ``orig``) and its causes."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        orig = getattr(current, "orig", None)
-        pending += [
-            current.__cause__,
-            current.__context__,
-            orig if isinstance(orig, BaseException) else None,
-        ]
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -269,7 +252,7 @@ def _first_line(exc: BaseException) -> str:
 def _reason(exc: BaseException) -> str:
     """The innermost useful message: asyncpg's or the OS's, not SQLAlchemy's wrapper."""
     innermost = exc
-    for cause in _chain(exc):
+    for cause in causes(exc):
         if not isinstance(cause, DBAPIError):
             innermost = cause
             break

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -45,19 +46,33 @@ _ASYNCPG_UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps: SQLAlchemy's ``orig``, causes, contexts."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        pending += [
+            current.__cause__,
+            current.__context__,
+            orig if isinstance(orig, BaseException) else None,
+        ]
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means the database cannot be reached right now (so: 503, retry)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in causes(exc):
         if isinstance(current, DatabaseUnreachable | sa_exc.TimeoutError):
             return True  # no connection could be opened, or none freed up in time
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True  # SQLAlchemy saw the connection die under the statement
         if isinstance(current, _ASYNCPG_UNAVAILABLE):
             return True
-        current = current.__cause__ or current.__context__
     return False
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 import sqlalchemy.exc
 
+from db.outage import causes
 from hub.errors import Unavailable
 from hub.intake.apply import BatchOutcome
 from hub.intake.envelope import EventEnvelope
@@ -46,7 +47,7 @@ def classify_failure(exc: BaseException) -> Failure:
     later), because of one event's content (``event``: dead-letter that event), or for a
     reason we cannot attribute (``unknown``: treated like an outage, nothing is lost)."""
     verdict: Failure = "unknown"
-    for error in _causes(exc):
+    for error in causes(exc):
         if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
             return "outage"
         if isinstance(error, _OUTAGE_TYPES):
@@ -60,21 +61,6 @@ def classify_failure(exc: BaseException) -> Failure:
         if isinstance(error, sqlalchemy.exc.DataError | sqlalchemy.exc.IntegrityError):
             verdict = "event"
     return verdict
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and everything it wraps (SQLAlchemy's ``orig``, causes, contexts)."""
-    pending: list[BaseException] = [exc]
-    seen: set[int] = set()
-    while pending:
-        error = pending.pop()
-        if id(error) in seen:
-            continue
-        seen.add(id(error))
-        yield error
-        for inner in (getattr(error, "orig", None), error.__cause__, error.__context__):
-            if isinstance(inner, BaseException):
-                pending.append(inner)
 
 
 def describe(exc: BaseException) -> str:
