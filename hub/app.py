@@ -244,25 +244,28 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     broker = build_broker(settings)
     app[EMAIL_QUEUE] = TaskiqEmailQueue(broker)
     app[REST_EVENTS] = event_applier(app, "rest")
-    async with email_resources(
-        settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
-    ) as resources:
-        sweeper: EmailSweeper | None = None
-        sweeping: asyncio.Task[None] | None = None
-        if not settings.redis_url:
-            setattr(broker.state, RESOURCES_STATE, resources)
-            # No worker process on the embedded defaults: due retries are swept here.
-            sweeper = EmailSweeper.for_worker(resources)
+    if settings.redis_url:
+        # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).
         await broker.startup()
-        if sweeper is not None:
-            sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
         try:
             yield
         finally:
-            if sweeper is not None and sweeping is not None:
-                sweeper.stop()
-                await sweeping
-                await sweeper.close(settings.worker_shutdown_seconds)
+            await broker.shutdown()
+        return
+    async with email_resources(
+        settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
+    ) as resources:
+        setattr(broker.state, RESOURCES_STATE, resources)
+        # No worker process on the embedded defaults: due retries are swept here.
+        sweeper = EmailSweeper.for_worker(resources)
+        await broker.startup()
+        sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
+        try:
+            yield
+        finally:
+            sweeper.stop()
+            await sweeping
+            await sweeper.close(settings.worker_shutdown_seconds)
             await broker.shutdown()
 
 
