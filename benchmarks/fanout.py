@@ -291,6 +291,21 @@ async def connect_all(
     return [c for c in done if c is not None], failures
 
 
+async def timed_connect(
+    clients: Sequence[RawClient],
+    session: aiohttp.ClientSession,
+    port: int,
+    args: argparse.Namespace,
+) -> tuple[list[RawClient], list[str], float]:
+    """:func:`connect_all` with ``--connect-concurrency`` and ``--connect-timeout``; and how
+    many seconds it took."""
+    started = time.perf_counter()
+    connected, failures = await connect_all(
+        clients, session, port, concurrency=args.connect_concurrency, limit=args.connect_timeout
+    )
+    return connected, failures, time.perf_counter() - started
+
+
 # -- servers --------------------------------------------------------------------------
 
 
@@ -423,9 +438,14 @@ class Bench:
 
 
 def make_clients(
-    bench: Bench, prefix: str, count: int, stats: Stats, kind: type[RawClient] | None = None
+    bench: Bench,
+    prefix: str,
+    count: int | range,
+    stats: Stats,
+    kind: type[RawClient] | None = None,
 ) -> list[RawClient]:
-    """``count`` clients, users ``{prefix}0``.. of the bench tenant, each with its own token."""
+    """``count`` clients, users ``{prefix}0``.. (or ``{prefix}{i}`` for each ``i`` of a range)
+    of the bench tenant, each with its own token."""
     return [
         (kind or RawClient)(
             i,
@@ -434,7 +454,7 @@ def make_clients(
             make_token(bench.secret, tenant=bench.tenant, user=f"{prefix}{i}"),
             stats,
         )
-        for i in range(count)
+        for i in (range(count) if isinstance(count, int) else count)
     ]
 
 
@@ -650,15 +670,9 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["machine_quiet_before"] = quiet
 
         clients = make_clients(bench, "u", args.clients, stats)
-        started = time.perf_counter()
-        connected, failures = await connect_all(
-            clients,
-            session,
-            server.port,
-            concurrency=args.connect_concurrency,
-            limit=args.connect_timeout,
+        connected, failures, connect_seconds = await timed_connect(
+            clients, session, server.port, args
         )
-        connect_seconds = time.perf_counter() - started
         result["connect"] = {
             "clients": len(connected),
             "failures": len(failures),

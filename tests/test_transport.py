@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
+from hub.keys import SOCKETIO
 from tests.harness.hub import RunningHub, SettingsFactory
+from tests.harness.rawws import connect_socketio
+from tests.harness.tokens import hs256_token
 
 WEBSOCKET_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -36,14 +41,20 @@ async def test_deflate_when_configured(
 
 
 def test_internals_the_direct_writes_rely_on_are_there() -> None:
-    """hub/sockets/transport.py writes frames through private parts of aiohttp and
-    python-engineio; an upgrade that moves them must fail here, not in production."""
+    """hub/sockets/transport.py and engine.py write frames through private parts of aiohttp
+    and python-engineio and replace parts of engine.io's session; an upgrade that moves them
+    must fail here, not in production."""
     import asyncio
     import inspect
 
+    import socketio
     from aiohttp import web
     from aiohttp._websocket.writer import WebSocketWriter
+    from engineio.async_server import AsyncServer
     from engineio.async_socket import AsyncSocket
+    from engineio.base_socket import BaseSocket
+
+    from hub.sockets.engine import HubSocket
 
     assert "transport" in inspect.signature(WebSocketWriter).parameters, (
         "aiohttp's WebSocketWriter no longer holds the transport: update transport.py"
@@ -55,9 +66,27 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
         "aiohttp's drain threshold moved: update transport.NO_DRAIN"
     )
     assert hasattr(asyncio.Queue(), "_getters"), "asyncio.Queue._getters is gone"
-    assert "self.queue.get()" in inspect.getsource(AsyncSocket.poll), (
-        "engine.io's writer no longer waits on its queue: direct writes may reorder frames"
+    # engine.py: HubSocket replaces BaseSocket.__init__ (less the queue) ...
+    stub = type("Server", (), {"create_queue": staticmethod(asyncio.Queue)})()
+    assert set(vars(BaseSocket(stub, "sid"))) <= set(vars(HubSocket(stub, "sid"))) | {"queue"}, (
+        "engine.io's socket has new state: update HubSocket.__init__"
     )
+    # ... HubEngineIOServer._handle_connect is a copy of engine.io's, making a HubSocket ...
+    assert "async_socket.AsyncSocket(self, sid)" in inspect.getsource(
+        AsyncServer._handle_connect
+    ), "engine.io's _handle_connect changed: update HubEngineIOServer._handle_connect"
+    assert list(inspect.signature(AsyncServer._handle_connect).parameters) == [
+        "self",
+        "environ",
+        "transport",
+        "jsonp_index",
+    ], "engine.io's _handle_connect changed: update HubEngineIOServer._handle_connect"
+    # ... the websocket driver gets the socket's _websocket_handler, pongs reschedule pings,
+    # the ping timeout check is engine.io's, and socketio picks the engine.io server class.
+    assert "self._websocket_handler" in inspect.getsource(AsyncSocket._upgrade_websocket)
+    assert "self.schedule_ping()" in inspect.getsource(AsyncSocket.receive)
+    assert "last_ping" in inspect.getsource(AsyncSocket.check_ping_timeout)
+    assert "_engineio_server_class()" in inspect.getsource(socketio.base_server.BaseServer)
 
 
 def test_library_internals_the_hub_extends_are_there() -> None:
@@ -99,3 +128,33 @@ def test_python_socketio_pubsub_manager_keeps_its_listener_task_as_thread() -> N
     assert "self.thread = " in inspect.getsource(AsyncPubSubManager.initialize), (
         "python-socketio's AsyncPubSubManager moved its listener task: update hub/app.py"
     )
+
+
+async def test_a_client_that_stops_answering_pings_is_closed(hub: RunningHub, tenant: str) -> None:
+    """Pings every pingInterval; no pong within pingTimeout of a ping closes the session
+    (engine.io's CLOSE packet). A client that answers stays, however many pings it gets."""
+    eio = hub.app[SOCKETIO].eio
+    eio.ping_interval, eio.ping_timeout = 0.4, 0.4
+    token = hs256_token(tenant=tenant, user="pinged")
+    answering = await connect_socketio(hub.port, "/notifications", token)
+    silent = await connect_socketio(hub.port, "/notifications", token)
+    started = time.monotonic()
+    pings = 0
+    while time.monotonic() - started < 2.0:
+        frame = await answering.read_text(timeout=2)
+        assert frame == "2", frame
+        pings += 1
+        answering.send_text("3")
+    assert pings >= 3
+    # The silent one got its first ping after 0.4 s and no pong: closed by 0.8 s.
+    assert await silent.read_text(timeout=0.1) == "2"
+    assert await silent.read_text(timeout=1) == "1"  # engine.io CLOSE
+    assert await silent.read_text(timeout=2) is None
+    assert await silent.closed_by_server(timeout=2)
+    for _ in range(50):  # the session is gone from the server
+        if len(eio.sockets) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(eio.sockets) == 1
+    answering.send_text("41/notifications,")
+    answering.close()

@@ -21,6 +21,7 @@ from socketio import packet as sio_packet
 from hub.metrics import PROTOCOL_ERRORS
 from hub.settings import Settings
 from hub.sockets import transport
+from hub.sockets.engine import HubEngineIOServer
 from hub.sockets.namespaces import NAMESPACE_CLASSES
 
 # Names the Socket.IO protocol gives meaning to: a client sending them as events would
@@ -49,6 +50,9 @@ def error_ack(code: str, message: str) -> dict[str, Any]:
 
 
 class HubServer(socketio.AsyncServer):
+    def _engineio_server_class(self) -> type[HubEngineIOServer]:
+        return HubEngineIOServer
+
     async def _send_packet(self, eio_sid: str, pkt: sio_packet.Packet) -> None:
         encoded = pkt.encode()
         if isinstance(encoded, str):

@@ -2,19 +2,18 @@
 
 - permessage-deflate is off unless configured: a browser always offers it, and a deflate
   context costs ~100 KB per idle socket;
-- every Socket.IO packet is written straight to the socket's transport when nothing that
-  engine.io queued is still unsent, skipping engine.io's per-socket queue and writer task
-  (the cost that dominates fan-out);
+- every packet of a websocket session is written straight to the socket's transport (see
+  :mod:`hub.sockets.engine`: no per-socket queue or writer task), one frame encoded once for
+  every recipient;
 - **nothing ever waits for a client to read**. A write only appends to the transport's
   buffer; a socket whose unsent bytes pass ``max_buffer_bytes`` is a slow consumer and is
   aborted at once (and counted), so one client that stops reading can neither stall the
-  delivery loop that serves everybody else nor grow the process without bound.
+  delivery loop that serves everybody else nor grow the process without bound;
+- once the WebSocket is up, the handshake's environ keeps only the few keys a Socket.IO
+  connect handler reads (it is kept for the whole session).
 
-Direct writes keep frame order: they only happen while engine.io's writer task is parked on
-an empty queue, i.e. when nothing engine.io queued (pings, the handshake) is still unsent.
 aiohttp's own flow control (awaiting a drain above 64 KB) is turned off for these sockets:
-with it, engine.io's writer would stop at the first full buffer and our frames would pile
-up in its unbounded queue instead, where no limit could see them.
+the limit above replaces it, and no write ever waits.
 """
 
 from __future__ import annotations
@@ -44,8 +43,23 @@ MAX_QUEUED_PACKETS = 1000
 # aiohttp drains once this many bytes were written since the last drain: never, for us.
 NO_DRAIN = 1 << 62
 TEXT = int(WSMsgType.TEXT)
+BINARY = int(WSMsgType.BINARY)
 CLOSE = int(WSMsgType.CLOSE)
 _closing: set[asyncio.Future[Any]] = set()
+# What a Socket.IO connect handler may read from the handshake environ; the rest (every
+# header, aiohttp's request, the input stream) is dropped once the WebSocket is up.
+ENVIRON_KEPT = frozenset(
+    {
+        "REQUEST_METHOD",
+        "QUERY_STRING",
+        "PATH_INFO",
+        "REMOTE_ADDR",
+        "HTTP_AUTHORIZATION",
+        "HTTP_ORIGIN",
+        "HTTP_USER_AGENT",
+        "HTTP_X_FORWARDED_FOR",
+    }
+)
 
 
 class DirectWriter:
@@ -94,7 +108,7 @@ def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
             if writer is None:  # prepare() creates it; without it there is nothing to serve
                 raise RuntimeError("aiohttp prepared a WebSocket without a writer")
             writer._limit = NO_DRAIN
-            self.environ = environ
+            slim_environ(environ)
             # ``handler`` is the bound ``_websocket_handler`` of the engine.io socket.
             engineio_socket = self.handler.__self__
             engineio_socket.hub_direct = DirectWriter(writer, max_buffer_bytes)
@@ -151,24 +165,39 @@ def send_frame(server: socketio.AsyncServer, eio_sid: str, frame: SocketIOFrame)
     engineio_socket = server.eio.sockets.get(eio_sid)
     if engineio_socket is None or engineio_socket.closed:
         return False
-    direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
-    queue = engineio_socket.queue
+    direct: DirectWriter | None = engineio_socket.hub_direct
     if direct is not None:
-        transport = direct.transport
-        if transport.is_closing():
-            return False
-        if transport.get_write_buffer_size() > direct.limit:
+        if not engineio_socket.upgrading:
+            return write_wire(engineio_socket, direct, frame.wire)
+        if direct.transport.get_write_buffer_size() > direct.limit:
             drop_slow_consumer(engineio_socket, direct, "websocket")
             return False
-        if not engineio_socket.upgrading and queue.empty() and queue._getters:
-            # The writer task waits on the queue: nothing of its is in flight.
-            transport.write(frame.wire)
-            return True
-    elif queue.qsize() >= MAX_QUEUED_PACKETS:
+    elif engineio_socket.queue.qsize() >= MAX_QUEUED_PACKETS:
         drop_slow_consumer(engineio_socket, None, "polling")
         return False
-    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=frame.packet))
+    # Polling, or an upgrade under way: engine.io's queue, flushed in order after it.
+    engineio_socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=frame.packet))
     return True
+
+
+def write_wire(engineio_socket: Any, direct: DirectWriter, wire: bytes) -> bool:
+    """Append a complete frame to a websocket session's transport, never waiting."""
+    transport = direct.transport
+    if transport.is_closing():
+        return False
+    if transport.get_write_buffer_size() > direct.limit:
+        drop_slow_consumer(engineio_socket, direct, "websocket")
+        return False
+    transport.write(wire)
+    return True
+
+
+def slim_environ(environ: dict[str, Any]) -> None:
+    """Keep only :data:`ENVIRON_KEPT` of a handshake environ, in place (python-socketio holds
+    the same dict for the session)."""
+    kept = {key: environ[key] for key in ENVIRON_KEPT if key in environ}
+    environ.clear()
+    environ.update(kept)
 
 
 def drop_slow_consumer(engineio_socket: Any, direct: DirectWriter | None, kind: str) -> None:
@@ -191,7 +220,7 @@ async def abort_session(server: socketio.AsyncServer, eio_sid: str) -> None:
     engineio_socket = server.eio.sockets.get(eio_sid)
     if engineio_socket is None:
         return
-    direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
+    direct: DirectWriter | None = engineio_socket.hub_direct
     if direct is not None:
         # The receive loop sees the connection end and runs the disconnect handlers.
         direct.transport.abort()
@@ -209,7 +238,7 @@ def going_away(writer: WebSocketWriter) -> None:
 def close_all(server: socketio.AsyncServer) -> None:
     """Close every Socket.IO connection of this node at once (shutdown)."""
     for engineio_socket in tuple(server.eio.sockets.values()):
-        direct: DirectWriter | None = getattr(engineio_socket, "hub_direct", None)
+        direct: DirectWriter | None = engineio_socket.hub_direct
         if direct is not None:
             going_away(direct.writer)
         elif not engineio_socket.closed:

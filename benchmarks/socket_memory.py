@@ -1,0 +1,310 @@
+"""Idle memory per socket at several socket counts on one ``serve`` process, and connects/s.
+
+One hub process (pinned to one core, Redis manager as in production) and a load generator
+(the other core) that connects authenticated ``/notifications`` websocket clients in steps
+(default 1,000, 5,000 and 10,000 in total) and, after each step and ``--settle`` idle
+seconds, reads the server's RSS and PSS. KB per socket = (RSS now - RSS after warm-up with no
+client) / sockets connected. Connects/s is measured per step (JWT check, subscription,
+Socket.IO CONNECT answered).
+
+``--breakdown`` runs the server under tracemalloc (slow: connect rates are then meaningless)
+and records, between the baseline and the last step, the allocation sites and the object
+types (count and ``sys.getsizeof`` bytes, objgraph style) that grew, per socket.
+
+The servers, clients, database and warm-up are those of ``benchmarks/fanout.py``.
+
+    .venv/bin/python benchmarks/socket_memory.py                 # 1k, 5k, 10k
+    .venv/bin/python benchmarks/socket_memory.py --breakdown --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import aiohttp  # noqa: E402
+
+from benchmarks import fanout  # noqa: E402
+from benchmarks.machine import code_version  # noqa: E402
+
+OUTPUT = Path("benchmarks") / "results" / "socket_memory.json"
+TRACED_SITES = 25
+
+
+# -- inside the server, with --breakdown ------------------------------------------------
+
+
+def type_census() -> dict[str, list[int]]:
+    """Objects tracked by the GC, by type name: [count, sys.getsizeof bytes]."""
+    import gc
+
+    census: dict[str, list[int]] = {}
+    for obj in gc.get_objects():
+        name = type(obj).__qualname__
+        row = census.setdefault(name, [0, 0])
+        row[0] += 1
+        row[1] += sys.getsizeof(obj)
+    return census
+
+
+def serve_traced(dump: Path, argv: list[str]) -> int:
+    """Run ``notifyhub serve`` under tracemalloc; each SIGUSR1 writes a snapshot to ``dump``
+    (the first one the baseline, later ones the difference to it)."""
+    import tracemalloc
+
+    from hub.cli import main
+
+    tracemalloc.start(1)
+    state: dict[str, Any] = {}
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(False, tracemalloc.__file__)]
+        )
+        census = type_census()
+        if "snapshot" not in state:
+            state["snapshot"], state["census"] = snapshot, census
+            dump.write_text(json.dumps({"baseline": True}))
+            return
+        sites = snapshot.compare_to(state["snapshot"], "lineno")[:TRACED_SITES]
+        files = snapshot.compare_to(state["snapshot"], "filename")[:TRACED_SITES]
+        before = state["census"]
+        grown = {
+            name: [count - before.get(name, [0, 0])[0], size - before.get(name, [0, 0])[1]]
+            for name, (count, size) in census.items()
+        }
+        top = sorted(grown.items(), key=lambda item: -item[1][1])[:TRACED_SITES]
+        dump.write_text(
+            json.dumps(
+                {
+                    "sites": [
+                        {"site": str(s.traceback[0]), "bytes": s.size_diff, "blocks": s.count_diff}
+                        for s in sites
+                    ],
+                    "files": [
+                        {"file": str(s.traceback[0].filename), "bytes": s.size_diff} for s in files
+                    ],
+                    "types": [{"type": n, "count": c, "bytes": b} for n, (c, b) in top],
+                }
+            )
+        )
+
+    signal.signal(signal.SIGUSR1, on_signal)
+    return main(argv)
+
+
+def read_dump(dump: Path) -> dict[str, Any] | None:
+    if not dump.exists() or not dump.stat().st_size:
+        return None
+    data: dict[str, Any] = json.loads(dump.read_text())
+    return data
+
+
+async def traced_snapshot(pid: int, dump: Path, limit: float = 120.0) -> dict[str, Any]:
+    await asyncio.to_thread(dump.unlink, missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + limit
+    while True:
+        await asyncio.sleep(0.5)
+        with contextlib.suppress(ValueError):  # half written
+            data = await asyncio.to_thread(read_dump, dump)
+            if data is not None:
+                return data
+        if time.monotonic() > deadline:
+            raise TimeoutError("the traced server wrote no snapshot")
+
+
+def per_socket(breakdown: dict[str, Any], sockets: int) -> dict[str, Any]:
+    for section in ("files", "sites", "types"):
+        for row in breakdown.get(section, []):
+            row["bytes_per_socket"] = round(row["bytes"] / sockets, 1)
+    return breakdown
+
+
+# -- the load generator ----------------------------------------------------------------
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    steps = sorted({int(s) for s in args.steps.split(",")})
+    fanout_args = fanout.build_parser().parse_args(
+        ["--clients", str(steps[-1]), "--connect-timeout", str(args.connect_timeout)]
+    )
+    tenant = f"mem-{secrets.token_hex(4)}"
+    secret = secrets.token_hex(32)
+    workdir = Path(tempfile.mkdtemp(prefix="notifyhub-socket-memory-"))
+    bench = fanout.Bench(
+        args=fanout_args,
+        tenant=tenant,
+        secret=secret,
+        service_token=fanout.make_token(secret, tenant=tenant, user="bench", roles=["service"]),
+        workdir=workdir,
+    )
+    db_name = f"notifyhub_mem_{secrets.token_hex(4)}"
+    results: dict[str, Any] = {
+        "benchmark": "socket_memory",
+        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "machine": fanout.machine_info(),
+        "code": code_version(),
+        "params": {
+            "steps": steps,
+            "settle_s": args.settle,
+            "connect_concurrency": args.connect_concurrency,
+            "redis": args.redis,
+            "breakdown": args.breakdown,
+        },
+        "steps": [],
+        "logs": str(workdir),
+    }
+    await fanout.create_database(args.pg_admin_url, db_name)
+    try:
+        specs = fanout.server_specs(
+            bench,
+            hub_db=fanout.database_url(args.pg_admin_url, db_name, "postgresql+asyncpg"),
+            stock_db=fanout.database_url(args.pg_admin_url, db_name, "postgresql"),
+            redis_url=args.redis_url if args.redis else None,
+        )
+        spec = specs["notifyhub"]
+        fanout.migrate(spec.env, workdir)
+        dump = workdir / "breakdown.json"
+        if args.breakdown:
+            serve_args = spec.command[spec.command.index("serve") :]
+            spec.command = [sys.executable, str(Path(__file__)), "--serve-traced", str(dump)]
+            spec.command += ["--", *serve_args]
+        await run_steps(bench, spec, steps=steps, args=args, results=results, dump=dump)
+    finally:
+        with contextlib.suppress(Exception):
+            await fanout.drop_database(args.pg_admin_url, db_name)
+    return results
+
+
+async def run_steps(
+    bench: fanout.Bench,
+    spec: fanout.ServerSpec,
+    *,
+    steps: list[int],
+    args: argparse.Namespace,
+    results: dict[str, Any],
+    dump: Path,
+) -> None:
+    server = await fanout.start_server(
+        spec, cpu=args.server_cpu, workdir=bench.workdir, start_within=60
+    )
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    http = aiohttp.ClientSession()
+    stats = fanout.Stats(size=steps[-1])
+    connected: list[fanout.RawClient] = []
+    try:
+        await fanout.warm_up(bench, server, session, http)
+        await asyncio.sleep(args.settle)
+        baseline = fanout.memory_kb(server.pid)
+        results["baseline"] = baseline
+        if args.breakdown:
+            await traced_snapshot(server.pid, dump)
+        for step in steps:
+            clients = fanout.make_clients(bench, "u", range(len(connected), step), stats)
+            cpu_before = fanout.process_cpu_seconds(server.pid)
+            more, failures, seconds = await fanout.timed_connect(
+                clients, session, server.port, args
+            )
+            cpu = fanout.process_cpu_seconds(server.pid) - cpu_before
+            connected += more
+            await asyncio.sleep(args.settle)
+            memory = fanout.memory_kb(server.pid)
+            row = {
+                "sockets": len(connected),
+                "connect_failures": len(failures),
+                "failure_samples": failures[:3],
+                "connects_per_s": round(len(more) / seconds, 1),
+                "server_cpu_ms_per_connect": round(1000 * cpu / max(1, len(more)), 3),
+                "rss_kb": memory["rss_kb"],
+                "pss_kb": memory.get("pss_kb"),
+                "kb_per_socket_rss": round(
+                    (memory["rss_kb"] - baseline["rss_kb"]) / len(connected), 2
+                ),
+                "kb_per_socket_pss": round(
+                    (memory.get("pss_kb", 0) - baseline.get("pss_kb", 0)) / len(connected), 2
+                ),
+                "closed_by_server": stats.closed_clients,
+            }
+            results["steps"].append(row)
+            print(f"[socket_memory] {json.dumps(row)}", flush=True)
+        if args.breakdown:
+            results["breakdown"] = per_socket(
+                await traced_snapshot(server.pid, dump), len(connected)
+            )
+    finally:
+        await asyncio.gather(*(c.close() for c in connected))
+        await session.close()
+        await http.close()
+        await asyncio.to_thread(fanout.stop_server, server)
+        results["log_problems"] = fanout.log_problems(server.log_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=(
+            "RSS per idle Socket.IO websocket of one notifyhub serve process at several socket "
+            "counts, and connects/s. Loopback only."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--steps", default="1000,5000,10000", help="socket counts, ascending")
+    parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before RSS reads")
+    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
+    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect")
+    parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server")
+    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="tracemalloc + type census in the server: where the bytes of a socket are",
+    )
+    parser.add_argument("--output", default=str(OUTPUT), help="results JSON")
+    parser.add_argument("--serve-traced", metavar="DUMP", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve-traced"]:
+        return serve_traced(Path(argv[1]), argv[3:])
+    args = build_parser().parse_args(argv)
+    if args.client_cpu in os.sched_getaffinity(0):
+        os.sched_setaffinity(0, {args.client_cpu})
+    most = max(int(s) for s in args.steps.split(","))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * most + 256)), hard))
+    import uvloop
+
+    results = uvloop.run(measure(args))
+    output = Path(args.output)
+    if not output.is_absolute():
+        output = fanout.REPO / output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
