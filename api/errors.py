@@ -19,6 +19,7 @@ from hub.logs import request_id_var
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SOCKETIO_PREFIX = "/socket.io/"
 
 _CODES_BY_STATUS = {
     400: "bad_request",
@@ -138,8 +139,22 @@ def quiet_client_protocol_errors() -> None:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure leaves as the JSON error shape: no HTML pages, no tracebacks."""
+def error_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Every failure leaves as the JSON error shape: no HTML pages, no tracebacks.
+
+    A Socket.IO WebSocket handshake goes straight to engine.io, which answers its own errors
+    (and once upgraded, no error page could be sent): no frame of this middleware stays on the
+    stack for the socket's life."""
+    if request.path.startswith(SOCKETIO_PREFIX) and is_websocket_upgrade(request):
+        return handler(request)
+    return _json_errors(request, handler)
+
+
+def is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except HubError as exc:

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -66,14 +67,21 @@ def _route_template(request: web.Request) -> str:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def auth_middleware(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
     """Every ``/api/`` route needs a valid bearer token, but those declared ``public`` (the
     documents); the principal goes on the request. Routes outside ``/api/`` (probes, the
     playground, Socket.IO and the legacy WebSocket, which authenticate in their handshake)
-    are not checked here."""
+    are not checked here.
+
+    Those go straight to their handler: no frame of this middleware stays on the stack for
+    the request's life (a WebSocket's lasts as long as the socket)."""
     path = request.path
     if not path.startswith("/api/") or path in request.app.get(PUBLIC_PATHS, frozenset()):
-        return await handler(request)
+        return handler(request)
+    return _authenticated(request, handler)
+
+
+async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         principal = await request.app[VERIFIER].verify(
             bearer_token(request.headers.get("Authorization"))

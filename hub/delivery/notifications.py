@@ -85,7 +85,7 @@ class Outgoing:
         self.encoded: dict[str, Any] = {}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscriber:
     tenant_id: str
     user_id: str

@@ -9,9 +9,10 @@ never disconnects it or anybody else.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic
@@ -69,6 +70,58 @@ def validation_ack(exc: pydantic.ValidationError) -> dict[str, Any]:
     }
 
 
+class Deadlines:
+    """When each socket's token expires, on one timer for all of them (a timer per socket
+    costs ~600 bytes): a heap of ``(when, sid)`` and the current deadline of each sid. An entry
+    whose deadline moved (``auth:refresh``) or whose socket left is skipped when it comes up;
+    the heap is rebuilt once such entries outnumber the live ones."""
+
+    __slots__ = ("_at", "_expire", "_heap", "_timer", "_timer_at")
+
+    def __init__(self, expire: Callable[[str], None]) -> None:
+        self._expire = expire
+        self._at: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def set(self, sid: str, when: float) -> None:
+        """Expire ``sid`` at ``when`` (wall clock), instead of any earlier deadline."""
+        self._at[sid] = when
+        heapq.heappush(self._heap, (when, sid))
+        if len(self._heap) > 2 * len(self._at) + 64:
+            self._heap = [(at, key) for key, at in self._at.items()]
+            heapq.heapify(self._heap)
+        self._arm()
+
+    def discard(self, sid: str) -> bool:
+        """Forget ``sid``; False if it had no deadline (never authenticated)."""
+        return self._at.pop(sid, None) is not None
+
+    def _arm(self) -> None:
+        if not self._heap:
+            return
+        when = self._heap[0][0]
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = when
+        self._timer = loop.call_at(loop.time() + max(0.0, when - time.time()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = time.time()
+        heap, at = self._heap, self._at
+        while heap and heap[0][0] <= now:
+            when, sid = heapq.heappop(heap)
+            if at.get(sid) == when:
+                # Stays in ``_at`` until the disconnect handler discards it.
+                self._expire(sid)
+        self._arm()
+
+
 class AuthenticatedNamespace(socketio.AsyncNamespace):
     """A namespace whose sockets are authenticated, and disconnected when their token
     expires unless they sent ``auth:refresh`` with a new one for the same tenant and user."""
@@ -80,7 +133,7 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
     def __init__(self, namespace: str, app: web.Application) -> None:
         super().__init__(namespace)
         self.app = app
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._expiry = Deadlines(self._expired)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         handler = getattr(self, "on_" + event.replace(":", "_"), None)
@@ -121,17 +174,15 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             await self.enter_room(sid, tenant_room(principal.tenant_id))
             await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
         await self.after_connect(sid, principal, auth)
-        self._expire_at(sid, principal.expires_at)
+        self._expiry.set(sid, principal.expires_at)
         SOCKETS_CONNECTED.labels(self.namespace).inc()
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         """Namespace-specific work once the socket is authenticated (replay, presence...)."""
 
     async def on_disconnect(self, sid: str, *_reason: Any) -> None:
-        timer = self._expiry.pop(sid, None)
-        if timer is None:
+        if not self._expiry.discard(sid):
             return  # never authenticated
-        timer.cancel()
         SOCKETS_CONNECTED.labels(self.namespace).dec()
         await self.after_disconnect(sid)
 
@@ -156,16 +207,8 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             )
         async with self.session(sid) as session:
             session[SESSION_PRINCIPAL] = fresh
-        self._expire_at(sid, fresh.expires_at)
+        self._expiry.set(sid, fresh.expires_at)
         return {"ok": True, "expires_at": int(fresh.expires_at)}
-
-    def _expire_at(self, sid: str, expires_at: float) -> None:
-        previous = self._expiry.pop(sid, None)
-        if previous is not None:
-            previous.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, expires_at - time.time())
-        self._expiry[sid] = loop.call_later(delay, self._expired, sid)
 
     def _expired(self, sid: str) -> None:
         log.info("socket %s disconnected: token expired", sid)
