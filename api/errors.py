@@ -15,6 +15,7 @@ from db.outage import is_unavailable
 from hub.errors import DatabaseUnavailable, HubError
 from hub.keys import SETTINGS
 from hub.logs import request_id_var
+from hub.sockets.transport import is_websocket_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +149,6 @@ def error_middleware(request: web.Request, handler: Handler) -> Awaitable[web.St
     if request.path.startswith(SOCKETIO_PREFIX) and is_websocket_upgrade(request):
         return handler(request)
     return _json_errors(request, handler)
-
-
-def is_websocket_upgrade(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
 
 
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:

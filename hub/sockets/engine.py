@@ -28,6 +28,7 @@ from collections import deque
 from typing import Any
 
 import engineio
+from aiohttp import web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
@@ -258,6 +259,42 @@ class HubSocket(AsyncSocket):
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
 
+# Request headers a Socket.IO handshake reads, as WSGI environ keys.
+HANDSHAKE_HEADERS = {
+    name: "HTTP_" + name.upper().replace("-", "_")
+    for name in (
+        "Authorization",
+        "Connection",
+        "Host",
+        "Origin",
+        "Upgrade",
+        "User-Agent",
+        "X-Forwarded-For",
+        "X-Forwarded-Host",
+        "X-Forwarded-Proto",
+    )
+}
+
+
+def handshake_environ(request: web.Request) -> dict[str, Any]:
+    """engine.io's environ for a WebSocket handshake, with only :data:`HANDSHAKE_HEADERS`
+    (repeated headers joined with commas, as engine.io's aiohttp driver does)."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "QUERY_STRING": request.query_string,
+        "PATH_INFO": request.path,
+        "REMOTE_ADDR": "127.0.0.1",  # what engine.io's aiohttp driver says too
+        "aiohttp.request": request,
+    }
+    headers = request.headers
+    for name, key in HANDSHAKE_HEADERS.items():
+        values = headers.getall(name, None)
+        if values:
+            environ[key] = ",".join(values)
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    return environ
+
+
 class HubEngineIOServer(engineio.AsyncServer):
     """engine.io's server, whose sessions are :class:`HubSocket` and share one ping timer."""
 
@@ -268,6 +305,30 @@ class HubEngineIOServer(engineio.AsyncServer):
     async def shutdown(self) -> None:
         self.hub_pings.cancel()
         await super().shutdown()
+
+    async def handle_request(self, request: web.Request) -> Any:
+        """A new WebSocket session (``EIO=4&transport=websocket``, no ``sid``) takes a short
+        path: only the headers a handshake needs go into its environ, the query is parsed once
+        by aiohttp, and fewer frames stay on the stack for the socket's life. Anything else,
+        or a handshake engine.io would refuse, is engine.io's own ``handle_request``."""
+        query = request.query
+        if (
+            request.method != "GET"
+            or "sid" in query
+            or "j" in query
+            or query.get("transport") != "websocket"
+            or query.get("EIO") != "4"
+            or "websocket" not in self.transports
+            or not transport.is_websocket_upgrade(request)
+        ):
+            return await super().handle_request(request)
+        environ = handshake_environ(request)
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and self.cors_allowed_origins != []:
+            allowed = self._cors_allowed_origins(environ)
+            if allowed is not None and origin not in allowed:
+                return await super().handle_request(request)
+        return await self._handle_connect(environ, "websocket")
 
     async def _handle_connect(
         self, environ: dict[str, Any], transport_name: str, jsonp_index: int | None = None
@@ -292,6 +353,7 @@ class HubEngineIOServer(engineio.AsyncServer):
             },
         )
         await s.send(pkt)
+        del pkt
 
         ret = await self._trigger_event("connect", sid, environ, run_async=False)
         if ret is not None and ret is not True:
@@ -302,7 +364,9 @@ class HubEngineIOServer(engineio.AsyncServer):
         s.schedule_ping()
 
         if transport_name == "websocket":
-            ret = await s.handle_get_request(environ)
+            # s.handle_get_request -> s._upgrade_websocket, less two frames kept for the
+            # socket's life.
+            ret = await self._async["websocket"](s._websocket_handler, self)(environ)
             if s.closed and sid in self.sockets:
                 del self.sockets[sid]
             return ret

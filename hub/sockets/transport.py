@@ -192,6 +192,10 @@ def write_wire(engineio_socket: Any, direct: DirectWriter, wire: bytes) -> bool:
     return True
 
 
+def is_websocket_upgrade(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 def slim_environ(environ: dict[str, Any]) -> None:
     """Keep only :data:`ENVIRON_KEPT` of a handshake environ, in place (python-socketio holds
     the same dict for the session)."""
