@@ -30,7 +30,6 @@ from hub.schemas import AuthRefreshIn
 
 log = logging.getLogger(__name__)
 
-SESSION_PRINCIPAL = "principal"
 LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
 
 
@@ -134,6 +133,7 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         super().__init__(namespace)
         self.app = app
         self._expiry = Deadlines(self._expired)
+        self._principals: dict[str, Principal] = {}
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         handler = getattr(self, "on_" + event.replace(":", "_"), None)
@@ -141,8 +141,7 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             return None
         if event in LIFECYCLE_EVENTS:
             return await handler(*args)
-        session = await self.get_session(args[0])
-        principal: Principal | None = session.get(SESSION_PRINCIPAL)
+        principal = self._principals.get(args[0])
         bound = bind_caller(principal.tenant_id, principal.user_id) if principal else None
         try:
             return await handler(*args)
@@ -169,11 +168,17 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             principal = await self.app[VERIFIER].verify(token_from_handshake(environ, auth))
         except AuthError as exc:
             raise unauthorized(str(exc)) from None
-        await self.save_session(sid, {SESSION_PRINCIPAL: principal})
-        if self.uses_rooms:
-            await self.enter_room(sid, tenant_room(principal.tenant_id))
-            await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
-        await self.after_connect(sid, principal, auth)
+        # Each socket's principal, in a dict of the namespace rather than python-socketio's
+        # session (two dicts per socket).
+        self._principals[sid] = principal
+        try:
+            if self.uses_rooms:
+                await self.enter_room(sid, tenant_room(principal.tenant_id))
+                await self.enter_room(sid, user_room(principal.tenant_id, principal.user_id))
+            await self.after_connect(sid, principal, auth)
+        except BaseException:
+            del self._principals[sid]
+            raise
         self._expiry.set(sid, principal.expires_at)
         SOCKETS_CONNECTED.labels(self.namespace).inc()
 
@@ -184,10 +189,13 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         if not self._expiry.discard(sid):
             return  # never authenticated
         SOCKETS_CONNECTED.labels(self.namespace).dec()
-        await self.after_disconnect(sid)
+        try:
+            await self.after_disconnect(sid)
+        finally:
+            del self._principals[sid]
 
     async def after_disconnect(self, sid: str) -> None:
-        """Namespace-specific cleanup (the session is still readable here)."""
+        """Namespace-specific cleanup (:meth:`principal` still answers here)."""
 
     async def on_auth_refresh(self, sid: str, payload: object = None) -> dict[str, Any]:
         """``auth:refresh`` ``{"token"}``: a new token for the same tenant and user."""
@@ -205,8 +213,7 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
             raise HubError(
                 "the new token is for another tenant or user", code="forbidden", status=403
             )
-        async with self.session(sid) as session:
-            session[SESSION_PRINCIPAL] = fresh
+        self._principals[sid] = fresh
         self._expiry.set(sid, fresh.expires_at)
         return {"ok": True, "expires_at": int(fresh.expires_at)}
 
@@ -216,6 +223,4 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
         task.add_done_callback(lambda done: done.exception())
 
     async def principal(self, sid: str) -> Principal:
-        session = await self.get_session(sid)
-        principal: Principal = session[SESSION_PRINCIPAL]
-        return principal
+        return self._principals[sid]
