@@ -68,9 +68,10 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
     assert hasattr(asyncio.Queue(), "_getters"), "asyncio.Queue._getters is gone"
     # engine.py: HubSocket replaces BaseSocket.__init__ (less the queue) ...
     stub = type("Server", (), {"create_queue": staticmethod(asyncio.Queue)})()
-    assert set(vars(BaseSocket(stub, "sid"))) <= set(vars(HubSocket(stub, "sid"))) | {"queue"}, (
-        "engine.io's socket has new state: update HubSocket.__init__"
-    )
+    assert set(vars(BaseSocket(stub, "sid"))) <= set(vars(HubSocket(stub, "sid"))) | {
+        "queue",
+        "session",
+    }, "engine.io's socket has new state: update HubSocket.__init__"
     # ... HubEngineIOServer._handle_connect is a copy of engine.io's, making a HubSocket ...
     assert "async_socket.AsyncSocket(self, sid)" in inspect.getsource(
         AsyncServer._handle_connect

@@ -123,7 +123,7 @@ class HubSocket(AsyncSocket):
         self._queue: asyncio.Queue[Any] | None = None
         self.last_ping: float | None = time.time()
         self.connected = self.upgrading = self.upgraded = self.closing = self.closed = False
-        self.session: dict[str, Any] = {}
+        self._session: dict[str, Any] | None = None  # python-socketio's; the hub uses none
         # Set while the session is on the websocket (see transport.HubWebSocket).
         self.hub_direct: transport.DirectWriter | None = None
         self.hub_ws: Any = None
@@ -134,6 +134,16 @@ class HubSocket(AsyncSocket):
         if self._queue is None:
             self._queue = asyncio.Queue()
         return self._queue
+
+    @property
+    def session(self) -> dict[str, Any]:
+        if self._session is None:
+            self._session = {}
+        return self._session
+
+    @session.setter
+    def session(self, session: dict[str, Any]) -> None:
+        self._session = session
 
     def hub_writes_directly(self) -> bool:
         return self.hub_direct is not None and not self.upgrading

@@ -27,7 +27,6 @@ import socketio
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.writer import WebSocketWriter
 from engineio import packet as eio_packet
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 from hub.logs import ThrottledLog
 from hub.metrics import SLOW_CONSUMERS
@@ -97,14 +96,24 @@ def close_connection(writer: WebSocketWriter, code: int, reason: bytes) -> None:
 
 
 def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
-    class HubWebSocket(engineio_aiohttp.WebSocket):
+    class HubWebSocket:
+        """engine.io's aiohttp WebSocket wrapper (``wait``, ``send``, ``close``), in slots;
+        it lives as long as the socket."""
+
+        __slots__ = ("_sock", "handler", "server")
+
+        def __init__(self, handler: Any, server: Any) -> None:
+            self.handler = handler
+            self.server = server
+            self._sock: web.WebSocketResponse | None = None
+
         async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
             request = environ["aiohttp.request"]
-            self._sock = web.WebSocketResponse(
+            sock = self._sock = web.WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compress
             )
-            await self._sock.prepare(request)
-            writer = self._sock._writer
+            await sock.prepare(request)
+            writer = sock._writer
             if writer is None:  # prepare() creates it; without it there is nothing to serve
                 raise RuntimeError("aiohttp prepared a WebSocket without a writer")
             writer._limit = NO_DRAIN
@@ -116,10 +125,26 @@ def make_websocket_class(*, compress: bool, max_buffer_bytes: int) -> type[Any]:
                 await self.handler(self)
             finally:
                 engineio_socket.hub_direct = None
-            return self._sock
+            return sock
+
+        async def close(self) -> None:
+            if self._sock is not None:
+                await self._sock.close()
+
+        async def send(self, message: str | bytes) -> None:
+            if self._sock is None:
+                return
+            if isinstance(message, bytes):
+                await self._sock.send_bytes(message)
+            else:
+                await self._sock.send_str(message)
 
         async def wait(self) -> bytes | str:
-            data: bytes | str = await super().wait()
+            if self._sock is None:
+                raise OSError("not prepared")
+            data = (await self._sock.receive()).data
+            if not isinstance(data, bytes | str):  # closed, closing or an error
+                raise OSError
             # engine.io decodes text frames by their first character; anything else would
             # raise inside its receive loop and end the request as a 500 with a traceback.
             if isinstance(data, str) and (not data or data[0] not in "0123456"):
