@@ -47,6 +47,8 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
     import asyncio
     import inspect
 
+    import engineio.async_drivers.aiohttp
+    import engineio.base_server
     import socketio
     from aiohttp import web
     from aiohttp._websocket.writer import WebSocketWriter
@@ -88,6 +90,14 @@ def test_internals_the_direct_writes_rely_on_are_there() -> None:
     assert "self.schedule_ping()" in inspect.getsource(AsyncSocket.receive)
     assert "last_ping" in inspect.getsource(AsyncSocket.check_ping_timeout)
     assert "_engineio_server_class()" in inspect.getsource(socketio.base_server.BaseServer)
+    # ... and the short handshake path uses engine.io's driver table and CORS check.
+    assert "self.server._async['websocket'](" in inspect.getsource(AsyncSocket._upgrade_websocket)
+    assert "def _cors_allowed_origins(self, environ)" in inspect.getsource(
+        engineio.base_server.BaseServer
+    )
+    assert "'aiohttp.request': request" in inspect.getsource(
+        engineio.async_drivers.aiohttp.translate_request
+    ), "engine.io's aiohttp environ changed: update engine.handshake_environ"
 
 
 def test_library_internals_the_hub_extends_are_there() -> None:
