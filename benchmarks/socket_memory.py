@@ -5,7 +5,11 @@ One hub process (pinned to one core, Redis manager as in production) and a load 
 (default 1,000, 5,000 and 10,000 in total) and, after each step and ``--settle`` idle
 seconds, reads the server's RSS and PSS. KB per socket = (RSS now - RSS after warm-up with no
 client) / sockets connected. Connects/s is measured per step (JWT check, subscription,
-Socket.IO CONNECT answered).
+Socket.IO CONNECT answered) with a light load generator (bare sockets) unless ``--client
+aiohttp`` (fanout.py's clients, which are the limit there), along with server CPU per connect
+and every core's busy share. The handshake's headers stay parsed for the socket's life, so a
+client that sends more of them costs more: aiohttp's clients ~1 KB per socket more than the
+bare ones (a browser with cookies, more again).
 
 ``--breakdown`` runs the server under tracemalloc (slow: connect rates are then meaningless)
 and records, between the baseline and the last step, the allocation sites and the object
@@ -42,7 +46,8 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 
 from benchmarks import fanout  # noqa: E402
-from benchmarks.machine import code_version  # noqa: E402
+from benchmarks.machine import code_version, core_times  # noqa: E402
+from tests.harness.rawws import RawWebSocket, connect_socketio  # noqa: E402
 
 OUTPUT = Path("benchmarks") / "results" / "socket_memory.json"
 TRACED_SITES = 25
@@ -141,6 +146,64 @@ def per_socket(breakdown: dict[str, Any], sockets: int) -> dict[str, Any]:
 # -- the load generator ----------------------------------------------------------------
 
 
+class IdleRawClient:
+    """A Socket.IO client on a bare socket (tests/harness/rawws.py) that only answers pings:
+    a fraction of an aiohttp client's cost per connect, so that the connect rate measures the
+    server rather than the load generator."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.ws: RawWebSocket | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.closed_by_server = False
+
+    async def connect(self, _session: object, port: int, limit: float) -> None:
+        async with asyncio.timeout(limit):
+            try:
+                self.ws = await connect_socketio(port, fanout.NAMESPACE, self.token)
+            except AssertionError as exc:  # the harness asserts on what it reads
+                raise ConnectionError(str(exc)) from None
+        self.reader = asyncio.create_task(self._answer_pings(self.ws))
+
+    async def _answer_pings(self, ws: RawWebSocket) -> None:
+        while True:
+            try:
+                frame = await ws.read_text(timeout=3600)
+            except TimeoutError:
+                continue
+            if frame is None:
+                self.closed_by_server = True
+                return
+            if frame == "2":
+                ws.send_text("3")
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        if self.ws is not None:
+            self.ws.close()
+
+
+def busy_shares(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, float]:
+    return {
+        name: round((busy - before[name][0]) / max(1, total - before[name][1]), 2)
+        for name, (busy, total) in after.items()
+        if name in before
+    }
+
+
+def make_clients(bench: fanout.Bench, stats: fanout.Stats, indices: range, kind: str) -> list[Any]:
+    if kind == "aiohttp":
+        return fanout.make_clients(bench, "u", indices, stats)
+    return [
+        IdleRawClient(fanout.make_token(bench.secret, tenant=bench.tenant, user=f"u{i}"))
+        for i in indices
+    ]
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     steps = sorted({int(s) for s in args.steps.split(",")})
     fanout_args = fanout.build_parser().parse_args(
@@ -167,6 +230,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "settle_s": args.settle,
             "connect_concurrency": args.connect_concurrency,
             "redis": args.redis,
+            "client": args.client,
             "breakdown": args.breakdown,
         },
         "steps": [],
@@ -209,7 +273,7 @@ async def run_steps(
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     http = aiohttp.ClientSession()
     stats = fanout.Stats(size=steps[-1])
-    connected: list[fanout.RawClient] = []
+    connected: list[Any] = []
     try:
         await fanout.warm_up(bench, server, session, http)
         await asyncio.sleep(args.settle)
@@ -218,12 +282,14 @@ async def run_steps(
         if args.breakdown:
             await traced_snapshot(server.pid, dump)
         for step in steps:
-            clients = fanout.make_clients(bench, "u", range(len(connected), step), stats)
+            clients = generator_clients(bench, stats, range(len(connected), step), args.client)
             cpu_before = fanout.process_cpu_seconds(server.pid)
+            cores_before = core_times()
             more, failures, seconds = await fanout.timed_connect(
                 clients, session, server.port, args
             )
             cpu = fanout.process_cpu_seconds(server.pid) - cpu_before
+            cores = core_times()
             connected += more
             await asyncio.sleep(args.settle)
             memory = fanout.memory_kb(server.pid)
@@ -233,6 +299,14 @@ async def run_steps(
                 "failure_samples": failures[:3],
                 "connects_per_s": round(len(more) / seconds, 1),
                 "server_cpu_ms_per_connect": round(1000 * cpu / max(1, len(more)), 3),
+                # Every core's busy share while connecting (server, generator, PostgreSQL...).
+                "cores_busy": {
+                    name: round(
+                        (busy - cores_before[name][0]) / max(1, total - cores_before[name][1]), 2
+                    )
+                    for name, (busy, total) in cores.items()
+                    if name in cores_before
+                },
                 "rss_kb": memory["rss_kb"],
                 "pss_kb": memory.get("pss_kb"),
                 "kb_per_socket_rss": round(
@@ -241,7 +315,8 @@ async def run_steps(
                 "kb_per_socket_pss": round(
                     (memory.get("pss_kb", 0) - baseline.get("pss_kb", 0)) / len(connected), 2
                 ),
-                "closed_by_server": stats.closed_clients,
+                "closed_by_server": stats.closed_clients
+                + sum(getattr(c, "closed_by_server", False) for c in connected),
             }
             results["steps"].append(row)
             print(f"[socket_memory] {json.dumps(row)}", flush=True)
@@ -269,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before RSS reads")
     parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect")
+    parser.add_argument(
+        "--client",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="load generator: bare sockets (light) or fanout.py's aiohttp clients",
+    )
     parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
