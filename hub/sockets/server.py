@@ -146,11 +146,64 @@ class HubServer(socketio.AsyncServer):
         await transport.abort_session(self, eio_sid)
 
 
+class RoomsBySid:
+    """python-socketio's manager finds a leaving socket's rooms by testing every room of the
+    namespace, a full scan per disconnect (0.7 ms at 10,000 sockets; minutes of CPU for a
+    reconnect storm or a shutdown of 50,000). Here a socket's rooms are known: the namespace
+    room (``None``), its own (``sid``) and those it entered, which are remembered (sockets of
+    /notifications enter none)."""
+
+    rooms: dict[str | None, dict[Any, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, set[str]]
+    pending_disconnect: dict[str, set[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._entered: dict[tuple[str, str], set[Any]] = {}
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        if room is not None and room != sid:
+            self._entered.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        entered = self._entered.get((namespace, sid))
+        if entered is not None:
+            entered.discard(room)
+            if not entered:
+                del self._entered[(namespace, sid)]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """python-socketio's ``basic_disconnect``, less the scan of every room."""
+        if namespace not in self.rooms:
+            return
+        entered = self._entered.pop((namespace, sid), ())
+        for room in (None, sid, *entered):
+            self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting is not None and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
+
+
+class HubManager(RoomsBySid, socketio.AsyncManager):
+    pass
+
+
+class HubRedisManager(RoomsBySid, socketio.AsyncRedisManager):
+    pass
+
+
 def build_client_manager(settings: Settings) -> socketio.AsyncManager:
     """Redis when configured (several processes, one hub), else in-process."""
     if settings.redis_url:
-        return socketio.AsyncRedisManager(settings.redis_url, channel=settings.socketio_channel)
-    return socketio.AsyncManager()
+        return HubRedisManager(settings.redis_url, channel=settings.socketio_channel)
+    return HubManager()
 
 
 def build_socketio_server(settings: Settings, app: web.Application) -> socketio.AsyncServer:
