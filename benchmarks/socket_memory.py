@@ -229,6 +229,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "steps": steps,
             "settle_s": args.settle,
             "connect_concurrency": args.connect_concurrency,
+            "idle_seconds": args.idle_seconds,
             "redis": args.redis,
             "client": args.client,
             "breakdown": args.breakdown,
@@ -320,6 +321,18 @@ async def run_steps(
             }
             results["steps"].append(row)
             print(f"[socket_memory] {json.dumps(row)}", flush=True)
+        if args.idle_seconds > 0:
+            # Pings and pongs only (every client answers): what idle sockets cost in CPU.
+            cpu_before = fanout.process_cpu_seconds(server.pid)
+            await asyncio.sleep(args.idle_seconds)
+            cpu = fanout.process_cpu_seconds(server.pid) - cpu_before
+            results["idle"] = {
+                "sockets": len(connected),
+                "seconds": args.idle_seconds,
+                "server_cpu_share": round(cpu / args.idle_seconds, 4),
+                "closed_by_server": sum(getattr(c, "closed_by_server", False) for c in connected),
+            }
+            print(f"[socket_memory] idle: {json.dumps(results['idle'])}", flush=True)
         if args.breakdown:
             results["breakdown"] = per_socket(
                 await traced_snapshot(server.pid, dump), len(connected)
@@ -343,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", default="1000,5000,10000", help="socket counts, ascending")
     parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before RSS reads")
     parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=0.0,
+        help="then measure the server's CPU share this long with every socket idle (pings only)",
+    )
     parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect")
     parser.add_argument(
         "--client",

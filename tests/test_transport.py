@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from hub.keys import SOCKETIO
 from tests.harness.hub import RunningHub, SettingsFactory
@@ -169,3 +170,23 @@ async def test_a_client_that_stops_answering_pings_is_closed(hub: RunningHub, te
     assert len(eio.sockets) == 1
     answering.send_text("41/notifications,")
     answering.close()
+
+
+async def test_a_poller_that_stops_polling_is_forgotten(hub: RunningHub) -> None:
+    """A long-polling session whose client vanished times out like a silent WebSocket and
+    leaves the session table (engine.io's monitor task is off: the ping scheduler does it)."""
+    eio = hub.app[SOCKETIO].eio
+    eio.ping_interval, eio.ping_timeout = 0.3, 0.3
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(hub.url + "/socket.io/?EIO=4&transport=polling") as response,
+    ):
+        opening = await response.text()
+    assert opening.startswith("0{")
+    sid = orjson.loads(opening[1:])["sid"]
+    assert sid in eio.sockets
+    for _ in range(60):
+        if sid not in eio.sockets:
+            break
+        await asyncio.sleep(0.05)
+    assert sid not in eio.sockets

@@ -97,6 +97,13 @@ class PingScheduler:
         if deadlines and self._deadline_timer is None:
             self._deadline_timer = loop.call_at(deadlines[0][0], self._check_deadlines)
 
+    async def _time_out(self, socket: HubSocket) -> None:
+        await socket.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
+        # A WebSocket session leaves the table when its handler returns; a long-polling one
+        # whose client is gone would wait for a request that never comes.
+        if socket.hub_direct is None and self.server.sockets.get(socket.sid) is socket:
+            del self.server.sockets[socket.sid]
+
     def _check_deadlines(self) -> None:
         loop = asyncio.get_running_loop()
         self._deadline_timer = None
@@ -106,9 +113,7 @@ class PingScheduler:
             _, socket, stamp = deadlines.popleft()
             if socket.last_ping == stamp and not (socket.closing or socket.closed):
                 # No pong since that ping: engine.io's own verdict, with its CLOSE packet.
-                _in_background(
-                    socket.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT)
-                )
+                _in_background(self._time_out(socket))
         if deadlines:
             self._deadline_timer = loop.call_at(deadlines[0][0], self._check_deadlines)
 
@@ -309,6 +314,10 @@ class HubEngineIOServer(engineio.AsyncServer):
     """engine.io's server, whose sessions are :class:`HubSocket` and share one ping timer."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # engine.io's monitor task visits every socket once per ping_timeout (a task and a
+        # timer per visit) to close those whose pong is late: the PingScheduler does that, and
+        # forgets closed long-polling sessions, on its two timers.
+        kwargs.setdefault("monitor_clients", False)
         super().__init__(*args, **kwargs)
         self.hub_pings = PingScheduler(self)
 
