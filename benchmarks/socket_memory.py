@@ -195,7 +195,9 @@ def busy_shares(
     }
 
 
-def make_clients(bench: fanout.Bench, stats: fanout.Stats, indices: range, kind: str) -> list[Any]:
+def generator_clients(
+    bench: fanout.Bench, stats: fanout.Stats, indices: range, kind: str
+) -> list[Any]:
     if kind == "aiohttp":
         return fanout.make_clients(bench, "u", indices, stats)
     return [
