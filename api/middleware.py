@@ -119,12 +119,21 @@ def admin_port_middleware(admin_port: int) -> Middleware:
 
 
 @web.middleware
-async def body_timeout_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def body_timeout_middleware(
+    request: web.Request, handler: Handler
+) -> Awaitable[web.StreamResponse]:
     """Read the whole body within ``http_body_timeout_seconds`` of the request head, or
     answer 408 and close: a client trickling its body (slowloris) cannot hold a
-    connection and a handler for longer. Views read the cached body afterwards."""
+    connection and a handler for longer. Views read the cached body afterwards.
+
+    A request without a body (a WebSocket handshake among them) goes straight to its
+    handler: no frame of this middleware stays on the stack for the socket's life."""
     if not request.can_read_body:
-        return await handler(request)
+        return handler(request)
+    return _body_in_time(request, handler)
+
+
+async def _body_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
     timeout = request.app[SETTINGS].http_body_timeout_seconds
     try:
         async with asyncio.timeout(timeout):
