@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import engineio
@@ -325,11 +326,12 @@ class HubEngineIOServer(engineio.AsyncServer):
         self.hub_pings.cancel()
         await super().shutdown()
 
-    async def handle_request(self, request: web.Request) -> Any:
+    def handle_request(self, request: web.Request) -> Awaitable[Any]:
         """A new WebSocket session (``EIO=4&transport=websocket``, no ``sid``) takes a short
         path: only the headers a handshake needs go into its environ, the query is parsed once
-        by aiohttp, and fewer frames stay on the stack for the socket's life. Anything else,
-        or a handshake engine.io would refuse, is engine.io's own ``handle_request``."""
+        by aiohttp, and fewer frames stay on the stack for the socket's life (this method
+        returns the coroutine to await rather than awaiting it). Anything else, or a
+        handshake engine.io would refuse, is engine.io's own ``handle_request``."""
         query = request.query
         if (
             request.method != "GET"
@@ -340,14 +342,14 @@ class HubEngineIOServer(engineio.AsyncServer):
             or "websocket" not in self.transports
             or not transport.is_websocket_upgrade(request)
         ):
-            return await super().handle_request(request)
+            return super().handle_request(request)  # type: ignore[no-any-return]
         environ = handshake_environ(request)
         origin = environ.get("HTTP_ORIGIN")
         if origin and self.cors_allowed_origins != []:
             allowed = self._cors_allowed_origins(environ)
             if allowed is not None and origin not in allowed:
-                return await super().handle_request(request)
-        return await self._handle_connect(environ, "websocket")
+                return super().handle_request(request)  # type: ignore[no-any-return]
+        return self._handle_connect(environ, "websocket")
 
     async def _handle_connect(
         self, environ: dict[str, Any], transport_name: str, jsonp_index: int | None = None
