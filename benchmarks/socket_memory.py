@@ -347,6 +347,44 @@ async def run_steps(
         results["log_problems"] = fanout.log_problems(server.log_path)
 
 
+# The command line, as data: flag -> argparse keywords.
+OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--steps", {"default": "1000,5000,10000", "help": "socket counts, ascending"}),
+    (
+        "--client",
+        {
+            "choices": ("raw", "aiohttp"),
+            "default": "raw",
+            "help": "load generator: bare sockets (light) or fanout.py's aiohttp clients",
+        },
+    ),
+    ("--settle", {"type": float, "default": 3.0, "help": "idle seconds before RSS reads"}),
+    ("--connect-concurrency", {"type": int, "default": 100, "help": "parallel connects"}),
+    ("--connect-timeout", {"type": float, "default": 30.0, "help": "seconds per connect"}),
+    (
+        "--idle-seconds",
+        {
+            "type": float,
+            "default": 0.0,
+            "help": "then measure the server's CPU share this long with every socket idle (pings)",
+        },
+    ),
+    ("--redis", {"action": argparse.BooleanOptionalAction, "default": True}),
+    ("--redis-url", {"default": "redis://127.0.0.1:6379/14"}),
+    ("--pg-admin-url", {"default": "postgresql://postgres@127.0.0.1:5432/test"}),
+    ("--server-cpu", {"type": int, "default": 0, "help": "core of the server"}),
+    ("--client-cpu", {"type": int, "default": 1, "help": "core of the load generator"}),
+    (
+        "--breakdown",
+        {
+            "action": "store_true",
+            "help": "tracemalloc + type census in the server: where the bytes of a socket are",
+        },
+    ),
+    ("--output", {"default": str(OUTPUT), "help": "results JSON"}),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
@@ -355,33 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--steps", default="1000,5000,10000", help="socket counts, ascending")
-    parser.add_argument("--settle", type=float, default=3.0, help="idle seconds before RSS reads")
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
-    parser.add_argument(
-        "--idle-seconds",
-        type=float,
-        default=0.0,
-        help="then measure the server's CPU share this long with every socket idle (pings only)",
-    )
-    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect")
-    parser.add_argument(
-        "--client",
-        choices=("raw", "aiohttp"),
-        default="raw",
-        help="load generator: bare sockets (light) or fanout.py's aiohttp clients",
-    )
-    parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
-    parser.add_argument(
-        "--breakdown",
-        action="store_true",
-        help="tracemalloc + type census in the server: where the bytes of a socket are",
-    )
-    parser.add_argument("--output", default=str(OUTPUT), help="results JSON")
+    for flag, spec in OPTIONS:
+        parser.add_argument(flag, **spec)
     parser.add_argument("--serve-traced", metavar="DUMP", help=argparse.SUPPRESS)
     return parser
 
