@@ -35,7 +35,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 
 from benchmarks import fanout  # noqa: E402
-from benchmarks.machine import code_version, core_times  # noqa: E402
+from benchmarks.machine import core_times, process_cpu_seconds  # noqa: E402
 from tests.harness.rawws import RawWebSocket, connect_socketio  # noqa: E402
 
 OUTPUT = Path("benchmarks") / "results" / "socket_memory.json"
@@ -223,10 +222,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     db_name = f"notifyhub_mem_{secrets.token_hex(4)}"
     results: dict[str, Any] = {
-        "benchmark": "socket_memory",
-        "date": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "machine": fanout.machine_info(),
-        "code": code_version(),
+        **fanout.results_header("socket_memory"),
         "params": {
             "steps": steps,
             "settle_s": args.settle,
@@ -286,12 +282,12 @@ async def run_steps(
             await traced_snapshot(server.pid, dump)
         for step in steps:
             clients = generator_clients(bench, stats, range(len(connected), step), args.client)
-            cpu_before = fanout.process_cpu_seconds(server.pid)
+            cpu_before = process_cpu_seconds(server.pid)
             cores_before = core_times()
             more, failures, seconds = await fanout.timed_connect(
                 clients, session, server.port, args
             )
-            cpu = fanout.process_cpu_seconds(server.pid) - cpu_before
+            cpu = process_cpu_seconds(server.pid) - cpu_before
             cores = core_times()
             connected += more
             await asyncio.sleep(args.settle)
@@ -325,9 +321,9 @@ async def run_steps(
             print(f"[socket_memory] {json.dumps(row)}", flush=True)
         if args.idle_seconds > 0:
             # Pings and pongs only (every client answers): what idle sockets cost in CPU.
-            cpu_before = fanout.process_cpu_seconds(server.pid)
+            cpu_before = process_cpu_seconds(server.pid)
             await asyncio.sleep(args.idle_seconds)
-            cpu = fanout.process_cpu_seconds(server.pid) - cpu_before
+            cpu = process_cpu_seconds(server.pid) - cpu_before
             results["idle"] = {
                 "sockets": len(connected),
                 "seconds": args.idle_seconds,
