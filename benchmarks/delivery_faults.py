@@ -39,16 +39,15 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import asyncpg  # noqa: E402
-import socketio  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from benchmarks.machine import code_version, cpu_model  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from tests.harness.api import ApiClient  # noqa: E402
+from tests.harness.failover import FailoverClient  # noqa: E402
 from tests.harness.hub import settings_environment  # noqa: E402
 from tests.harness.ports import free_port, wait_for_port_async  # noqa: E402
 from tests.harness.services import PrivateRedis, migrated_database  # noqa: E402
@@ -63,51 +62,6 @@ def percentile(values: list[float], share: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000, 1)
-
-
-@dataclass
-class Client:
-    """One device of one user; on losing its node it resumes on the other with last_seq."""
-
-    user: str
-    fallback_url: str
-    seqs: list[int] = field(default_factory=list)
-    arrived: dict[int, float] = field(default_factory=dict)
-    resumes: int = 0
-    sio: socketio.AsyncClient | None = None
-
-    async def connect(self, url: str) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.sio.on("notification:new", self._new, namespace="/notifications")
-        self.sio.on("disconnect", self._lost, namespace="/notifications")
-        auth: dict[str, Any] = {"token": hs256_token(tenant=TENANT, user=self.user)}
-        if self.seqs:
-            auth["last_seq"] = self.seqs[-1]
-        await self.sio.connect(
-            url, namespaces=["/notifications"], auth=auth, transports=["websocket"]
-        )
-
-    def _new(self, data: dict[str, Any]) -> None:
-        self.seqs.append(data["seq"])
-        self.arrived.setdefault(data["seq"], time.monotonic())
-
-    async def _lost(self, *_reason: Any) -> None:
-        asyncio.get_running_loop().create_task(self._resume())
-
-    async def _resume(self) -> None:
-        self.resumes += 1
-        if self.sio is not None:
-            await self.sio.disconnect()  # closes what is left of the lost connection
-        for _ in range(50):
-            try:
-                await self.connect(self.fallback_url)
-                return
-            except Exception:  # the client library's errors while a node dies vary
-                await asyncio.sleep(0.2)
-
-    async def close(self) -> None:
-        if self.sio is not None and self.sio.connected:
-            await self.sio.disconnect()
 
 
 def start_serve(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -156,7 +110,7 @@ async def scenario(
     for port in ports:
         await wait_for_port_async(port, timeout=30)
     users = [f"u{i}" for i in range(args.clients)]
-    clients = [Client(user, urls[1]) for user in users]
+    clients = [FailoverClient(hs256_token(tenant=TENANT, user=user), urls[1]) for user in users]
     for start in range(0, len(clients), 50):
         await asyncio.gather(
             *(c.connect(urls[i % 2]) for i, c in enumerate(clients[start : start + 50], start))
@@ -216,7 +170,9 @@ async def scenario(
     }
 
 
-def tally(clients: list[Client], created: dict[int, float], redis_down: set[int]) -> dict[str, Any]:
+def tally(
+    clients: list[FailoverClient], created: dict[int, float], redis_down: set[int]
+) -> dict[str, Any]:
     """Lost, doubled and late deliveries against what the producer stored."""
     rounds = len(created)
     lost = doubled = unordered = 0

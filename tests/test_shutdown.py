@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from typing import Any
-
-import socketio
 
 from tests.harness.api import ApiClient
+from tests.harness.failover import FailoverClient
 from tests.harness.hub import ServeStarter, SettingsFactory
 from tests.harness.rawws import RawWebSocket, connect_socketio
 from tests.harness.tokens import hs256_token
@@ -18,42 +16,6 @@ from tests.harness.tokens import hs256_token
 IDLE_SOCKETS = 1000
 USERS = 5
 ROUNDS = 60
-
-
-class FailoverClient:
-    """A /notifications client that, when its node goes away, resumes on the other one."""
-
-    def __init__(self, token: str, fallback_url: str) -> None:
-        self.token = token
-        self.fallback_url = fallback_url
-        self.seqs: list[int] = []
-        self.reason: Any = None
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.client.on("notification:new", self._new, namespace="/notifications")
-        self.client.on("disconnect", self._lost, namespace="/notifications")
-        self.resumed = asyncio.Event()
-
-    async def connect(self, url: str) -> None:
-        auth: dict[str, Any] = {"token": self.token}
-        if self.seqs:
-            auth["last_seq"] = self.seqs[-1]
-        await self.client.connect(
-            url, namespaces=["/notifications"], auth=auth, transports=["websocket"]
-        )
-
-    def _new(self, data: dict[str, Any]) -> None:
-        self.seqs.append(data["seq"])
-
-    async def _lost(self, reason: Any = None) -> None:
-        self.reason = reason
-        asyncio.get_running_loop().create_task(self._resume())
-
-    async def _resume(self) -> None:
-        await self.client.disconnect()
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.client.on("notification:new", self._new, namespace="/notifications")
-        await self.connect(self.fallback_url)
-        self.resumed.set()
 
 
 async def test_sigterm_with_a_thousand_sockets_exits_fast_and_loses_nothing(
@@ -107,6 +69,6 @@ async def test_sigterm_with_a_thousand_sockets_exits_fast_and_loses_nothing(
             await asyncio.sleep(0.05)
     for client in clients:
         assert client.seqs == list(range(1, ROUNDS + 1))
-        await client.client.disconnect()
+        await client.close()
     for socket in idle:
         socket.close()
