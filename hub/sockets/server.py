@@ -10,6 +10,7 @@ reach.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,6 +31,7 @@ from hub.sockets.namespaces import NAMESPACE_CLASSES
 RESERVED_EVENTS = frozenset(
     {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
 )
+CONCURRENT_CONNECTS = 32
 # Every event handler takes one payload; more arguments are a client bug, told as such.
 MAX_EVENT_ARGUMENTS = 1
 
@@ -51,6 +53,13 @@ def error_ack(code: str, message: str) -> dict[str, Any]:
 
 
 class HubServer(socketio.AsyncServer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Namespace CONNECTs (token check, registration, baseline) run this many at a time:
+        # a reconnect storm then spreads over loop iterations instead of filling one, and a
+        # health probe or a live delivery waits behind a few handshakes, not thousands.
+        self._connect_slots = asyncio.Semaphore(CONCURRENT_CONNECTS)
+
     def _engineio_server_class(self) -> type[HubEngineIOServer]:
         return HubEngineIOServer
 
@@ -93,7 +102,8 @@ class HubServer(socketio.AsyncServer):
             if self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/") is not None:
                 await self._violation(eio_sid, "reconnect", "second CONNECT to a namespace")
                 return
-            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+            async with self._connect_slots:
+                await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
         elif kind == sio_packet.DISCONNECT:
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
         elif kind == sio_packet.ACK:
