@@ -81,6 +81,8 @@ CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 MAX_REQUEST_BYTES = 1024 * 1024
 SOURCE_STOP_SECONDS = 15.0
+# How long closing connections get to send their last frames at shutdown.
+SHUTDOWN_FLUSH_SECONDS = 1.0
 
 
 async def http_client_context(app: web.Application) -> AsyncIterator[None]:
@@ -343,11 +345,13 @@ async def close_client_connections(app: web.Application) -> None:
     """On shutdown, end every client connection at once instead of waiting for each close
     handshake: the process exits in seconds, and clients reconnect to another node and
     resume from their ``last_seq``, losing nothing."""
-    transport.close_all(app[SOCKETIO])
+    closing = transport.close_all(app[SOCKETIO])
     legacy_sockets = app[LEGACY_SOCKETS]
     for socket in list(legacy_sockets):
         if socket._writer is not None:
             transport.going_away(socket._writer)
+            closing.append(socket._writer.transport)
+    await transport.abort_unflushed(closing, grace=SHUTDOWN_FLUSH_SECONDS)
 
 
 def default_cleanup_contexts() -> list[CleanupContext]:

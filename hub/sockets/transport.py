@@ -264,14 +264,29 @@ def going_away(writer: WebSocketWriter) -> None:
     close_connection(writer, WSCloseCode.GOING_AWAY, b"server shutting down")
 
 
-def close_all(server: socketio.AsyncServer) -> None:
-    """Close every Socket.IO connection of this node at once (shutdown)."""
+def close_all(server: socketio.AsyncServer) -> list[asyncio.WriteTransport]:
+    """Close every Socket.IO connection of this node at once (shutdown); returns the
+    WebSocket transports, which close once their last frames are out."""
+    closing: list[asyncio.WriteTransport] = []
     for engineio_socket in tuple(server.eio.sockets.values()):
         direct: DirectWriter | None = engineio_socket.hub_direct
         if direct is not None:
             going_away(direct.writer)
+            closing.append(direct.transport)
         elif not engineio_socket.closed:
             _close_in_background(engineio_socket)
+    return closing
+
+
+async def abort_unflushed(transports: list[asyncio.WriteTransport], *, grace: float) -> None:
+    """Give closing connections ``grace`` seconds to send what they hold, then abort the
+    rest: a client that stopped reading must not hold a node's shutdown."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while any(each.get_write_buffer_size() for each in transports) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for each in transports:
+        each.abort()
 
 
 def _close_in_background(engineio_socket: Any) -> None:
