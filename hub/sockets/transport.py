@@ -283,7 +283,8 @@ async def abort_unflushed(transports: list[asyncio.WriteTransport], *, grace: fl
     rest: a client that stopped reading must not hold a node's shutdown."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
-    while any(each.get_write_buffer_size() for each in transports) and loop.time() < deadline:
+    # A transport has no event for "buffer empty": poll it, for one second at most.
+    while any(each.get_write_buffer_size() for each in transports) and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     for each in transports:
         each.abort()
