@@ -9,6 +9,8 @@ from typing import Any
 
 import socketio
 
+from tests.harness.hub import close_client
+
 
 class FailoverClient:
     def __init__(self, token: str, fallback_url: str) -> None:
@@ -43,7 +45,7 @@ class FailoverClient:
     async def _resume(self) -> None:
         self.resumes += 1
         if self.sio is not None:
-            await self.sio.disconnect()  # closes what is left of the lost connection
+            await close_client(self.sio)  # closes what is left of the lost connection
         for _ in range(50):
             try:
                 await self.connect(self.fallback_url)
@@ -54,5 +56,5 @@ class FailoverClient:
             return
 
     async def close(self) -> None:
-        if self.sio is not None and self.sio.connected:
-            await self.sio.disconnect()
+        if self.sio is not None:
+            await close_client(self.sio)

@@ -179,8 +179,17 @@ async def sio_connect() -> AsyncIterator[SioConnect]:
 
     yield connect
     for client in clients:
-        if client.connected:
-            await client.disconnect()
+        await close_client(client)
+
+
+async def close_client(client: socketio.AsyncClient) -> None:
+    """Disconnect ``client`` and close its HTTP session, also when the server had already
+    ended the connection (the client library leaves the session open then)."""
+    if client.connected:
+        await client.disconnect()
+    http = client.eio.http
+    if http is not None and not http.closed:
+        await http.close()
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
