@@ -6,17 +6,15 @@ from aiohttp import web
 
 from api.errors import json_response
 from api.payloads import read_body, require_service
-from hub.keys import NOTIFICATION_BUS
+from hub.keys import NOTIFICATIONS
 from hub.responses import BroadcastAccepted
 from hub.schemas import BroadcastIn
-from hub.services.broadcasts import broadcast
 
 
 async def create_broadcast(request: web.Request) -> web.Response:
     principal = require_service(request)
     payload = await read_body(request, BroadcastIn)
-    await broadcast(
-        bus=request.app[NOTIFICATION_BUS],
+    await request.app[NOTIFICATIONS].broadcast(
         tenant_id=principal.tenant_id,
         title=payload.title,
         body=payload.body,

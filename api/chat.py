@@ -7,23 +7,18 @@ from aiohttp import web
 from api.errors import json_response
 from api.notifications import query_limit
 from api.payloads import read_body
-from hub.keys import CHAT_LIMITS, DB_SESSIONS, PRINCIPAL, REALTIME, SEND_LIMITER
+from hub.keys import CHAT, PRINCIPAL
 from hub.responses import ConversationPage, MessagePage, ReadReceiptResult, SentMessage
 from hub.schemas import RestReadIn, RestSendMessageIn
-from hub.services import chat
 
 
 async def send_message(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     payload = await read_body(request, RestSendMessageIn)
-    result = await chat.send_message(
-        sessions=request.app[DB_SESSIONS],
-        realtime=request.app[REALTIME],
-        limiter=request.app[SEND_LIMITER],
+    result = await request.app[CHAT].send(
         tenant_id=principal.tenant_id,
         sender_id=principal.user_id,
         body=payload.body,
-        limits=request.app[CHAT_LIMITS],
         to_user_id=payload.to_user_id,
         client_msg_id=payload.client_msg_id,
     )
@@ -33,37 +28,33 @@ async def send_message(request: web.Request) -> web.Response:
 
 async def list_conversations(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    items, next_cursor = await chat.list_conversations(
-        sessions=request.app[DB_SESSIONS],
+    page = await request.app[CHAT].conversations(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
     )
-    reply = ConversationPage.model_validate({"items": items, "next_cursor": next_cursor})
+    reply = ConversationPage.model_validate({"items": page.items, "next_cursor": page.next_cursor})
     return json_response(reply.model_dump(mode="json"))
 
 
 async def list_messages(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    items, next_cursor = await chat.list_messages(
-        sessions=request.app[DB_SESSIONS],
+    history = await request.app[CHAT].messages(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         conversation_id=request.match_info["conversation_id"],
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
     )
-    reply = MessagePage.model_validate({"items": items, "next_cursor": next_cursor})
+    reply = MessagePage.model_validate({"items": history.items, "next_cursor": history.next_cursor})
     return json_response(reply.model_dump(mode="json"))
 
 
 async def mark_read(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     payload = await read_body(request, RestReadIn)
-    unread = await chat.mark_conversation_read(
-        sessions=request.app[DB_SESSIONS],
-        realtime=request.app[REALTIME],
+    unread = await request.app[CHAT].mark_read(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         conversation_id=request.match_info["conversation_id"],

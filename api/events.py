@@ -8,7 +8,7 @@ from aiohttp import web
 from api.errors import ApiError, json_response
 from api.payloads import require_service
 from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, validate_envelope
-from hub.keys import NOTIFICATION_LIMITS, REST_EVENTS
+from hub.keys import NOTIFICATIONS, REST_EVENTS
 from hub.responses import EventAccepted
 
 
@@ -24,7 +24,7 @@ async def take_event(request: web.Request) -> web.Response:
     if isinstance(document, dict) and document.get("tenant_id") not in (None, principal.tenant_id):
         raise ApiError(403, "forbidden", "a service may only publish events of its own tenant")
     try:
-        envelope = validate_envelope(document, request.app[NOTIFICATION_LIMITS])
+        envelope = validate_envelope(document, request.app[NOTIFICATIONS].limits)
     except BadEvent as exc:
         raise ApiError(400, "validation_error", str(exc)) from None
     outcome = await request.app[REST_EVENTS]([envelope])

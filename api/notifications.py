@@ -6,11 +6,10 @@ from aiohttp import web
 
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, NOTIFICATION_LIMITS, PRINCIPAL
+from hub.keys import NOTIFICATIONS, PRINCIPAL
 from hub.responses import CreatedNotifications, MarkReadResult, NotificationPage, UnreadCount
 from hub.rules import NewNotification
 from hub.schemas import CreateNotificationsIn, MarkReadIn
-from hub.services import notifications
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -45,8 +44,7 @@ def query_limit(request: web.Request) -> int | None:
 
 async def list_notifications(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    page = await notifications.list_notifications(
-        sessions=request.app[DB_SESSIONS],
+    page = await request.app[NOTIFICATIONS].page(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         limit=query_limit(request),
@@ -62,8 +60,7 @@ async def list_notifications(request: web.Request) -> web.Response:
 
 async def unread_count(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    count = await notifications.count_unread(
-        sessions=request.app[DB_SESSIONS],
+    count = await request.app[NOTIFICATIONS].count_unread(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
     )
@@ -73,15 +70,13 @@ async def unread_count(request: web.Request) -> web.Response:
 async def mark_as_read(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     payload = await read_body(request, MarkReadIn)
-    updated, unread = await notifications.mark_read(
-        sessions=request.app[DB_SESSIONS],
-        bus=request.app[NOTIFICATION_BUS],
+    marks = await request.app[NOTIFICATIONS].mark_read(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         ids=payload.ids,
         all_unread=payload.all,
     )
-    reply = MarkReadResult(updated=updated, unread_count=unread)
+    reply = MarkReadResult(updated=marks.updated, unread_count=marks.unread_count)
     return json_response(reply.model_dump(mode="json"))
 
 
@@ -89,9 +84,7 @@ async def create_notifications(request: web.Request) -> web.Response:
     principal = require_service(request)
     payload = await read_body(request, CreateNotificationsIn)
     # The tenant is the token's: a service can only ever address users of its own tenant.
-    result = await notifications.create_notifications(
-        sessions=request.app[DB_SESSIONS],
-        bus=request.app[NOTIFICATION_BUS],
+    result = await request.app[NOTIFICATIONS].create(
         tenant_id=principal.tenant_id,
         user_ids=payload.user_ids,
         notification=NewNotification(
@@ -101,7 +94,6 @@ async def create_notifications(request: web.Request) -> web.Response:
             data=payload.data,
             link=payload.link,
         ),
-        limits=request.app[NOTIFICATION_LIMITS],
         idempotency_key=payload.idempotency_key,
     )
     headers = {} if result.created else {"Idempotent-Replayed": "true"}

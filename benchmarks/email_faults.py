@@ -68,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker  # noqa: E40
 from benchmarks.machine import code_version, cpu_model, package_version  # noqa: E402
 from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.models import Email  # noqa: E402
-from hub.services.emails import EmailRequest, queue_email  # noqa: E402
+from hub.services.emails import EmailRequest, EmailService  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from tasks.broker import build_broker  # noqa: E402
 from tasks.email import TaskiqEmailQueue  # noqa: E402
@@ -145,20 +145,18 @@ class Stack:
 async def queue_emails(settings: Settings, stack: Stack, count: int, label: str) -> list[str]:
     broker = build_broker(settings)
     await broker.startup()  # creates the consumer group before anything is sent
+    service = EmailService(
+        queue=TaskiqEmailQueue(broker),
+        sessions=stack.sessions,
+        sweep_after_seconds=settings.email_task_reclaim_seconds,
+    )
     try:
         ids = []
         for i in range(count):
             request = EmailRequest(
                 TENANT, f"{label}{i}@example.com", None, "interview", {"name": "A", "job": "B"}
             )
-            ids.append(
-                await queue_email(
-                    queue=TaskiqEmailQueue(broker),
-                    sessions=stack.sessions,
-                    request=request,
-                    sweep_after_seconds=settings.email_task_reclaim_seconds,
-                )
-            )
+            ids.append(await service.send(request))
         return ids
     finally:
         await broker.shutdown()

@@ -10,7 +10,7 @@ other; PostgreSQL, Redis and Tansu are not pinned):
 a. throughput, for each path on the same N events (byte-identical, each for ``watcher``
    and half of them for one more user of a pool of 1,000, each with a notification part):
 
-   - batched: ``notifyhub consume`` (``hub.intake.kafka.KafkaIntake`` + ``apply_events``:
+   - batched: ``notifyhub consume`` (``hub.intake.kafka.KafkaIntake`` + ``EventApplier``:
      one transaction per ``getmany`` batch, set-based SQL, one Redis publish per batch);
    - naive: ``benchmarks/ingest_naive.py``, one event per transaction with the SQLAlchemy
      ORM (select the processed event, add ``ProcessedEvent``, lock and bump the counter,
@@ -972,7 +972,7 @@ def gc_summary(collections: list[list[float]], window: list[float]) -> dict[str,
 
 def batch_summary(batches: list[list[float]], window: list[float]) -> dict[str, Any]:
     """The consumer's batches that started in ``window``: sizes, and time in the batch
-    (decode + apply_events + offset commit) against time waiting for Kafka."""
+    (decode + EventApplier + offset commit) against time waiting for Kafka."""
     start, end = window
     inside = [b for b in batches if start <= b[0] <= end]
     if not inside:
@@ -998,7 +998,7 @@ def batch_summary(batches: list[list[float]], window: list[float]) -> dict[str, 
         "in_commit_share": round(sum(commit) / 1000 / seconds, 3) if seconds > 0 else None,
         "batch_ms_per_record_us": round(1000 * sum(whole) / max(1, sum(sizes)), 1),
         "apply_ms_per_record_us": round(1000 * sum(apply) / max(1, sum(sizes)), 1),
-        # The consumer's own CPU inside batches / inside apply_events, as a share of the time
+        # The consumer's own CPU inside batches / inside EventApplier, as a share of the time
         # spent there: the rest is waiting (PostgreSQL, Redis, Kafka round trips).
         "batch_cpu_share": round(batch_cpu / sum(whole), 3) if batch_cpu is not None else None,
         "apply_cpu_share": round(apply_cpu / sum(apply), 3) if apply_cpu is not None else None,
@@ -1375,7 +1375,7 @@ def limit_lines(results: dict[str, Any]) -> list[str]:
         out.append(
             f"- KafkaIntake batches ({label}, tuned path, instrumented): {batches['count']} "
             f"batches of ~{batches['size_mean']:.0f} events taking "
-            f"{fmt(batches['batch_ms']['p50'], 1)} ms (p50) each, of which `apply_events` "
+            f"{fmt(batches['batch_ms']['p50'], 1)} ms (p50) each, of which `EventApplier` "
             f"{fmt(batches['apply_ms']['p50'], 1)} ms and the offset commit "
             f"{fmt(batches['offset_commit_ms']['p50'], 1)} ms; the consumer was inside a batch "
             f"{pct(batches['in_batches_share'])} of the time, and on CPU for "
@@ -1422,7 +1422,7 @@ first) and report the median. Stored = `watcher`'s counter row (polled every 10 
 its last seq; emitted = the client has every notification. Afterwards every count is
 checked (each event applied once, every notification stored, seqs gapless, each
 delivered once and in order). CPU time of each process is read from /proc over each
-measured window; the tuned path's consumer also times each batch (`apply_events`, the
+measured window; the tuned path's consumer also times each batch (`EventApplier`, the
 offset commit, its own CPU time).
 
 Run (PostgreSQL on 127.0.0.1:5432 with trust auth, Redis on 127.0.0.1:6379):

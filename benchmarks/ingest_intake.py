@@ -1,6 +1,6 @@
 """``notifyhub consume`` with extra aiokafka consumer options, for ``benchmarks/ingest.py``.
 
-Runs ``hub.consumer.main`` unchanged (same KafkaIntake, apply_events, Redis bus and
+Runs ``hub.consumer.main`` unchanged (same KafkaIntake, EventApplier, Redis bus and
 task broker), except that
 
 - the ``KafkaIntake`` it builds gets ``consumer_options`` from the environment variable
@@ -11,8 +11,8 @@ task broker), except that
   permanent generation (``gc.freeze()``), so full collections no longer walk them;
 - with ``INGEST_UVLOOP=1`` the event loop is uvloop's (``notifyhub serve`` uses uvloop,
   ``notifyhub consume`` the default asyncio loop);
-- each batch is timed (whole batch: decode + apply + offset commit; ``apply_events`` and
-  the offset commit alone; process CPU time during the batch and during ``apply_events``),
+- each batch is timed (whole batch: decode + apply + offset commit; ``EventApplier`` and
+  the offset commit alone; process CPU time during the batch and during ``EventApplier``),
   and so is each garbage collection (``gc.callbacks``)
   and, with ``INGEST_STATS_FILE`` set, the timings are written there as JSON at exit.
 """
@@ -35,19 +35,20 @@ import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 
-import hub.intake.apply  # noqa: E402
 from hub import consumer as consume  # noqa: E402
-from hub.intake.apply import BatchOutcome, apply_events  # noqa: E402
+from hub.intake.apply import BatchOutcome, EventApplier  # noqa: E402
+from hub.intake.envelope import EventEnvelope  # noqa: E402
 from hub.intake.kafka import KafkaIntake  # noqa: E402
 from hub.logs import setup_logging  # noqa: E402
 from hub.settings import load_settings  # noqa: E402
 
-# (wall clock at start, records, whole batch ms, apply_events ms, offset commit ms,
-#  process CPU ms during the batch, process CPU ms during apply_events)
+# (wall clock at start, records, whole batch ms, EventApplier ms, offset commit ms,
+#  process CPU ms during the batch, process CPU ms during EventApplier)
 BATCHES: list[tuple[float, int, float, float, float, float, float]] = []
 _last_apply_ms = [0.0]
 _last_commit_ms = [0.0]
@@ -94,10 +95,13 @@ class TimedIntake(KafkaIntake):
             _last_commit_ms[0] += 1000 * (time.perf_counter() - clock)
 
 
-async def timed_apply_events(**kwargs: Any) -> BatchOutcome:
+_apply_events = EventApplier.__call__
+
+
+async def timed_apply(applier: EventApplier, events: Sequence[EventEnvelope]) -> BatchOutcome:
     clock, cpu = time.perf_counter(), time.process_time()
     try:
-        return await apply_events(**kwargs)
+        return await _apply_events(applier, events)
     finally:
         _last_apply_ms[0] += 1000 * (time.perf_counter() - clock)
         _last_apply_cpu_ms[0] += 1000 * (time.process_time() - cpu)
@@ -108,8 +112,8 @@ def main() -> int:
     if not isinstance(options, dict):
         raise SystemExit("INGEST_CONSUMER_OPTIONS must be a JSON object")
     consume.KafkaIntake = functools.partial(TimedIntake, consumer_options=options)  # type: ignore[attr-defined,assignment]
-    # EventApplier calls the module's apply_events: time every batch through it.
-    hub.intake.apply.apply_events = timed_apply_events  # type: ignore[assignment]
+    # Time every batch the intake applies.
+    EventApplier.__call__ = timed_apply  # type: ignore[method-assign]
     if os.environ.get("INGEST_UVLOOP") == "1":
         import asyncio
 

@@ -34,22 +34,21 @@ from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
 from hub.keys import (
-    CHAT_LIMITS,
+    CHAT,
     DB_ENGINE,
     DB_SESSIONS,
-    EMAIL_QUEUE,
+    EMAILS,
     HTTP_CLIENT,
     KAFKA_INTAKE,
     LEGACY_SOCKETS,
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
-    NOTIFICATION_LIMITS,
+    NOTIFICATIONS,
     RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
     REST_EVENTS,
     SCHEMA_CHECK,
-    SEND_LIMITER,
     SETTINGS,
     SOCKETIO,
     TYPING,
@@ -58,9 +57,10 @@ from hub.keys import (
 from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
 from hub.rules import NotificationLimits
-from hub.services.chat import ChatLimits
-from hub.services.notifications import latest_seqs, replay_page
-from hub.services.ratelimit import LocalTokenBucket, RedisTokenBucket
+from hub.services.chat import ChatLimits, ChatService
+from hub.services.emails import EmailService
+from hub.services.notifications import NotificationService, latest_seqs, replay_page
+from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.typing_indicators import (
     LocalTypingState,
     RedisTypingState,
@@ -168,7 +168,6 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
         sessions=app[DB_SESSIONS], fetch_after=replay_page, latest_seqs=latest_seqs
     )
     app[NOTIFICATION_DELIVERY] = delivery
-    app[NOTIFICATION_LIMITS] = NotificationLimits.from_settings(settings)
     listening: asyncio.Task[None] | None = None
     redis = app.get(REDIS)
     if redis is None:
@@ -186,6 +185,11 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
             await asyncio.wait_for(subscribed.wait(), timeout=5)
         except TimeoutError:
             log.warning("notification bus not subscribed yet; continuing")
+    app[NOTIFICATIONS] = NotificationService(
+        sessions=app[DB_SESSIONS],
+        bus=app[NOTIFICATION_BUS],
+        limits=NotificationLimits.from_settings(settings),
+    )
     # With a bus that can lose messages (Redis away, a publisher dead after its commit),
     # the database is checked for what never came.
     watching = (
@@ -206,18 +210,17 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
 async def chat_context(app: web.Application) -> AsyncIterator[None]:
     """Send rate limits and typing state: in Redis when configured, so all nodes share them."""
     settings = app[SETTINGS]
-    app[CHAT_LIMITS] = ChatLimits.from_settings(settings)
     redis = app.get(REDIS)
     prefix = f"{settings.socketio_channel}:"
     if redis is None:
-        app[SEND_LIMITER] = LocalTokenBucket(
+        limiter: RateLimiter = LocalTokenBucket(
             rate_per_second=settings.chat_send_rate_per_second, burst=settings.chat_send_burst
         )
         state: TypingState = LocalTypingState(
             throttle_seconds=settings.typing_throttle_seconds, clock=time.monotonic
         )
     else:
-        app[SEND_LIMITER] = RedisTokenBucket(
+        limiter = RedisTokenBucket(
             redis,
             prefix=prefix + "rate:send:",
             rate_per_second=settings.chat_send_rate_per_second,
@@ -229,6 +232,12 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
             throttle_seconds=settings.typing_throttle_seconds,
             expiry_seconds=settings.typing_expiry_seconds,
         )
+    app[CHAT] = ChatService(
+        sessions=app[DB_SESSIONS],
+        realtime=app[REALTIME],
+        limiter=limiter,
+        limits=ChatLimits.from_settings(settings),
+    )
     relay = TypingRelay(
         state=state, realtime=app[REALTIME], expiry_seconds=settings.typing_expiry_seconds
     )
@@ -244,7 +253,11 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     with Redis, serve only queues them for ``notifyhub worker`` processes."""
     settings = app[SETTINGS]
     broker = build_broker(settings)
-    app[EMAIL_QUEUE] = TaskiqEmailQueue(broker)
+    app[EMAILS] = EmailService(
+        queue=TaskiqEmailQueue(broker),
+        sessions=app[DB_SESSIONS],
+        sweep_after_seconds=settings.email_task_reclaim_seconds,
+    )
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).
@@ -274,11 +287,9 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
 def event_applier(app: web.Application, source: str) -> EventApplier:
     """What an event source applies its batches with, on this process's resources."""
     return EventApplier(
-        sessions=app[DB_SESSIONS],
-        bus=app[NOTIFICATION_BUS],
-        emails=app[EMAIL_QUEUE],
+        notifications=app[NOTIFICATIONS],
+        emails=app[EMAILS],
         source=source,
-        email_sweep_after_seconds=app[SETTINGS].email_task_reclaim_seconds,
     )
 
 
@@ -313,7 +324,7 @@ async def kafka_intake_context(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     intake = KafkaIntake(
-        settings, apply=event_applier(app, "kafka"), limits=app[NOTIFICATION_LIMITS]
+        settings, apply=event_applier(app, "kafka"), limits=app[NOTIFICATIONS].limits
     )
     app[KAFKA_INTAKE] = intake
     async with running_in_background(intake, "Kafka"):
@@ -331,7 +342,7 @@ async def rabbitmq_intake_context(app: web.Application) -> AsyncIterator[None]:
         queue=settings.rabbitmq_queue,
         dead_letter_exchange=settings.rabbitmq_dead_letter_exchange,
         apply=event_applier(app, "rabbitmq"),
-        limits=app[NOTIFICATION_LIMITS],
+        limits=app[NOTIFICATIONS].limits,
         prefetch=settings.rabbitmq_prefetch,
         batch_max=settings.rabbitmq_max_batch,
         batch_wait_seconds=settings.rabbitmq_batch_wait_seconds,

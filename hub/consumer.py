@@ -19,6 +19,8 @@ from hub.heartbeat import run_heartbeat
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.rules import NotificationLimits
+from hub.services.emails import EmailService
+from hub.services.notifications import NotificationService
 from hub.settings import ConfigurationError, Settings
 from hub.startup import redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
@@ -44,14 +46,16 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     bus = RedisBus(redis, notification_channel(settings))
     broker = build_broker(settings)
     await broker.startup()
-    apply = EventApplier(
-        sessions=sessions,
-        bus=bus,
-        emails=TaskiqEmailQueue(broker),
-        source="kafka",
-        email_sweep_after_seconds=settings.email_task_reclaim_seconds,
+    notifications = NotificationService(
+        sessions=sessions, bus=bus, limits=NotificationLimits.from_settings(settings)
     )
-    intake = KafkaIntake(settings, apply=apply, limits=NotificationLimits.from_settings(settings))
+    emails = EmailService(
+        queue=TaskiqEmailQueue(broker),
+        sessions=sessions,
+        sweep_after_seconds=settings.email_task_reclaim_seconds,
+    )
+    apply = EventApplier(notifications=notifications, emails=emails, source="kafka")
+    intake = KafkaIntake(settings, apply=apply, limits=notifications.limits)
     # Everything imported and built so far lives for the whole process: keep it out of the
     # collector's full passes, which otherwise stall big batches for tens of milliseconds.
     gc.freeze()

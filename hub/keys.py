@@ -15,10 +15,9 @@ from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
 from hub.realtime import Realtime
-from hub.rules import NotificationLimits
-from hub.services.chat import ChatLimits
-from hub.services.emails import EmailQueue
-from hub.services.ratelimit import RateLimiter
+from hub.services.chat import ChatService
+from hub.services.emails import EmailService
+from hub.services.notifications import NotificationService
 from hub.services.typing_indicators import TypingRelay
 from hub.settings import Settings
 
@@ -33,16 +32,15 @@ SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
 NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
 NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
-NOTIFICATION_LIMITS = web.AppKey("notification_limits", NotificationLimits)
-CHAT_LIMITS = web.AppKey("chat_limits", ChatLimits)
-SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
+# The services, built once at startup: every entry point (REST, sockets, intake) calls these.
+NOTIFICATIONS = web.AppKey("notifications", NotificationService)
+CHAT = web.AppKey("chat", ChatService)
+EMAILS = web.AppKey("emails", EmailService)
 TYPING = web.AppKey("typing", TypingRelay)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.
 KAFKA_INTAKE = web.AppKey("kafka_intake", EventSource)
 RABBITMQ_INTAKE = web.AppKey("rabbitmq_intake", EventSource)
-# Email work goes through this interface (tasks.email implements it with Taskiq).
-EMAIL_QUEUE = web.AppKey("email_queue", EmailQueue)
 # POST /api/events/ applies its events with this, like the Kafka and RabbitMQ sources.
 REST_EVENTS = web.AppKey("rest_events", EventApplier)
 # Open legacy WebSockets, closed at once when the node shuts down.

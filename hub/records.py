@@ -1,6 +1,6 @@
 """The objects services hand back and clients receive, as typed records.
 
-They are the JSON objects of docs/protocol.md (sections 5.1 and 6.1) exactly as encoded: a
+They are the JSON objects of docs/protocol.md (sections 5.1, 6.1 and 9.2) exactly as encoded: a
 service builds one from a row, the bus and the sockets send it unchanged, REST views check it
 against the response models of :mod:`hub.responses`.
 """
@@ -38,4 +38,44 @@ class ConversationRecord(TypedDict):
     id: str
     participants: list[str]
     last_message: MessageRecord | None
+    unread_count: int
+
+
+class EmailStatusChange(TypedDict):
+    status: str
+    attempt: int
+    error: str | None
+    at: str
+
+
+class EmailStatusRecord(TypedDict):
+    id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: str
+    sent_at: str | None
+    to_email: str
+    template_key: str
+    history: list[EmailStatusChange]
+
+
+# Socket.IO acknowledgements (docs/protocol.md sections 5 and 6); errors are
+# ``{"ok": false, "error": ...}`` from the namespace base.
+
+
+class OkAck(TypedDict):
+    ok: bool
+
+
+class MarkReadAck(OkAck):
+    updated: int
+    unread_count: int
+
+
+class MessageSentAck(OkAck):
+    message: MessageRecord
+
+
+class MessageReadAck(OkAck):
     unread_count: int

@@ -26,10 +26,11 @@ from db.engine import make_engine, make_session_factory
 from db.models import Email
 from hub.delivery.bus import LocalBus
 from hub.errors import Unavailable
-from hub.intake.apply import apply_events, email_id_for
+from hub.intake.apply import EventApplier, email_id_for
 from hub.intake.envelope import validate_envelope
 from hub.rules import NotificationLimits
 from hub.services import emails
+from hub.services.notifications import NotificationService
 from hub.settings import Settings
 from tasks import smtp
 from tasks.auth_service import SmtpConfig
@@ -395,13 +396,9 @@ async def test_an_email_is_stored_before_its_task_is_queued(
     """Accepted means stored: with the task queue away the email is still recorded
     ``queued`` (the sweeper sends it after the reclaim interval), never lost after a 202;
     and a failure to record kicks nothing, so the caller's retry cannot send it twice."""
-    email_id = await emails.queue_email(
-        queue=DownQueue(),
-        sessions=sessions,
-        request=request_for(mail_tenant, "kept@example.com"),
-        sweep_after_seconds=30.0,
-    )
-    stored = await emails.get_email(sessions=sessions, tenant_id=mail_tenant, email_id=email_id)
+    service = emails.EmailService(queue=DownQueue(), sessions=sessions, sweep_after_seconds=30.0)
+    email_id = await service.send(request_for(mail_tenant, "kept@example.com"))
+    stored = await service.status(tenant_id=mail_tenant, email_id=email_id)
     assert stored["status"] == "queued"
 
 
@@ -420,11 +417,14 @@ async def test_an_events_email_is_stored_with_the_event(
         },
         NotificationLimits(),
     )
-    outcome = await apply_events(
-        sessions=sessions, bus=LocalBus(), emails=DownQueue(), events=[event], source="test"
+    notifications = NotificationService(
+        sessions=sessions, bus=LocalBus(), limits=NotificationLimits()
     )
+    email_service = emails.EmailService(
+        queue=DownQueue(), sessions=sessions, sweep_after_seconds=120.0
+    )
+    apply = EventApplier(notifications=notifications, emails=email_service, source="test")
+    outcome = await apply([event])
     assert (outcome.applied, outcome.emails) == (1, 1)
-    stored = await emails.get_email(
-        sessions=sessions, tenant_id=mail_tenant, email_id=email_id_for(event, "u1")
-    )
+    stored = await email_service.status(tenant_id=mail_tenant, email_id=email_id_for(event, "u1"))
     assert (stored["status"], stored["to_email"]) == ("queued", "cand@example.com")

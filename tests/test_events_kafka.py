@@ -17,7 +17,7 @@ import pytest
 
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
-from hub.keys import DB_SESSIONS, EMAIL_QUEUE, NOTIFICATION_BUS, NOTIFICATION_LIMITS
+from hub.keys import EMAILS, NOTIFICATIONS
 from hub.realtime import NOTIFICATIONS_NAMESPACE
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SettingsFactory, SioConnect, settings_environment
@@ -245,14 +245,11 @@ async def test_two_consumers_split_partitions_and_the_survivor_takes_over(
     settings = kafka.settings(hub_settings)
 
     apply = EventApplier(
-        sessions=hub.app[DB_SESSIONS],
-        bus=hub.app[NOTIFICATION_BUS],
-        emails=hub.app[EMAIL_QUEUE],
-        source="kafka",
+        notifications=hub.app[NOTIFICATIONS], emails=hub.app[EMAILS], source="kafka"
     )
 
     consumers = [
-        KafkaIntake(settings, apply=apply, limits=hub.app[NOTIFICATION_LIMITS]) for _ in range(2)
+        KafkaIntake(settings, apply=apply, limits=hub.app[NOTIFICATIONS].limits) for _ in range(2)
     ]
     stops = [asyncio.Event(), asyncio.Event()]
     tasks = [asyncio.create_task(c.run(s)) for c, s in zip(consumers, stops, strict=True)]

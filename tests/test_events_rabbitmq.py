@@ -28,8 +28,9 @@ from hub.errors import Unavailable
 from hub.intake.apply import EventApplier
 from hub.intake.rabbitmq import RabbitIntake
 from hub.intake.runtime import classify_failure
-from hub.keys import DB_SESSIONS, EMAIL_QUEUE, NOTIFICATION_BUS, NOTIFICATION_LIMITS
+from hub.keys import DB_SESSIONS, EMAILS, NOTIFICATIONS
 from hub.realtime import NOTIFICATIONS_NAMESPACE
+from hub.services.notifications import NotificationService
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SioConnect
 from tests.harness.ports import eventually, free_port
@@ -218,17 +219,19 @@ async def start_intake(hub: RunningHub, rabbit: Rabbit) -> AsyncIterator[StartIn
     async def start(**overrides: Any) -> RunningIntake:
         # ``sessions`` may be overridden: the intake then reaches the database that way.
         sessions = overrides.pop("sessions", hub.app[DB_SESSIONS])
+        notifications = hub.app[NOTIFICATIONS]
         options: dict[str, Any] = {
             "url": rabbit.url,
             "queue": rabbit.queue,
             "dead_letter_exchange": rabbit.dlx,
             "apply": EventApplier(
-                sessions=sessions,
-                bus=hub.app[NOTIFICATION_BUS],
-                emails=hub.app[EMAIL_QUEUE],
+                notifications=NotificationService(
+                    sessions=sessions, bus=notifications.bus, limits=notifications.limits
+                ),
+                emails=hub.app[EMAILS],
                 source="rabbitmq",
             ),
-            "limits": hub.app[NOTIFICATION_LIMITS],
+            "limits": notifications.limits,
         }
         options.update(overrides)
         intake = RabbitIntake(**options)

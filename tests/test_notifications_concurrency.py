@@ -10,7 +10,7 @@ import asyncpg
 from db.engine import make_engine, make_session_factory
 from hub.delivery.bus import LocalBus
 from hub.rules import NewNotification, NotificationLimits
-from hub.services.notifications import create_notifications
+from hub.services.notifications import NotificationService
 from tests.harness.services import _asyncpg_dsn
 
 
@@ -19,21 +19,21 @@ async def test_concurrent_creators_on_separate_pools_keep_seq_gapless(postgres_u
     # Two engines = two connection pools, like two processes; each runs 20 creators at once.
     engines = [make_engine(postgres_url, pool_size=10) for _ in range(2)]
     factories = [make_session_factory(engine) for engine in engines]
-    bus = LocalBus()
+    services = [
+        NotificationService(sessions=sessions, bus=LocalBus(), limits=NotificationLimits())
+        for sessions in factories
+    ]
     users = ["shared-1", "shared-2", "shared-3"]
 
     async def creator(index: int) -> None:
-        sessions = factories[index % 2]
+        service = services[index % 2]
         for round_ in range(5):
             # Overlapping recipient sets, in different orders, contend for the same rows.
             recipients = users[index % 3 :] + users[: index % 3]
-            await create_notifications(
-                sessions=sessions,
-                bus=bus,
+            await service.create(
                 tenant_id=tenant,
                 user_ids=recipients,
                 notification=NewNotification(title=f"{index}-{round_}", body=""),
-                limits=NotificationLimits(),
             )
 
     try:
@@ -66,37 +66,30 @@ async def test_concurrent_creators_on_separate_pools_keep_seq_gapless(postgres_u
 
 
 async def test_concurrent_marks_and_creates_keep_unread_exact(postgres_url: str) -> None:
-    from hub.services.notifications import count_unread, mark_read
-
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     engine = make_engine(postgres_url, pool_size=10)
-    sessions = make_session_factory(engine)
-    bus = LocalBus()
-    limits = NotificationLimits()
+    service = NotificationService(
+        sessions=make_session_factory(engine), bus=LocalBus(), limits=NotificationLimits()
+    )
     try:
         created: list[str] = []
 
         async def create(n: int) -> None:
             for i in range(n):
-                result = await create_notifications(
-                    sessions=sessions,
-                    bus=bus,
+                result = await service.create(
                     tenant_id=tenant,
                     user_ids=["u"],
                     notification=NewNotification(title=str(i), body=""),
-                    limits=limits,
                 )
                 created.extend(result.ids)
 
         async def mark() -> None:
             for _ in range(30):
-                await mark_read(
-                    sessions=sessions, bus=bus, tenant_id=tenant, user_id="u", ids=list(created)
-                )
+                await service.mark_read(tenant_id=tenant, user_id="u", ids=list(created))
                 await asyncio.sleep(0)
 
         await asyncio.gather(create(40), create(40), mark(), mark())
-        await mark_read(sessions=sessions, bus=bus, tenant_id=tenant, user_id="u", ids=created[:10])
+        await service.mark_read(tenant_id=tenant, user_id="u", ids=created[:10])
         connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
         try:
             truly_unread = await connection.fetchval(
@@ -105,6 +98,6 @@ async def test_concurrent_marks_and_creates_keep_unread_exact(postgres_url: str)
             )
         finally:
             await connection.close()
-        assert await count_unread(sessions=sessions, tenant_id=tenant, user_id="u") == truly_unread
+        assert await service.count_unread(tenant_id=tenant, user_id="u") == truly_unread
     finally:
         await engine.dispose()

@@ -1,5 +1,5 @@
 """Event intake: CRM modules' events (Kafka, REST, RabbitMQ) become notifications and emails.
 
 Every source decodes with :mod:`hub.intake.envelope` and applies with
-:func:`hub.intake.apply.apply_events`; only the transport differs.
+:class:`hub.intake.apply.EventApplier`; only the transport differs.
 """

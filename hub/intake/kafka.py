@@ -3,7 +3,7 @@
 The loop, per ``getmany`` batch:
 
 1. decode every record; the ones that cannot be applied are set aside for the DLQ;
-2. apply the good ones in one transaction (:func:`hub.intake.apply.apply_events`); if the
+2. apply the good ones in one transaction (:class:`hub.intake.apply.EventApplier`); if the
    database refuses the batch for one event's content, apply them one by one and set
    aside only what it refuses (:func:`hub.intake.runtime.apply_isolating`), so one such
    event never stalls its partition;

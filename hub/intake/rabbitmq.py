@@ -10,7 +10,7 @@ Topology (declared at every connect, all durable, so a restarted broker keeps it
 
 The loop: deliveries (manual ack, at most ``prefetch`` unacknowledged) are collected into
 batches of up to ``batch_max`` or ``batch_wait_seconds`` after the first; each batch is
-decoded, the good events applied in one :func:`hub.intake.apply.apply_events` call, and only
+decoded, the good events applied in one :class:`hub.intake.apply.EventApplier` call, and only
 then acknowledged. Re-delivery is always safe: ``processed_events`` makes a second copy of an
 event a no-op, which is what gives exactly-once effect on RabbitMQ's at-least-once delivery.
 

@@ -1,7 +1,7 @@
 """What every event source shares: how a failure is classified, and applying a batch so
 that one event the database refuses is dead-lettered alone instead of stalling its batch.
 
-Kafka, RabbitMQ and REST are adapters around :func:`hub.intake.apply.apply_events`; this
+Kafka, RabbitMQ and REST are adapters around :class:`hub.intake.apply.EventApplier`; this
 module holds the decisions they must make the same way.
 """
 

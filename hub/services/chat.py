@@ -1,6 +1,6 @@
 """1-on-1 chat within a tenant: conversations, messages, history, read receipts.
 
-REST and the ``/chat`` namespace call these functions. Emits happen after commit, to both
+REST and the ``/chat`` namespace call one :class:`ChatService`. Emits happen after commit, to both
 participants' user rooms on every node (every device, the sender's other ones included).
 """
 
@@ -34,6 +34,18 @@ class ChatLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatLimits:
         return cls(body_max_chars=settings.chat_body_max_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHistory:
+    items: list[MessageRecord]  # newest first
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationList:
+    items: list[ConversationRecord]  # most recently active first
+    next_cursor: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,299 +160,315 @@ async def _existing_message(
     return serialize_message(row) if row is not None else None
 
 
-async def peer_of(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: str,
-    user_id: str,
-    conversation_id: object,
-) -> str:
-    """The other participant of the caller's conversation (404 if it is not the caller's)."""
-    async with sessions() as session:
-        return await _peer_of(
-            session, tenant_id=tenant_id, user_id=user_id, conversation_id=parse_id(conversation_id)
-        )
+class ChatService:
+    """Conversations, messages, history and read receipts, for REST and the ``/chat``
+    namespace alike. Built once per process; emits go to both participants' user rooms on
+    every node after the commit."""
 
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        realtime: Realtime,
+        limiter: RateLimiter,
+        limits: ChatLimits,
+    ) -> None:
+        self.sessions = sessions
+        self.realtime = realtime
+        self.limiter = limiter
+        self.limits = limits
 
-async def send_message(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    realtime: Realtime,
-    limiter: RateLimiter,
-    tenant_id: str,
-    sender_id: str,
-    body: str,
-    limits: ChatLimits,
-    to_user_id: str | None = None,
-    conversation_id: object = None,
-    client_msg_id: str | None = None,
-) -> SendResult:
-    """Store a message and emit ``message:new`` to both participants after commit."""
-    _check_body(body, limits)
-    if to_user_id is None and conversation_id is None:
-        raise InvalidInput("give 'to_user_id' or 'conversation_id'")
-    if to_user_id is not None and to_user_id == sender_id:
-        raise InvalidInput("you cannot send a message to yourself", code="self_message")
-    await limiter.take(f"{len(tenant_id)}:{tenant_id}:{sender_id}")
-    now = datetime.now(UTC)
-    async with sessions() as session, session.begin():
-        if client_msg_id is not None:
-            first = await _existing_message(
-                session, tenant_id=tenant_id, sender_id=sender_id, client_msg_id=client_msg_id
+    async def peer_of(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: object,
+    ) -> str:
+        """The other participant of the caller's conversation (404 if it is not the caller's)."""
+        async with self.sessions() as session:
+            return await _peer_of(
+                session,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                conversation_id=parse_id(conversation_id),
             )
-            if first is not None:
-                return SendResult(message=first, created=False)
-        if to_user_id is not None:
-            peer_id = to_user_id
-            target = await _conversation_with(
-                session, tenant_id=tenant_id, user_id=sender_id, peer_id=peer_id, now=now
-            )
-        else:
-            target = parse_id(conversation_id)
-            peer_id = await _peer_of(
-                session, tenant_id=tenant_id, user_id=sender_id, conversation_id=target
-            )
-        # The conversation row lock orders concurrent senders: seq has no duplicate or hole.
-        seq = await session.scalar(
-            update(Conversation)
-            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
-            .values(last_seq=Conversation.last_seq + 1)
-            .returning(Conversation.last_seq)
-        )
-        insert = insert_for(session)
-        inserted = (
-            (
-                await session.execute(
-                    insert(Message)
-                    .values(
-                        tenant_id=tenant_id,
-                        conversation_id=target,
-                        seq=seq,
-                        sender_id=sender_id,
-                        body=body,
-                        client_msg_id=client_msg_id,
-                        created_at=now,
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(*MESSAGES.c)
-                )
-            )
-            .mappings()
-            .first()
-        )
-        if inserted is None:
-            # The same client_msg_id committed by a concurrent retry while we waited for the
-            # lock: undo our seq increment and answer with the first message.
-            await session.rollback()
-            async with sessions() as fresh:
+
+    async def send(
+        self,
+        *,
+        tenant_id: str,
+        sender_id: str,
+        body: str,
+        to_user_id: str | None = None,
+        conversation_id: object = None,
+        client_msg_id: str | None = None,
+    ) -> SendResult:
+        """Store a message and emit ``message:new`` to both participants after commit."""
+        _check_body(body, self.limits)
+        if to_user_id is None and conversation_id is None:
+            raise InvalidInput("give 'to_user_id' or 'conversation_id'")
+        if to_user_id is not None and to_user_id == sender_id:
+            raise InvalidInput("you cannot send a message to yourself", code="self_message")
+        await self.limiter.take(f"{len(tenant_id)}:{tenant_id}:{sender_id}")
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            if client_msg_id is not None:
                 first = await _existing_message(
-                    fresh,
-                    tenant_id=tenant_id,
-                    sender_id=sender_id,
-                    client_msg_id=client_msg_id or "",
+                    session, tenant_id=tenant_id, sender_id=sender_id, client_msg_id=client_msg_id
                 )
-            if first is None:  # the conflicting row exists: ON CONFLICT found it
-                raise RuntimeError("message conflicted on client_msg_id but is not there")
-            return SendResult(message=first, created=False)
-        await session.execute(
-            update(Conversation)
-            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
-            .values(last_message_id=inserted["id"])
-        )
-        in_conversation = and_(
-            ConversationMember.tenant_id == tenant_id,
-            ConversationMember.conversation_id == target,
-        )
-        await session.execute(
-            update(ConversationMember).where(in_conversation).values(last_activity_at=now)
-        )
-        await session.execute(
-            update(ConversationMember)
-            .where(in_conversation, ConversationMember.user_id == peer_id)
-            .values(unread_count=ConversationMember.unread_count + 1)
-        )
-    message = serialize_message(inserted)
-    for participant in (sender_id, peer_id):
-        await realtime.to_user(
-            tenant_id=tenant_id,
-            user_id=participant,
-            event="message:new",
-            data=message,
-            namespace=CHAT_NAMESPACE,
-        )
-    return SendResult(message=message, created=True)
-
-
-async def list_messages(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: str,
-    user_id: str,
-    conversation_id: object,
-    limit: int | None = None,
-    cursor: str | None = None,
-) -> tuple[list[MessageRecord], str | None]:
-    """Newest first, keyset on ``seq``."""
-    size = clamp_limit(limit)
-    target = parse_id(conversation_id)
-    query = select(MESSAGES).where(
-        Message.tenant_id == tenant_id, Message.conversation_id == target
-    )
-    if cursor:
-        (before,) = ids.decode_cursor(cursor, 1)
-        query = query.where(Message.seq < ids.cursor_id(before))
-    async with sessions() as session:
-        await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
-        rows = (
-            (await session.execute(query.order_by(Message.seq.desc()).limit(size + 1)))
-            .mappings()
-            .all()
-        )
-    next_cursor = ids.encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
-    return [serialize_message(row) for row in rows[:size]], next_cursor
-
-
-async def list_conversations(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: str,
-    user_id: str,
-    limit: int | None = None,
-    cursor: str | None = None,
-) -> tuple[list[ConversationRecord], str | None]:
-    """The caller's conversations, most recently active first (keyset on activity, id)."""
-    size = clamp_limit(limit)
-    members = ConversationMember
-    query = select(
-        members.conversation_id,
-        members.peer_id,
-        members.unread_count,
-        members.last_activity_at,
-        Conversation.last_message_id,
-    ).join(
-        Conversation,
-        and_(
-            Conversation.tenant_id == members.tenant_id, Conversation.id == members.conversation_id
-        ),
-    )
-    query = query.where(members.tenant_id == tenant_id, members.user_id == user_id)
-    if cursor:
-        activity_text, id_text = ids.decode_cursor(cursor, 2)
-        try:
-            # Normalised to UTC here, so an offset that pushes it past year 9999 fails now.
-            activity = datetime.fromisoformat(activity_text).astimezone(UTC)
-        except (ValueError, OverflowError):
-            raise ids.bad_cursor() from None
-        last_id = ids.cursor_id(id_text)
-        query = query.where(
-            or_(
-                members.last_activity_at < activity,
-                and_(members.last_activity_at == activity, members.conversation_id < last_id),
+                if first is not None:
+                    return SendResult(message=first, created=False)
+            if to_user_id is not None:
+                peer_id = to_user_id
+                target = await _conversation_with(
+                    session, tenant_id=tenant_id, user_id=sender_id, peer_id=peer_id, now=now
+                )
+            else:
+                target = parse_id(conversation_id)
+                peer_id = await _peer_of(
+                    session, tenant_id=tenant_id, user_id=sender_id, conversation_id=target
+                )
+            # The conversation row lock orders concurrent senders: seq has no duplicate or hole.
+            seq = await session.scalar(
+                update(Conversation)
+                .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+                .values(last_seq=Conversation.last_seq + 1)
+                .returning(Conversation.last_seq)
             )
-        )
-    query = query.order_by(members.last_activity_at.desc(), members.conversation_id.desc()).limit(
-        size + 1
-    )
-    async with sessions() as session:
-        rows = (await session.execute(query)).all()
-        page = rows[:size]
-        message_ids = [row.last_message_id for row in page if row.last_message_id is not None]
-        last_messages: dict[int, MessageRecord] = {}
-        if message_ids:
-            found = await session.execute(
-                select(MESSAGES).where(Message.tenant_id == tenant_id, Message.id.in_(message_ids))
+            insert = insert_for(session)
+            inserted = (
+                (
+                    await session.execute(
+                        insert(Message)
+                        .values(
+                            tenant_id=tenant_id,
+                            conversation_id=target,
+                            seq=seq,
+                            sender_id=sender_id,
+                            body=body,
+                            client_msg_id=client_msg_id,
+                            created_at=now,
+                        )
+                        .on_conflict_do_nothing()
+                        .returning(*MESSAGES.c)
+                    )
+                )
+                .mappings()
+                .first()
             )
-            last_messages = {row["id"]: serialize_message(row) for row in found.mappings()}
-    items = [
-        ConversationRecord(
-            id=str(row.conversation_id),
-            participants=sorted((user_id, row.peer_id)),
-            last_message=last_messages.get(row.last_message_id),
-            unread_count=int(row.unread_count),
-        )
-        for row in page
-    ]
-    next_cursor = None
-    if len(rows) > size:
-        last = page[-1]
-        moment = last.last_activity_at
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        next_cursor = ids.encode_cursor(moment.isoformat(), last.conversation_id)
-    return items, next_cursor
-
-
-async def mark_conversation_read(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    realtime: Realtime,
-    tenant_id: str,
-    user_id: str,
-    conversation_id: object,
-    message_id: object,
-) -> int:
-    """Read receipt up to and including ``message_id``; the pointer only moves forward.
-
-    Returns the caller's exact unread count in that conversation (messages of the peer after
-    the pointer), recomputed under the conversation's lock so concurrent sends keep it exact.
-    """
-    target = parse_id(conversation_id)
-    wanted = parse_id(message_id)
-    now = datetime.now(UTC)
-    async with sessions() as session, session.begin():
-        peer_id = await _peer_of(
-            session, tenant_id=tenant_id, user_id=user_id, conversation_id=target
-        )
-        # Same lock as send_message: reads and sends of one conversation take turns.
-        await session.execute(
-            select(Conversation.id)
-            .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
-            .with_for_update()
-        )
-        seq = await session.scalar(
-            select(Message.seq).where(
-                Message.tenant_id == tenant_id,
-                Message.conversation_id == target,
-                Message.id == wanted,
+            if inserted is None:
+                # The same client_msg_id committed by a concurrent retry while we waited for the
+                # lock: undo our seq increment and answer with the first message.
+                await session.rollback()
+                async with self.sessions() as fresh:
+                    first = await _existing_message(
+                        fresh,
+                        tenant_id=tenant_id,
+                        sender_id=sender_id,
+                        client_msg_id=client_msg_id or "",
+                    )
+                if first is None:  # the conflicting row exists: ON CONFLICT found it
+                    raise RuntimeError("message conflicted on client_msg_id but is not there")
+                return SendResult(message=first, created=False)
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+                .values(last_message_id=inserted["id"])
             )
-        )
-        if seq is None:
-            raise NotFound("message not found")
-        member = and_(
-            ConversationMember.tenant_id == tenant_id,
-            ConversationMember.conversation_id == target,
-            ConversationMember.user_id == user_id,
-        )
-        pointer = await session.scalar(select(ConversationMember.last_read_seq).where(member))
-        moved = seq > (pointer or 0)
-        new_pointer = seq if moved else int(pointer or 0)
-        unread = await session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(
-                Message.tenant_id == tenant_id,
-                Message.conversation_id == target,
-                Message.seq > new_pointer,
-                Message.sender_id != user_id,
+            in_conversation = and_(
+                ConversationMember.tenant_id == tenant_id,
+                ConversationMember.conversation_id == target,
             )
-        )
-        values: dict[str, Any] = {"unread_count": unread}
-        if moved:
-            values.update(last_read_seq=seq, last_read_message_id=wanted)
-        await session.execute(update(ConversationMember).where(member).values(**values))
-    if moved:
-        receipt = {
-            "conversation_id": str(target),
-            "user_id": user_id,
-            "message_id": str(wanted),
-            "read_at": iso_utc(now),
-        }
-        for participant in (user_id, peer_id):
-            await realtime.to_user(
+            await session.execute(
+                update(ConversationMember).where(in_conversation).values(last_activity_at=now)
+            )
+            await session.execute(
+                update(ConversationMember)
+                .where(in_conversation, ConversationMember.user_id == peer_id)
+                .values(unread_count=ConversationMember.unread_count + 1)
+            )
+        message = serialize_message(inserted)
+        for participant in (sender_id, peer_id):
+            await self.realtime.to_user(
                 tenant_id=tenant_id,
                 user_id=participant,
-                event="message:read",
-                data=receipt,
+                event="message:new",
+                data=message,
                 namespace=CHAT_NAMESPACE,
             )
-    return int(unread or 0)
+        return SendResult(message=message, created=True)
+
+    async def messages(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: object,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> MessageHistory:
+        """Newest first, keyset on ``seq``."""
+        size = clamp_limit(limit)
+        target = parse_id(conversation_id)
+        query = select(MESSAGES).where(
+            Message.tenant_id == tenant_id, Message.conversation_id == target
+        )
+        if cursor:
+            (before,) = ids.decode_cursor(cursor, 1)
+            query = query.where(Message.seq < ids.cursor_id(before))
+        async with self.sessions() as session:
+            await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
+            rows = (
+                (await session.execute(query.order_by(Message.seq.desc()).limit(size + 1)))
+                .mappings()
+                .all()
+            )
+        next_cursor = ids.encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+        return MessageHistory([serialize_message(row) for row in rows[:size]], next_cursor)
+
+    async def conversations(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> ConversationList:
+        """The caller's conversations, most recently active first (keyset on activity, id)."""
+        size = clamp_limit(limit)
+        members = ConversationMember
+        query = select(
+            members.conversation_id,
+            members.peer_id,
+            members.unread_count,
+            members.last_activity_at,
+            Conversation.last_message_id,
+        ).join(
+            Conversation,
+            and_(
+                Conversation.tenant_id == members.tenant_id,
+                Conversation.id == members.conversation_id,
+            ),
+        )
+        query = query.where(members.tenant_id == tenant_id, members.user_id == user_id)
+        if cursor:
+            activity_text, id_text = ids.decode_cursor(cursor, 2)
+            try:
+                # Normalised to UTC here, so an offset that pushes it past year 9999 fails now.
+                activity = datetime.fromisoformat(activity_text).astimezone(UTC)
+            except (ValueError, OverflowError):
+                raise ids.bad_cursor() from None
+            last_id = ids.cursor_id(id_text)
+            query = query.where(
+                or_(
+                    members.last_activity_at < activity,
+                    and_(members.last_activity_at == activity, members.conversation_id < last_id),
+                )
+            )
+        query = query.order_by(
+            members.last_activity_at.desc(), members.conversation_id.desc()
+        ).limit(size + 1)
+        async with self.sessions() as session:
+            rows = (await session.execute(query)).all()
+            page = rows[:size]
+            message_ids = [row.last_message_id for row in page if row.last_message_id is not None]
+            last_messages: dict[int, MessageRecord] = {}
+            if message_ids:
+                found = await session.execute(
+                    select(MESSAGES).where(
+                        Message.tenant_id == tenant_id, Message.id.in_(message_ids)
+                    )
+                )
+                last_messages = {row["id"]: serialize_message(row) for row in found.mappings()}
+        items = [
+            ConversationRecord(
+                id=str(row.conversation_id),
+                participants=sorted((user_id, row.peer_id)),
+                last_message=last_messages.get(row.last_message_id),
+                unread_count=int(row.unread_count),
+            )
+            for row in page
+        ]
+        next_cursor = None
+        if len(rows) > size:
+            last = page[-1]
+            moment = last.last_activity_at
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            next_cursor = ids.encode_cursor(moment.isoformat(), last.conversation_id)
+        return ConversationList(items, next_cursor)
+
+    async def mark_read(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        conversation_id: object,
+        message_id: object,
+    ) -> int:
+        """Read receipt up to and including ``message_id``; the pointer only moves forward.
+
+        Returns the caller's exact unread count in that conversation (messages of the peer after
+        the pointer), recomputed under the conversation's lock so concurrent sends keep it exact.
+        """
+        target = parse_id(conversation_id)
+        wanted = parse_id(message_id)
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            peer_id = await _peer_of(
+                session, tenant_id=tenant_id, user_id=user_id, conversation_id=target
+            )
+            # Same lock as send_message: reads and sends of one conversation take turns.
+            await session.execute(
+                select(Conversation.id)
+                .where(Conversation.tenant_id == tenant_id, Conversation.id == target)
+                .with_for_update()
+            )
+            seq = await session.scalar(
+                select(Message.seq).where(
+                    Message.tenant_id == tenant_id,
+                    Message.conversation_id == target,
+                    Message.id == wanted,
+                )
+            )
+            if seq is None:
+                raise NotFound("message not found")
+            member = and_(
+                ConversationMember.tenant_id == tenant_id,
+                ConversationMember.conversation_id == target,
+                ConversationMember.user_id == user_id,
+            )
+            pointer = await session.scalar(select(ConversationMember.last_read_seq).where(member))
+            moved = seq > (pointer or 0)
+            new_pointer = seq if moved else int(pointer or 0)
+            unread = await session.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(
+                    Message.tenant_id == tenant_id,
+                    Message.conversation_id == target,
+                    Message.seq > new_pointer,
+                    Message.sender_id != user_id,
+                )
+            )
+            values: dict[str, Any] = {"unread_count": unread}
+            if moved:
+                values.update(last_read_seq=seq, last_read_message_id=wanted)
+            await session.execute(update(ConversationMember).where(member).values(**values))
+        if moved:
+            receipt = {
+                "conversation_id": str(target),
+                "user_id": user_id,
+                "message_id": str(wanted),
+                "read_at": iso_utc(now),
+            }
+            for participant in (user_id, peer_id):
+                await self.realtime.to_user(
+                    tenant_id=tenant_id,
+                    user_id=participant,
+                    event="message:read",
+                    data=receipt,
+                    namespace=CHAT_NAMESPACE,
+                )
+        return int(unread or 0)

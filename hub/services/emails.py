@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.models import Email, EmailEvent
 from hub.errors import NotFound, Unavailable
 from hub.metrics import EMAILS
+from hub.records import EmailStatusChange, EmailStatusRecord
 from hub.services.common import insert_for, iso_utc
 
 log = logging.getLogger(__name__)
@@ -57,33 +59,92 @@ class EmailQueue(Protocol):
         ...
 
 
-async def queue_email(
-    *,
-    queue: EmailQueue,
-    sessions: async_sessionmaker[AsyncSession],
-    request: EmailRequest,
-    sweep_after_seconds: float,
-    email_id: str | None = None,
-) -> str:
-    """Queue an email (REST): record it as ``queued``, then kick its task.
+class EmailService:
+    """Queue an email and read its status: what REST (and, through the same record and queue,
+    event intake) call. Built once per process with its queue and database."""
 
-    Recorded first: once the caller hears 202 the email exists and is sent exactly once,
-    whatever happens next. If the kick fails (the task queue is away), the sweeper takes the
-    record once the reclaim interval has passed; if recording fails, nothing was kicked and
-    the caller may retry without sending twice.
-    """
-    email_id = email_id or new_email_id()
-    await record_email(
-        sessions=sessions,
-        email_id=email_id,
-        request=request,
-        sweep_after_seconds=sweep_after_seconds,
-    )
-    try:
-        await queue.kick(email_id=email_id, request=request)
-    except Unavailable as exc:
-        log.warning("email %s stored; its task waits for the sweeper (%s)", email_id, exc)
-    return email_id
+    def __init__(
+        self,
+        *,
+        queue: EmailQueue,
+        sessions: async_sessionmaker[AsyncSession],
+        sweep_after_seconds: float,
+    ) -> None:
+        self.queue = queue
+        self.sessions = sessions
+        # After this long an email whose task never ran is sent by a worker's sweeper.
+        self.sweep_after_seconds = sweep_after_seconds
+
+    async def send(self, request: EmailRequest, *, email_id: str | None = None) -> str:
+        """Queue an email: record it as ``queued``, then kick its task; returns its id.
+
+        Recorded first: once the caller hears 202 the email exists and is sent exactly once,
+        whatever happens next. If the kick fails (the task queue is away), the sweeper takes
+        the record once the reclaim interval has passed; if recording fails, nothing was
+        kicked and the caller may retry without sending twice.
+        """
+        email_id = email_id or new_email_id()
+        async with self.sessions() as session, session.begin():
+            await self.record_in(session, email_id=email_id, request=request)
+        await self.kick([(email_id, request)])
+        return email_id
+
+    async def record_in(
+        self, session: AsyncSession, *, email_id: str, request: EmailRequest
+    ) -> bool:
+        """Store a ``queued`` email inside the caller's transaction (event intake stores the
+        email with the event that asked for it); False if ``email_id`` exists already."""
+        return await record_email_in(
+            session,
+            email_id=email_id,
+            request=request,
+            sweep_after_seconds=self.sweep_after_seconds,
+        )
+
+    async def kick(self, recorded: Sequence[tuple[str, EmailRequest]]) -> None:
+        """Queue the tasks of emails recorded by a committed transaction. With the queue
+        away they are stored already: a worker's sweeper sends them once their wait has
+        passed."""
+        for number, (email_id, request) in enumerate(recorded):
+            try:
+                await self.queue.kick(email_id=email_id, request=request)
+            except Unavailable as exc:
+                log.warning(
+                    "%d emails stored; their tasks wait for the sweeper (%s)",
+                    len(recorded) - number,
+                    exc,
+                )
+                return
+
+    async def status(self, *, tenant_id: str, email_id: str) -> EmailStatusRecord:
+        """The email status object (docs/protocol.md 9.2, plus its history); 404 for any
+        other tenant's email."""
+        async with self.sessions() as session:
+            email = await session.scalar(
+                select(Email).where(Email.tenant_id == tenant_id, Email.id == email_id)
+            )
+            if email is None:
+                raise NotFound("email not found")
+            events = await session.scalars(
+                select(EmailEvent)
+                .where(EmailEvent.tenant_id == tenant_id, EmailEvent.email_id == email_id)
+                .order_by(EmailEvent.id)
+            )
+            history: list[EmailStatusChange] = [
+                {"status": e.status, "attempt": e.attempt, "error": e.error, "at": iso_utc(e.at)}
+                for e in events
+            ]
+        return {
+            "id": email.id,
+            "status": email.status,
+            "attempts": email.attempts,
+            "last_error": email.last_error,
+            "created_at": iso_utc(email.created_at),
+            "sent_at": iso_utc(email.sent_at) if email.sent_at else None,
+            "to_email": email.to_email,
+            "template_key": email.template_key,
+            "history": history,
+        }
 
 
 def new_email_id() -> str:
@@ -154,39 +215,6 @@ async def record_email_in(
         EmailEvent(tenant_id=request.tenant_id, email_id=email_id, status=QUEUED, attempt=0, at=now)
     )
     return True
-
-
-async def get_email(
-    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, email_id: str
-) -> dict[str, Any]:
-    """The email status object (docs/protocol.md 9.2, plus its history); 404 for any other
-    tenant's email."""
-    async with sessions() as session:
-        email = await session.scalar(
-            select(Email).where(Email.tenant_id == tenant_id, Email.id == email_id)
-        )
-        if email is None:
-            raise NotFound("email not found")
-        events = await session.scalars(
-            select(EmailEvent)
-            .where(EmailEvent.tenant_id == tenant_id, EmailEvent.email_id == email_id)
-            .order_by(EmailEvent.id)
-        )
-        history = [
-            {"status": e.status, "attempt": e.attempt, "error": e.error, "at": iso_utc(e.at)}
-            for e in events
-        ]
-    return {
-        "id": email.id,
-        "status": email.status,
-        "attempts": email.attempts,
-        "last_error": email.last_error,
-        "created_at": iso_utc(email.created_at),
-        "sent_at": iso_utc(email.sent_at) if email.sent_at else None,
-        "to_email": email.to_email,
-        "template_key": email.template_key,
-        "history": history,
-    }
 
 
 _CLAIMED = (

@@ -1,15 +1,16 @@
 """In-app notifications: create for many recipients, list, count, mark read.
 
-REST, the ``/notifications`` namespace, the legacy WebSocket and event intake all call these
-functions. Live delivery happens after the transaction commits, through the notification
-bus, which every node listens to.
+REST, the ``/notifications`` namespace, the legacy WebSocket and event intake all go through
+one :class:`NotificationService`. Live delivery happens after the transaction commits,
+through the notification bus, which every node listens to.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,60 +67,6 @@ def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> Notif
         "created_at": created_at or iso_utc(row["created_at"]),
         "read_at": iso_utc(read_at) if read_at is not None else None,
     }
-
-
-async def create_notifications(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    bus: NotificationBus,
-    tenant_id: str,
-    user_ids: Sequence[str],
-    notification: NewNotification,
-    limits: NotificationLimits,
-    idempotency_key: str | None = None,
-) -> CreateResult:
-    """Store one notification per recipient in one transaction; publish after commit.
-
-    Set-based: one statement allocates every recipient's next ``seq`` (the counter row lock
-    serialises concurrent creators per user, so seqs have no duplicate and no hole), one
-    statement inserts every row.
-    """
-    recipients = sorted(set(user_ids))  # sorted: counter rows are always locked in one order
-    check_limits(notification, len(recipients), limits)
-    async with sessions() as session, session.begin():
-        insert = insert_for(session)
-        if idempotency_key is not None:
-            claimed = await session.execute(
-                insert(NotificationRequest)
-                .values(tenant_id=tenant_id, idempotency_key=idempotency_key, notification_ids=[])
-                .on_conflict_do_nothing()
-                .returning(NotificationRequest.idempotency_key)
-            )
-            if claimed.first() is None:
-                # Seen before (or being created right now: the insert above waited for it).
-                stored = await session.scalar(
-                    select(NotificationRequest.notification_ids).where(
-                        NotificationRequest.tenant_id == tenant_id,
-                        NotificationRequest.idempotency_key == idempotency_key,
-                    )
-                )
-                return CreateResult(ids=[str(i) for i in stored or []], created=False)
-
-        created = await store_notifications(
-            session, [(tenant_id, user, notification) for user in recipients]
-        )
-        ids = [int(item["id"]) for item in created]
-        if idempotency_key is not None:
-            await session.execute(
-                update(NotificationRequest)
-                .where(
-                    NotificationRequest.tenant_id == tenant_id,
-                    NotificationRequest.idempotency_key == idempotency_key,
-                )
-                .values(notification_ids=ids)
-            )
-    await publish_created(bus, created)
-    return CreateResult(ids=[str(i) for i in ids], created=True)
 
 
 async def publish_created(bus: NotificationBus, created: Sequence[NotificationRecord]) -> None:
@@ -290,35 +237,6 @@ async def unread_count(*, session: AsyncSession, tenant_id: str, user_id: str) -
     return int(count or 0)
 
 
-async def list_notifications(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: str,
-    user_id: str,
-    limit: int | None = None,
-    cursor: str | None = None,
-    unread_only: bool = False,
-    category: str | None = None,
-) -> Page:
-    """Newest first, keyset-paginated on ``seq`` (no OFFSET)."""
-    size = clamp_limit(limit)
-    query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id))
-    if cursor:
-        query = query.where(Notification.seq < decode_cursor(cursor))
-    if unread_only:
-        query = query.where(Notification.read_at.is_(None))
-    if category is not None:
-        query = query.where(Notification.category == category)
-    query = query.order_by(Notification.seq.desc()).limit(size + 1)
-    async with sessions() as session:
-        rows = list((await session.execute(query)).mappings().all())
-        count = await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
-    next_cursor = encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
-    return Page(
-        items=[serialize(row) for row in rows[:size]], next_cursor=next_cursor, unread_count=count
-    )
-
-
 async def notifications_after(
     *, session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
 ) -> list[NotificationRecord]:
@@ -380,68 +298,213 @@ _PG_LATEST_SEQS = text(
 )
 
 
-async def count_unread(
-    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str
-) -> int:
-    async with sessions() as session:
-        return await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
-
-
 def _parse_ids(ids: Sequence[object]) -> list[int]:
     # Ids are strings in the API. Anything that is not one of ours cannot match a row, so it
     # is ignored (never reported back: that would reveal which ids exist).
     return [parsed for value in ids if (parsed := parse_id(value)) is not None]
 
 
-async def mark_read(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    bus: NotificationBus,
-    tenant_id: str,
-    user_id: str,
-    ids: Sequence[object] | None = None,
-    all_unread: bool = False,
-) -> tuple[int, int]:
-    """Mark the caller's notifications read; returns ``(updated, unread_count)``.
+@dataclass(slots=True)
+class NotificationWrites:
+    """The notifications one transaction stores; :meth:`NotificationService.writing` publishes
+    them live once it has committed (and never if it rolled back)."""
 
-    The counter moves by exactly the rows this statement changed, in the same transaction,
-    so concurrent marks and creates keep it exact.
-    """
-    if not all_unread and ids is None:
-        raise InvalidInput("give 'ids' or 'all': true")
-    wanted = [] if all_unread else _parse_ids(ids or [])
-    if not all_unread and not wanted:
-        async with sessions() as session:
-            return 0, await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
-    now = datetime.now(UTC)
-    async with sessions() as session, session.begin():
-        condition = and_(_owned(tenant_id, user_id), Notification.read_at.is_(None))
-        if not all_unread:
-            condition = and_(condition, Notification.id.in_(wanted))
-        changed = await session.execute(
-            update(Notification).where(condition).values(read_at=now).returning(Notification.id)
+    session: AsyncSession
+    created: list[NotificationRecord] = field(default_factory=list)
+
+    async def add(
+        self, items: Sequence[tuple[str, str, NewNotification]]
+    ) -> list[NotificationRecord]:
+        """Store ``(tenant_id, user_id, content)`` items; their records in ``items`` order."""
+        if not items:
+            return []
+        records = await store_notifications(self.session, items)
+        self.created += records
+        return records
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarks:
+    updated: int
+    unread_count: int
+
+
+class NotificationService:
+    """Everything that creates, lists and marks notifications, for every entry point (REST,
+    the sockets, the legacy WebSocket and event intake). Built once per process with its
+    database, bus and limits."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: NotificationBus,
+        limits: NotificationLimits,
+    ) -> None:
+        self.sessions = sessions
+        self.bus = bus
+        self.limits = limits
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[NotificationWrites]:
+        """One transaction that stores notifications (and whatever else the caller writes in
+        ``writes.session``); live delivery after the commit. The one way notifications are
+        made: :meth:`create` and event intake both use it."""
+        async with self.sessions() as session, session.begin():
+            writes = NotificationWrites(session)
+            yield writes
+        if writes.created:
+            await publish_created(self.bus, writes.created)
+
+    async def create(
+        self,
+        *,
+        tenant_id: str,
+        user_ids: Sequence[str],
+        notification: NewNotification,
+        idempotency_key: str | None = None,
+    ) -> CreateResult:
+        """Store one notification per recipient in one transaction; publish after commit.
+
+        Set-based: one statement allocates every recipient's next ``seq`` (the counter row
+        lock serialises concurrent creators per user, so seqs have no duplicate and no hole),
+        one statement inserts every row.
+        """
+        recipients = sorted(set(user_ids))  # sorted: counter rows are locked in one order
+        check_limits(notification, len(recipients), self.limits)
+        async with self.writing() as writes:
+            if idempotency_key is not None:
+                seen = await _claim_request(writes.session, tenant_id, idempotency_key)
+                if seen is not None:
+                    return CreateResult(ids=seen, created=False)
+            created = await writes.add([(tenant_id, user, notification) for user in recipients])
+            ids = [int(item["id"]) for item in created]
+            if idempotency_key is not None:
+                await writes.session.execute(
+                    update(NotificationRequest)
+                    .where(
+                        NotificationRequest.tenant_id == tenant_id,
+                        NotificationRequest.idempotency_key == idempotency_key,
+                    )
+                    .values(notification_ids=ids)
+                )
+        return CreateResult(ids=[str(i) for i in ids], created=True)
+
+    async def page(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        limit: int | None = None,
+        cursor: str | None = None,
+        unread_only: bool = False,
+        category: str | None = None,
+    ) -> Page:
+        """Newest first, keyset-paginated on ``seq`` (no OFFSET)."""
+        size = clamp_limit(limit)
+        query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id))
+        if cursor:
+            query = query.where(Notification.seq < decode_cursor(cursor))
+        if unread_only:
+            query = query.where(Notification.read_at.is_(None))
+        if category is not None:
+            query = query.where(Notification.category == category)
+        query = query.order_by(Notification.seq.desc()).limit(size + 1)
+        async with self.sessions() as session:
+            rows = list((await session.execute(query)).mappings().all())
+            count = await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+        next_cursor = encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+        return Page(
+            items=[serialize(row) for row in rows[:size]],
+            next_cursor=next_cursor,
+            unread_count=count,
         )
-        updated_ids = sorted(changed.scalars().all())
-        remaining = await session.scalar(
-            update(NotificationCounter)
-            .where(
-                NotificationCounter.tenant_id == tenant_id, NotificationCounter.user_id == user_id
+
+    async def broadcast(
+        self, *, tenant_id: str, title: str, body: str, data: dict[str, Any]
+    ) -> None:
+        """Emit ``broadcast`` to every ``/notifications`` socket of the tenant, on every node:
+        a tenant-wide announcement, never stored."""
+        await self.bus.publish_broadcast(
+            tenant_id=tenant_id, payload={"title": title, "body": body, "data": data}
+        )
+
+    async def count_unread(self, *, tenant_id: str, user_id: str) -> int:
+        async with self.sessions() as session:
+            return await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+
+    async def mark_read(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        ids: Sequence[object] | None = None,
+        all_unread: bool = False,
+    ) -> ReadMarks:
+        """Mark the caller's notifications read.
+
+        The counter moves by exactly the rows this statement changed, in the same
+        transaction, so concurrent marks and creates keep it exact.
+        """
+        if not all_unread and ids is None:
+            raise InvalidInput("give 'ids' or 'all': true")
+        wanted = [] if all_unread else _parse_ids(ids or [])
+        if not all_unread and not wanted:
+            return ReadMarks(0, await self.count_unread(tenant_id=tenant_id, user_id=user_id))
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            condition = and_(_owned(tenant_id, user_id), Notification.read_at.is_(None))
+            if not all_unread:
+                condition = and_(condition, Notification.id.in_(wanted))
+            changed = await session.execute(
+                update(Notification).where(condition).values(read_at=now).returning(Notification.id)
             )
-            .values(
-                unread_count=func.greatest(NotificationCounter.unread_count - len(updated_ids), 0)
-                if is_postgresql(session)
-                else func.max(NotificationCounter.unread_count - len(updated_ids), 0)
+            updated_ids = sorted(changed.scalars().all())
+            remaining = await session.scalar(
+                update(NotificationCounter)
+                .where(
+                    NotificationCounter.tenant_id == tenant_id,
+                    NotificationCounter.user_id == user_id,
+                )
+                .values(unread_count=_at_least_zero(session, len(updated_ids)))
+                .returning(NotificationCounter.unread_count)
             )
-            .returning(NotificationCounter.unread_count)
+        unread = int(remaining or 0)
+        if updated_ids or all_unread:
+            event: dict[str, Any] = (
+                {"all": True} if all_unread else {"ids": [str(i) for i in updated_ids]}
+            )
+            event["unread_count"] = unread
+            try:
+                await self.bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
+            except Unavailable:
+                log.warning("read marks stored but not published live")
+        return ReadMarks(len(updated_ids), unread)
+
+
+def _at_least_zero(session: AsyncSession, decrement: int) -> Any:
+    """``unread_count - decrement``, never below zero, in the dialect's spelling."""
+    greatest = func.greatest if is_postgresql(session) else func.max
+    return greatest(NotificationCounter.unread_count - decrement, 0)
+
+
+async def _claim_request(
+    session: AsyncSession, tenant_id: str, idempotency_key: str
+) -> list[str] | None:
+    """Claim an idempotency key; ``None`` when it is new, else the ids it created before."""
+    claimed = await session.execute(
+        insert_for(session)(NotificationRequest)
+        .values(tenant_id=tenant_id, idempotency_key=idempotency_key, notification_ids=[])
+        .on_conflict_do_nothing()
+        .returning(NotificationRequest.idempotency_key)
+    )
+    if claimed.first() is not None:
+        return None
+    # Seen before (or being created right now: the insert above waited for it).
+    stored = await session.scalar(
+        select(NotificationRequest.notification_ids).where(
+            NotificationRequest.tenant_id == tenant_id,
+            NotificationRequest.idempotency_key == idempotency_key,
         )
-    unread = int(remaining or 0)
-    if updated_ids or all_unread:
-        event: dict[str, Any] = (
-            {"all": True} if all_unread else {"ids": [str(i) for i in updated_ids]}
-        )
-        event["unread_count"] = unread
-        try:
-            await bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
-        except Unavailable:
-            log.warning("read marks stored but not published live")
-    return len(updated_ids), unread
+    )
+    return [str(i) for i in stored or []]

@@ -9,18 +9,10 @@ from hub.auth import Principal
 from hub.delivery.notifications import Subscriber
 from hub.errors import InvalidInput
 from hub.ids import parse_id
-from hub.keys import (
-    CHAT_LIMITS,
-    DB_SESSIONS,
-    NOTIFICATION_BUS,
-    NOTIFICATION_DELIVERY,
-    REALTIME,
-    SEND_LIMITER,
-    TYPING,
-)
+from hub.keys import CHAT, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
+from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, OkAck
 from hub.schemas import MarkReadIn, MessageReadIn, SendMessageIn, TypingIn
-from hub.services import chat, notifications
 from hub.sockets.auth import AuthenticatedNamespace, refused
 from hub.sockets.sinks import SocketIOSink
 
@@ -64,20 +56,18 @@ class NotificationsNamespace(AuthenticatedNamespace):
         if subscriber is not None:
             self.app[NOTIFICATION_DELIVERY].unsubscribe(subscriber)
 
-    async def on_notification_mark_read(self, sid: str, payload: object = None) -> dict[str, Any]:
+    async def on_notification_mark_read(self, sid: str, payload: object = None) -> MarkReadAck:
         if not isinstance(payload, dict):
             raise InvalidInput('payload must be an object: {"ids": [...]} or {"all": true}')
         request = MarkReadIn.model_validate(payload)
         principal = await self.principal(sid)
-        updated, unread = await notifications.mark_read(
-            sessions=self.app[DB_SESSIONS],
-            bus=self.app[NOTIFICATION_BUS],
+        marks = await self.app[NOTIFICATIONS].mark_read(
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
             ids=request.ids,
             all_unread=request.all,
         )
-        return {"ok": True, "updated": updated, "unread_count": unread}
+        return {"ok": True, "updated": marks.updated, "unread_count": marks.unread_count}
 
 
 def _payload(payload: object) -> dict[str, Any]:
@@ -98,29 +88,23 @@ class ChatNamespace(AuthenticatedNamespace):
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         self._typing[sid] = {}
 
-    async def on_message_send(self, sid: str, payload: object = None) -> dict[str, Any]:
+    async def on_message_send(self, sid: str, payload: object = None) -> MessageSentAck:
         request = SendMessageIn.model_validate(_payload(payload))
         principal = await self.principal(sid)
-        result = await chat.send_message(
-            sessions=self.app[DB_SESSIONS],
-            realtime=self.app[REALTIME],
-            limiter=self.app[SEND_LIMITER],
+        result = await self.app[CHAT].send(
             tenant_id=principal.tenant_id,
             sender_id=principal.user_id,
             body=request.body,
-            limits=self.app[CHAT_LIMITS],
             to_user_id=request.to_user_id,
             conversation_id=request.conversation_id,
             client_msg_id=request.client_msg_id,
         )
         return {"ok": True, "message": result.message}
 
-    async def on_message_read(self, sid: str, payload: object = None) -> dict[str, Any]:
+    async def on_message_read(self, sid: str, payload: object = None) -> MessageReadAck:
         request = MessageReadIn.model_validate(_payload(payload))
         principal = await self.principal(sid)
-        unread = await chat.mark_conversation_read(
-            sessions=self.app[DB_SESSIONS],
-            realtime=self.app[REALTIME],
+        unread = await self.app[CHAT].mark_read(
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
             conversation_id=request.conversation_id,
@@ -128,7 +112,7 @@ class ChatNamespace(AuthenticatedNamespace):
         )
         return {"ok": True, "unread_count": unread}
 
-    async def on_typing(self, sid: str, payload: object = None) -> dict[str, Any]:
+    async def on_typing(self, sid: str, payload: object = None) -> OkAck:
         request = TypingIn.model_validate(_payload(payload))
         principal = await self.principal(sid)
         conversation = str(request.conversation_id)
@@ -136,8 +120,7 @@ class ChatNamespace(AuthenticatedNamespace):
         if conversation in known:
             peer = known[conversation][0]
         else:
-            peer = await chat.peer_of(
-                sessions=self.app[DB_SESSIONS],
+            peer = await self.app[CHAT].peer_of(
                 tenant_id=principal.tenant_id,
                 user_id=principal.user_id,
                 conversation_id=conversation,
