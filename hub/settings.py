@@ -7,6 +7,7 @@ Kafka intake off). Production sets the URLs of the real services.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -202,8 +203,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             stripped = value.strip()
             if stripped.startswith("["):
-                import json
-
                 return json.loads(stripped)
             return [part.strip() for part in stripped.split(",") if part.strip()]
         return value
@@ -304,6 +303,8 @@ BACKEND_ALIASES = {"postgres": "postgresql", "pgsql": "postgresql", "sqlite3": "
 def check_database_url(url: str) -> str:
     """``url`` if it names an async driver the hub ships; otherwise a ValueError that says
     which URL to write instead (never echoing the URL: it may hold a password)."""
+    # Imported here, not at the top: settings are loaded by every command, and `notifyhub
+    # token` or `healthcheck` should not pay for SQLAlchemy.
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
