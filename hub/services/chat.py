@@ -66,7 +66,7 @@ def serialize_message(row: Mapping[Any, Any]) -> MessageRecord:
     }
 
 
-def parse_id(value: object) -> int:
+def _existing_id(value: object) -> int:
     """An id from the API (a string of digits); anything else cannot exist: 404."""
     parsed = ids.parse_id(value)
     if parsed is None:
@@ -191,7 +191,7 @@ class ChatService:
                 session,
                 tenant_id=tenant_id,
                 user_id=user_id,
-                conversation_id=parse_id(conversation_id),
+                conversation_id=_existing_id(conversation_id),
             )
 
     async def send(
@@ -225,7 +225,7 @@ class ChatService:
                     session, tenant_id=tenant_id, user_id=sender_id, peer_id=peer_id, now=now
                 )
             else:
-                target = parse_id(conversation_id)
+                target = _existing_id(conversation_id)
                 peer_id = await _peer_of(
                     session, tenant_id=tenant_id, user_id=sender_id, conversation_id=target
                 )
@@ -310,7 +310,7 @@ class ChatService:
     ) -> MessageHistory:
         """Newest first, keyset on ``seq``."""
         size = clamp_limit(limit)
-        target = parse_id(conversation_id)
+        target = _existing_id(conversation_id)
         query = select(MESSAGES).where(
             Message.tenant_id == tenant_id, Message.conversation_id == target
         )
@@ -412,8 +412,8 @@ class ChatService:
         Returns the caller's exact unread count in that conversation (messages of the peer after
         the pointer), recomputed under the conversation's lock so concurrent sends keep it exact.
         """
-        target = parse_id(conversation_id)
-        wanted = parse_id(message_id)
+        target = _existing_id(conversation_id)
+        wanted = _existing_id(message_id)
         now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
             peer_id = await _peer_of(

@@ -22,9 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
 from hub.errors import InvalidInput, Unavailable
-from hub.ids import bad_cursor, cursor_id, parse_id
-from hub.ids import decode_cursor as decode_cursor_parts
-from hub.ids import encode_cursor as encode_cursor_parts
+from hub.ids import bad_cursor, cursor_id, decode_cursor, encode_cursor, parse_id
 from hub.records import NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
@@ -211,13 +209,13 @@ async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]
     return [int(notification_id) for notification_id in inserted.scalars()]
 
 
-def encode_cursor(seq: int) -> str:
-    return encode_cursor_parts(seq, prefix=_CURSOR_PREFIX)
+def _seq_cursor(seq: int) -> str:
+    return encode_cursor(seq, prefix=_CURSOR_PREFIX)
 
 
-def decode_cursor(cursor: str) -> int:
-    """The seq a cursor points below; anything not made by :func:`encode_cursor` is a 400."""
-    (digits,) = decode_cursor_parts(cursor, 1, prefix=_CURSOR_PREFIX)
+def _seq_below(cursor: str) -> int:
+    """The seq a cursor points below; anything not made by :func:`_seq_cursor` is a 400."""
+    (digits,) = decode_cursor(cursor, 1, prefix=_CURSOR_PREFIX)
     seq = cursor_id(digits)
     if seq < 1:
         raise bad_cursor()
@@ -404,7 +402,7 @@ class NotificationService:
         size = clamp_limit(limit)
         query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id))
         if cursor:
-            query = query.where(Notification.seq < decode_cursor(cursor))
+            query = query.where(Notification.seq < _seq_below(cursor))
         if unread_only:
             query = query.where(Notification.read_at.is_(None))
         if category is not None:
@@ -413,7 +411,7 @@ class NotificationService:
         async with self.sessions() as session:
             rows = list((await session.execute(query)).mappings().all())
             count = await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
-        next_cursor = encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+        next_cursor = _seq_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
         return Page(
             items=[serialize(row) for row in rows[:size]],
             next_cursor=next_cursor,
