@@ -189,6 +189,64 @@ class EmailEvent(TenantScoped, Base):
     at: Mapped[datetime] = mapped_column()
 
 
+class PushDevice(TenantScoped, Base):
+    """A device of a user that receives push: a browser's Web Push subscription (its
+    endpoint in ``token``, its keys in ``keys``) or an FCM / APNs device token."""
+
+    __tablename__ = "push_devices"
+    __table_args__ = (
+        # One device per (tenant, kind, token): registering it again finds the same row.
+        UniqueConstraint("tenant_id", "kind", "token_hash"),
+        Index("ix_push_devices_tenant_id_user_id", "tenant_id", "user_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    kind: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(Text)
+    # sha256 of ``token``: Web Push endpoints are long URLs, too long for a btree key.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    keys: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+# The push statuses the sweeper may still have to act on (see hub/services/pushes.py).
+PENDING_PUSH_SQL = "status IN ('queued', 'sending', 'retrying')"
+
+
+class PushDelivery(TenantScoped, Base):
+    """One push of one notification to one device, with its status: written in the
+    transaction that stores the notification, sent by a worker under a lease (like
+    :class:`Email`), so it is pushed at most once and never lost."""
+
+    __tablename__ = "push_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "device_id"),
+        Index("ix_push_deliveries_tenant_id_notification_id", "tenant_id", "notification_id"),
+        Index(
+            "ix_push_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text(PENDING_PUSH_SQL),
+            sqlite_where=text(PENDING_PUSH_SQL),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(BigInteger)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    device_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    # What the device shows: {"id", "title", "body", "link", "category", "seq"}.
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+
+
 class ProcessedEvent(TenantScoped, Base):
     """An event applied once: its ``(tenant_id, event_id)`` makes every later copy a no-op."""
 

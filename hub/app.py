@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import socketio
@@ -37,6 +37,7 @@ from hub.keys import (
     CHAT,
     DB_ENGINE,
     DB_SESSIONS,
+    DEVICES,
     EMAILS,
     HTTP_CLIENT,
     KAFKA_INTAKE,
@@ -58,8 +59,10 @@ from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
 from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits, ChatService
+from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService, latest_seqs, replay_page
+from hub.services.pushes import PushService
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.typing_indicators import (
     LocalTypingState,
@@ -72,8 +75,10 @@ from hub.sockets import transport
 from hub.sockets.server import build_socketio_server
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE, TaskiqEmailQueue
+from tasks.push import RESOURCES_STATE as PUSH_RESOURCES_STATE
+from tasks.push import TaskiqPushQueue, push_resources, push_sweeper
 from tasks.resources import email_resources
-from tasks.sweeper import EmailSweeper
+from tasks.sweeper import EmailSweeper, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -185,11 +190,6 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
             await asyncio.wait_for(subscribed.wait(), timeout=5)
         except TimeoutError:
             log.warning("notification bus not subscribed yet; continuing")
-    app[NOTIFICATIONS] = NotificationService(
-        sessions=app[DB_SESSIONS],
-        bus=app[NOTIFICATION_BUS],
-        limits=NotificationLimits.from_settings(settings),
-    )
     # With a bus that can lose messages (Redis away, a publisher dead after its commit),
     # the database is checked for what never came.
     watching = (
@@ -253,11 +253,24 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     with Redis, serve only queues them for ``notifyhub worker`` processes."""
     settings = app[SETTINGS]
     broker = build_broker(settings)
+    sessions = app[DB_SESSIONS]
     app[EMAILS] = EmailService(
         queue=TaskiqEmailQueue(broker),
-        sessions=app[DB_SESSIONS],
+        sessions=sessions,
         sweep_after_seconds=settings.email_task_reclaim_seconds,
     )
+    # Built here, with the task queue: storing a notification also records its pushes.
+    app[NOTIFICATIONS] = NotificationService(
+        sessions=sessions,
+        bus=app[NOTIFICATION_BUS],
+        limits=NotificationLimits.from_settings(settings),
+        pushes=PushService(
+            queue=TaskiqPushQueue(broker),
+            sessions=sessions,
+            sweep_after_seconds=settings.email_task_reclaim_seconds,
+        ),
+    )
+    app[DEVICES] = DeviceService(sessions=sessions)
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).
@@ -267,20 +280,29 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
         finally:
             await broker.shutdown()
         return
-    async with email_resources(
-        settings, sessions=app[DB_SESSIONS], http=app[HTTP_CLIENT]
-    ) as resources:
+    async with (
+        email_resources(settings, sessions=sessions, http=app[HTTP_CLIENT]) as resources,
+        push_resources(
+            settings,
+            sessions=sessions,
+            http=app[HTTP_CLIENT],
+            presence=app[NOTIFICATION_DELIVERY],  # one process: its sockets are all there are
+        ) as pushing,
+    ):
         setattr(broker.state, RESOURCES_STATE, resources)
+        setattr(broker.state, PUSH_RESOURCES_STATE, pushing)
         # No worker process on the embedded defaults: due retries are swept here.
-        sweeper = EmailSweeper.for_worker(resources)
+        sweepers: list[Sweeper[Any]] = [EmailSweeper.for_worker(resources), push_sweeper(pushing)]
         await broker.startup()
-        sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
+        sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
         try:
             yield
         finally:
-            sweeper.stop()
-            await sweeping
-            await sweeper.close(settings.worker_shutdown_seconds)
+            for sweeper in sweepers:
+                sweeper.stop()
+            await asyncio.gather(*sweeping)
+            for sweeper in sweepers:
+                await sweeper.close(settings.worker_shutdown_seconds)
             await broker.shutdown()
 
 

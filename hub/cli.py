@@ -63,6 +63,15 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _vapid_keys(_settings: Settings, _args: argparse.Namespace) -> int:
+    from hub.vapid import generate_vapid_keys
+
+    keys = generate_vapid_keys()
+    print(f"NOTIFYHUB_VAPID_PRIVATE_KEY={keys.private_key}")
+    print(f"# public key (GET /api/push/vapid-public-key/ serves it): {keys.public_key}")
+    return 0
+
+
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     from tasks.worker import main as run_worker
 
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default NOTIFYHUB_PORT, 8004)")
     serve.set_defaults(run=_serve, uses_database=True)
 
-    worker = commands.add_parser("worker", help="run email tasks from Redis until SIGTERM")
+    worker = commands.add_parser("worker", help="run email and push tasks from Redis until SIGTERM")
     worker.set_defaults(run=_worker, uses_database=True)
 
     consume = commands.add_parser("consume", help="run the Kafka event consumer alone")
@@ -198,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     token.set_defaults(run=_token)
+
+    vapid = commands.add_parser("vapid-keys", help="print a new VAPID key pair for Web Push")
+    vapid.set_defaults(run=_vapid_keys)
     return parser
 
 

@@ -16,6 +16,7 @@ from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
 from hub.realtime import Realtime
 from hub.services.chat import ChatService
+from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.typing_indicators import TypingRelay
@@ -36,6 +37,7 @@ NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)
 EMAILS = web.AppKey("emails", EmailService)
+DEVICES = web.AppKey("devices", DeviceService)
 TYPING = web.AppKey("typing", TypingRelay)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.

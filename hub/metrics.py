@@ -48,6 +48,12 @@ EMAILS = Counter(
     "Email attempts' outcomes, by status (sent, retrying, failed).",
     ["status"],
 )
+PUSHES = Counter(
+    "notifyhub_pushes_total",
+    "Push attempts' outcomes, by channel (webpush, fcm, apns) and status (sent, retrying, "
+    "failed, gone, skipped).",
+    ["channel", "status"],
+)
 TASK_RETRIES = Counter(
     "notifyhub_task_retries_total",
     "Task attempts scheduled again after a transient failure, by task.",

@@ -79,3 +79,20 @@ class MessageSentAck(OkAck):
 
 class MessageReadAck(OkAck):
     unread_count: int
+
+
+class DeviceRecord(TypedDict):
+    id: str
+    kind: str
+    created_at: str
+
+
+class DeliveryRecord(TypedDict):
+    """One email or push of a notification (``GET /api/notifications/{id}/deliveries/``)."""
+
+    channel: str
+    target: str
+    status: str
+    attempts: int
+    last_error: str | None
+    updated_at: str

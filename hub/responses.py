@@ -425,3 +425,69 @@ class AckError(Out):
 
     ok: Literal[False]
     error: ErrorDetail
+
+
+# -- push ---------------------------------------------------------------------------------------
+
+
+class Device(Out):
+    model_config = _example(
+        {
+            "id": "6c1f0e2a9b8d4c3e8f7a6b5c4d3e2f1a",
+            "kind": "webpush",
+            "created_at": "2026-12-01T09:30:00Z",
+        }
+    )
+
+    id: str = Field(description="Device id, for DELETE /api/devices/{device_id}/")
+    kind: Literal["webpush", "fcm", "apns"]
+    created_at: Timestamp
+
+
+class DeviceList(Out):
+    items: list[Device]
+
+
+class VapidPublicKey(Out):
+    model_config = _example(
+        {
+            "public_key": "BEl62iUYgUivxIkv69yViEuiBIa-Ib9-SkvMeAtA3LFgDzkrxZJjSgSnfckjBJuBkr3"
+            "qBUYIHBQFLXYp5Nksh8U"
+        }
+    )
+
+    public_key: str = Field(
+        description="The VAPID public key (base64url), the `applicationServerKey` of "
+        "`pushManager.subscribe`"
+    )
+
+
+class Delivery(Out):
+    channel: Literal["email", "push"]
+    target: str = Field(description="`kind:device_id` for a push, the address for an email")
+    status: str = Field(
+        description="queued, sending, sent, retrying, failed; for a push also gone (the "
+        "device was removed) or skipped (the user was connected)"
+    )
+    attempts: Count
+    last_error: str | None
+    updated_at: Timestamp
+
+
+class DeliveryList(Out):
+    model_config = _example(
+        {
+            "items": [
+                {
+                    "channel": "push",
+                    "target": "webpush:6c1f0e2a9b8d4c3e8f7a6b5c4d3e2f1a",
+                    "status": "sent",
+                    "attempts": 1,
+                    "last_error": None,
+                    "updated_at": "2026-12-01T09:30:01Z",
+                }
+            ]
+        }
+    )
+
+    items: list[Delivery]

@@ -5,7 +5,7 @@ Descriptions and examples here only document; constraints validate.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import orjson
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from hub import rules
+from hub.vapid import b64url_decode
 
 # Identifiers: no control characters (PostgreSQL refuses NUL; the rest only cause trouble).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -257,3 +258,77 @@ class SendEmailIn(Strict):
         description="Values of the template's `{{ Placeholder }}` fields (keys may contain "
         "spaces); no NUL characters",
     )
+
+
+# -- push devices ------------------------------------------------------------------------------
+
+Base64Url = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+=*$")
+]
+
+
+class WebPushKeys(Strict):
+    p256dh: Base64Url = Field(description="The browser's P-256 public key (65 bytes, base64url)")
+    auth: Base64Url = Field(description="The 16-byte authentication secret (base64url)")
+
+    def check_lengths(self) -> None:
+        """Keys that cannot encrypt are refused now, not found out at every push."""
+        try:
+            public, secret = b64url_decode(self.p256dh), b64url_decode(self.auth)
+        except ValueError:
+            raise ValueError("subscription keys must be base64url") from None
+        if len(public) != 65 or public[0] != 4:
+            raise ValueError("keys.p256dh must be an uncompressed P-256 point (65 bytes)")
+        if len(secret) != 16:
+            raise ValueError("keys.auth must be 16 bytes")
+
+
+class WebPushSubscription(Strict):
+    """What ``PushSubscription.toJSON()`` gives in the browser (``expirationTime`` ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    endpoint: Annotated[
+        str, StringConstraints(min_length=8, max_length=2000, pattern=r"^https?://[^\s\x00-\x1f]+$")
+    ]
+    keys: WebPushKeys
+
+
+class RegisterDeviceIn(Strict):
+    """``POST /api/devices/``: a browser's Web Push subscription or a phone's token."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "webpush",
+                    "subscription": {
+                        "endpoint": "https://push.example.net/send/abc",
+                        "keys": {
+                            "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0"
+                            "VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+                            "auth": "tBHItJI5svbpez7KI4CCXg",
+                        },
+                    },
+                },
+                {"kind": "fcm", "token": "dGVzdC10b2tlbg"},
+            ]
+        }
+    )
+
+    kind: Literal["webpush", "fcm", "apns"]
+    subscription: WebPushSubscription | None = None
+    token: (
+        Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[\x21-\x7e]+$")]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RegisterDeviceIn:
+        if self.kind == "webpush" and (self.subscription is None or self.token is not None):
+            raise ValueError("a webpush device gives 'subscription' (and no 'token')")
+        if self.kind != "webpush" and (self.token is None or self.subscription is not None):
+            raise ValueError(f"an {self.kind} device gives 'token' (and no 'subscription')")
+        if self.subscription is not None:
+            self.subscription.keys.check_lengths()
+        return self

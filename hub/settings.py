@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hub import rules
+from hub.vapid import vapid_public_key
 
 DEFAULT_JWT_SECRET = "notifyhub-development-secret-change-me"  # noqa: S105 - refused in production
 
@@ -160,6 +161,25 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10.0, gt=0)
     smtp_max_connections: int = Field(default=4, ge=1)
 
+    # Push to devices of users who are not connected (``offline``) or to every device
+    # (``always``). Web Push signs with the VAPID key (`notifyhub vapid-keys` makes one);
+    # FCM uses a service-account JSON file; APNs a token-based .p8 key. A channel without
+    # its credentials is off: its devices are kept, their pushes end ``failed``.
+    push_policy: Literal["offline", "always"] = "offline"
+    vapid_private_key: SecretStr | None = None
+    vapid_subject: str = "mailto:notifications@localhost"
+    fcm_credentials_file: str | None = None
+    fcm_url: str = "https://fcm.googleapis.com"
+    apns_key_file: str | None = None
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
+    apns_topic: str | None = None
+    apns_url: str = "https://api.push.apple.com"
+    # One push request may take this long; retries back off like email's, for this window.
+    push_timeout_seconds: float = Field(default=10.0, gt=0)
+    push_retry_window_seconds: float = Field(default=86400.0, gt=0)
+    push_worker_concurrency: int = Field(default=50, ge=1)
+
     # `worker` and `consume` touch this file while they are healthy (their dependencies
     # answer), every heartbeat interval; `notifyhub healthcheck` fails when it is stale. Unset:
     # no heartbeat (nothing outside a container asks).
@@ -187,6 +207,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "must start with redis://, rediss:// or unix://, e.g. redis://HOST:6379/0"
             )
+        return value
+
+    @field_validator("vapid_private_key")
+    @classmethod
+    def _usable_vapid_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # Empty (compose passes unset variables as ""): Web Push is off.
+        if value is None or not value.get_secret_value().strip():
+            return None
+        # Found at start, in one line, rather than at the first push.
+        vapid_public_key(value.get_secret_value())
         return value
 
     @field_validator("log_level")

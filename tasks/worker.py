@@ -1,4 +1,4 @@
-"""``notifyhub worker``: run email tasks from the Redis stream until SIGTERM/SIGINT.
+"""``notifyhub worker``: run email and push tasks from the Redis stream until SIGTERM/SIGINT.
 
 Shutdown is bounded: stop taking tasks, give running ones ``worker_shutdown_seconds`` to
 finish, then cancel them (unacknowledged, so another worker picks them up). This is our own
@@ -13,7 +13,9 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq.acks import AcknowledgeType
@@ -24,8 +26,10 @@ from hub.settings import ConfigurationError, Settings
 from hub.startup import database_problem, redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
 from tasks.email import RESOURCES_STATE
+from tasks.push import RESOURCES_STATE as PUSH_RESOURCES_STATE
+from tasks.push import push_resources, push_sweeper
 from tasks.resources import email_resources
-from tasks.sweeper import EmailSweeper
+from tasks.sweeper import EmailSweeper, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +47,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
     await require_redis(settings.redis_url)
     broker = build_broker(settings)
     broker.is_worker_process = True
-    async with email_resources(settings) as resources:
+    async with (
+        email_resources(settings) as resources,
+        aiohttp.ClientSession() as http,
+        push_resources(settings, sessions=resources.sessions, http=http) as pushing,
+    ):
         setattr(broker.state, RESOURCES_STATE, resources)
+        setattr(broker.state, PUSH_RESOURCES_STATE, pushing)
         await broker.startup()
         receiver = Receiver(
             broker,
@@ -59,8 +68,8 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         listening = asyncio.create_task(receiver.listen(finish))
         # Due retries and emails the stream lost track of; its own slots, so retries never
         # wait behind (or hold up) new tasks.
-        sweeper = EmailSweeper.for_worker(resources)
-        sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
+        sweepers: list[Sweeper[Any]] = [EmailSweeper.for_worker(resources), push_sweeper(pushing)]
+        sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop, resources.sessions)
         stopping = asyncio.create_task(stop.wait())
@@ -74,11 +83,14 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
             settings.worker_shutdown_seconds,
         )
         finish.set()
-        sweeper.stop()
-        # The sweeper's attempts get the same window as the receiver's tasks, in parallel,
+        for sweeper in sweepers:
+            sweeper.stop()
+        # The sweepers' attempts get the same window as the receiver's tasks, in parallel,
         # however early the receiver is done.
         window_ends = asyncio.get_running_loop().time() + settings.worker_shutdown_seconds
-        sweeper_closed = asyncio.create_task(sweeper.close(settings.worker_shutdown_seconds))
+        sweepers_closed = [
+            asyncio.create_task(s.close(settings.worker_shutdown_seconds)) for s in sweepers
+        ]
         try:
             await asyncio.wait_for(asyncio.shield(listening), settings.worker_shutdown_seconds)
         except TimeoutError:
@@ -90,7 +102,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         left = max(0.0, window_ends - asyncio.get_running_loop().time())
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(
-                asyncio.gather(sweeping, sweeper_closed), left + HARD_EXIT_GRACE_SECONDS + 1.0
+                asyncio.gather(*sweeping, *sweepers_closed), left + HARD_EXIT_GRACE_SECONDS + 1.0
             )
         try:
             await asyncio.wait_for(broker.shutdown(), HARD_EXIT_GRACE_SECONDS)

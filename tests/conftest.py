@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.harness.proxy",
     "tests.harness.postgres",
     "tests.harness.kafka",
+    "tests.harness.push",
 ]

@@ -141,6 +141,11 @@ class NotificationDelivery:
             self._by_tenant.setdefault(tenant_id, set()).add(subscriber)
         return subscriber
 
+    async def is_connected(self, tenant_id: str, user_id: str) -> bool:
+        """Whether the user has a connection on this node: the presence answer of a
+        single-process hub (push's ``offline`` policy on the embedded profile)."""
+        return bool(self._by_user.get((tenant_id, user_id)))
+
     def start_replay(self, subscriber: Subscriber) -> None:
         """Send what the subscriber missed since its ``last_seq``, then switch to live."""
         CATCH_UPS.labels("connect").inc()

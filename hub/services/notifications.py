@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
-from hub.errors import InvalidInput, Unavailable
+from hub.errors import InvalidInput, NotFound, Unavailable
 from hub.ids import bad_cursor, cursor_id, decode_cursor, encode_cursor, parse_id
-from hub.records import NotificationRecord
+from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
+from hub.services.pushes import PushService
 
 log = logging.getLogger(__name__)
 
@@ -338,21 +339,30 @@ class NotificationService:
         sessions: async_sessionmaker[AsyncSession],
         bus: NotificationBus,
         limits: NotificationLimits,
+        pushes: PushService | None = None,
     ) -> None:
         self.sessions = sessions
         self.bus = bus
         self.limits = limits
+        # Push deliveries are recorded with the notifications they push (None: no push).
+        self.pushes = pushes
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[NotificationWrites]:
         """One transaction that stores notifications (and whatever else the caller writes in
-        ``writes.session``); live delivery after the commit. The one way notifications are
+        ``writes.session``) and their push deliveries; live delivery and the push tasks
+        after the commit. The one way notifications are
         made: :meth:`create` and event intake both use it."""
+        pushes: list[int] = []
         async with self.sessions() as session, session.begin():
             writes = NotificationWrites(session)
             yield writes
+            if self.pushes is not None:
+                pushes = await self.pushes.record_in(session, writes.created)
         if writes.created:
             await publish_created(self.bus, writes.created)
+        if self.pushes is not None:
+            await self.pushes.kick(pushes)
 
     async def create(
         self,
@@ -426,6 +436,26 @@ class NotificationService:
         await self.bus.publish_broadcast(
             tenant_id=tenant_id, payload={"title": title, "body": body, "data": data}
         )
+
+    async def deliveries(
+        self, *, tenant_id: str, notification_id: object, user_id: str | None
+    ) -> list[DeliveryRecord]:
+        """The pushes of a notification of the tenant (of ``user_id``'s, unless None: a
+        service asks); 404 for any other."""
+        wanted = parse_id(notification_id)
+        if wanted is None:
+            raise NotFound("notification not found")
+        query = select(Notification.id).where(
+            Notification.tenant_id == tenant_id, Notification.id == wanted
+        )
+        if user_id is not None:
+            query = query.where(Notification.user_id == user_id)
+        async with self.sessions() as session:
+            if await session.scalar(query) is None:
+                raise NotFound("notification not found")
+        if self.pushes is None:
+            return []
+        return await self.pushes.deliveries_of(tenant_id=tenant_id, notification_id=wanted)
 
     async def count_unread(self, *, tenant_id: str, user_id: str) -> int:
         async with self.sessions() as session:

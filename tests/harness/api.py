@@ -36,6 +36,8 @@ class ApiClient:
                 headers={"Authorization": f"Bearer {self.token}"},
             ) as response,
         ):
+            if response.status == 204:
+                return response.status, None
             return response.status, await response.json()
 
     async def get(self, path: str, **params: str) -> tuple[int, Any]:
@@ -43,6 +45,9 @@ class ApiClient:
 
     async def post(self, path: str, body: Any) -> tuple[int, Any]:
         return await self.request("POST", path, json=body)
+
+    async def delete(self, path: str) -> tuple[int, Any]:
+        return await self.request("DELETE", path)
 
     async def notify(self, user_ids: list[str], title: str = "Hello", **fields: Any) -> list[str]:
         """Create notifications (service token); returns their ids."""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import socketio
 from aiohttp import web
+from pydantic import SecretStr
 
 from hub.app import create_app
 from hub.settings import Settings
@@ -198,8 +199,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump(mode="json").items():
         if value is None:
             continue
-        if name == "jwt_secret":
-            text = settings.jwt_secret.get_secret_value()
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            text = secret.get_secret_value()
         elif isinstance(value, list):
             text = ",".join(value)
         elif isinstance(value, bool):

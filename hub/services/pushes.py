@@ -1,0 +1,329 @@
+"""Push deliveries: one record per (notification, device), written in the transaction that
+stores the notification, sent by the workers under a lease; the same state machine as
+emails (``hub.services.emails``), so a push is never lost and never sent twice.
+
+Status: ``queued`` -> ``sending`` -> ``sent`` | ``retrying`` (-> ``sending`` ...) |
+``failed`` | ``gone`` (the push service no longer knows the device; it was removed) |
+``skipped`` (the user was connected when its turn came, under ``NOTIFYHUB_PUSH_POLICY=offline``).
+
+Whether the user is connected is decided by the worker when it sends, not when the
+notification is stored: that is when it matters, and the storing transaction never waits
+for a presence lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.models import PushDelivery, PushDevice
+from hub.errors import Unavailable
+from hub.metrics import PUSHES
+from hub.records import DeliveryRecord, NotificationRecord
+from hub.services.common import insert_for, iso_utc
+
+log = logging.getLogger(__name__)
+
+QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
+GONE, SKIPPED = "gone", "skipped"
+PENDING = (QUEUED, SENDING, RETRYING)
+
+
+class PushQueue(Protocol):
+    """Where push work goes; ``tasks.push`` implements it with Taskiq."""
+
+    async def kick(self, delivery_ids: Sequence[int]) -> None:
+        """Queue the sends; :class:`Unavailable` if the queue cannot take them."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PushClaim:
+    """One attempt's hold on a delivery; ``attempt`` is the lease's fencing token."""
+
+    delivery_id: int
+    attempt: int
+    tenant_id: str
+    user_id: str
+    device_id: str
+    kind: str
+    token: str
+    keys: dict[str, Any]
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+def push_payload(notification: NotificationRecord) -> dict[str, Any]:
+    """What a device shows (docs/protocol.md, push): small, no ``data``."""
+    return {
+        "id": notification["id"],
+        "title": notification["title"],
+        "body": notification["body"],
+        "link": notification["link"],
+        "category": notification["category"],
+        "seq": notification["seq"],
+    }
+
+
+class PushService:
+    """Records pushes with their notifications and queues them after the commit; built once
+    per process (``NotificationService`` calls it inside its transaction)."""
+
+    def __init__(
+        self,
+        *,
+        queue: PushQueue,
+        sessions: async_sessionmaker[AsyncSession],
+        sweep_after_seconds: float,
+    ) -> None:
+        self.queue = queue
+        self.sessions = sessions
+        # After this long a push whose task never ran is sent by a worker's sweeper.
+        self.sweep_after_seconds = sweep_after_seconds
+
+    async def record_in(
+        self, session: AsyncSession, created: Sequence[NotificationRecord]
+    ) -> list[int]:
+        """One ``queued`` delivery per device of each notification's user, in the caller's
+        transaction: two statements whatever the number of recipients."""
+        if not created:
+            return []
+        users = {(n["tenant_id"], n["user_id"]) for n in created}
+        devices = (
+            await session.execute(
+                select(
+                    PushDevice.tenant_id, PushDevice.user_id, PushDevice.id, PushDevice.kind
+                ).where(tuple_(PushDevice.tenant_id, PushDevice.user_id).in_(users))
+            )
+        ).all()
+        if not devices:
+            return []
+        by_user: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for tenant_id, user_id, device_id, kind in devices:
+            by_user.setdefault((tenant_id, user_id), []).append((device_id, kind))
+        now = datetime.now(UTC)
+        due = now + timedelta(seconds=self.sweep_after_seconds)
+        rows = [
+            {
+                "tenant_id": n["tenant_id"],
+                "notification_id": int(n["id"]),
+                "user_id": n["user_id"],
+                "device_id": device_id,
+                "kind": kind,
+                "payload": push_payload(n),
+                "status": QUEUED,
+                "attempts": 0,
+                "next_attempt_at": due,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for n in created
+            for device_id, kind in by_user.get((n["tenant_id"], n["user_id"]), ())
+        ]
+        if not rows:
+            return []
+        inserted = await session.execute(
+            insert_for(session)(PushDelivery).on_conflict_do_nothing().returning(PushDelivery.id),
+            rows,
+        )
+        return [int(delivery_id) for delivery_id in inserted.scalars()]
+
+    async def kick(self, delivery_ids: Sequence[int]) -> None:
+        """Queue the sends of committed deliveries; with the queue away they wait for a
+        worker's sweeper (they are stored)."""
+        if not delivery_ids:
+            return
+        try:
+            await self.queue.kick(delivery_ids)
+        except Unavailable as exc:
+            log.warning("%d pushes stored; they wait for the sweeper (%s)", len(delivery_ids), exc)
+
+    async def deliveries_of(self, *, tenant_id: str, notification_id: int) -> list[DeliveryRecord]:
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(
+                    PushDelivery.kind,
+                    PushDelivery.device_id,
+                    PushDelivery.status,
+                    PushDelivery.attempts,
+                    PushDelivery.last_error,
+                    PushDelivery.updated_at,
+                )
+                .where(
+                    PushDelivery.tenant_id == tenant_id,
+                    PushDelivery.notification_id == notification_id,
+                )
+                .order_by(PushDelivery.id)
+            )
+            return [
+                {
+                    "channel": "push",
+                    "target": f"{kind}:{device_id}",
+                    "status": status,
+                    "attempts": attempts,
+                    "last_error": last_error,
+                    "updated_at": iso_utc(updated_at),
+                }
+                for kind, device_id, status, attempts, last_error, updated_at in rows
+            ]
+
+
+# -- the workers' side: claim under a lease, record the outcome ------------------------------
+
+_CLAIMED = (
+    PushDelivery.id,
+    PushDelivery.attempts,
+    PushDelivery.tenant_id,
+    PushDelivery.user_id,
+    PushDelivery.device_id,
+    PushDelivery.kind,
+    PushDelivery.payload,
+    PushDelivery.created_at,
+)
+
+
+def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
+    until = now + timedelta(seconds=lease_seconds)
+    # next_attempt_at follows the lease: a worker that dies mid-send leaves the delivery
+    # due for the sweeper when its lease ends.
+    return {
+        "status": SENDING,
+        "attempts": PushDelivery.attempts + 1,
+        "lease_until": until,
+        "next_attempt_at": until,
+        "updated_at": now,
+    }
+
+
+async def _with_devices(session: AsyncSession, rows: Sequence[Any]) -> list[PushClaim]:
+    """Claims of ``rows`` whose device still exists (a removed device's delivery ends)."""
+    if not rows:
+        return []
+    devices = {
+        device.id: device
+        for device in await session.scalars(
+            select(PushDevice).where(PushDevice.id.in_({row.device_id for row in rows}))
+        )
+    }
+    claims: list[PushClaim] = []
+    for row in rows:
+        device = devices.get(row.device_id)
+        if device is None or device.tenant_id != row.tenant_id:
+            await session.execute(
+                update(PushDelivery)
+                .where(PushDelivery.id == row.id)
+                .values(status=GONE, lease_until=None, next_attempt_at=None)
+            )
+            continue
+        claims.append(
+            PushClaim(
+                delivery_id=int(row.id),
+                attempt=int(row.attempts),
+                tenant_id=row.tenant_id,
+                user_id=row.user_id,
+                device_id=row.device_id,
+                kind=row.kind,
+                token=device.token,
+                keys=dict(device.keys or {}),
+                payload=dict(row.payload or {}),
+                created_at=row.created_at,
+            )
+        )
+    return claims
+
+
+async def claim(
+    *, sessions: async_sessionmaker[AsyncSession], delivery_id: int, lease_seconds: float
+) -> PushClaim | None:
+    """Take the delivery for one attempt (a task's path); None when it is not ours to send."""
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        row = (
+            await session.execute(
+                update(PushDelivery)
+                .where(
+                    PushDelivery.id == delivery_id,
+                    or_(
+                        PushDelivery.status == QUEUED,
+                        and_(PushDelivery.status == RETRYING, PushDelivery.next_attempt_at <= now),
+                        and_(PushDelivery.status == SENDING, PushDelivery.lease_until < now),
+                    ),
+                )
+                .values(**_claim_values(now, lease_seconds))
+                .returning(*_CLAIMED)
+            )
+        ).first()
+        claims = await _with_devices(session, [row] if row is not None else [])
+    return claims[0] if claims else None
+
+
+async def claim_due(
+    *, sessions: async_sessionmaker[AsyncSession], limit: int, lease_seconds: float
+) -> list[PushClaim]:
+    """Take up to ``limit`` due deliveries (the sweeper's path), as emails' ``claim_due``."""
+    if limit <= 0:
+        return []
+    now = datetime.now(UTC)
+    due = (
+        select(PushDelivery.id)
+        .where(PushDelivery.status.in_(PENDING), PushDelivery.next_attempt_at <= now)
+        .order_by(PushDelivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    async with sessions() as session, session.begin():
+        rows = (
+            await session.execute(
+                update(PushDelivery)
+                .where(PushDelivery.id.in_(select(due.c.id)))
+                .values(**_claim_values(now, lease_seconds))
+                .returning(*_CLAIMED)
+                .execution_options(synchronize_session=False)
+            )
+        ).all()
+        return await _with_devices(session, rows)
+
+
+async def finish(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    claim: PushClaim,
+    status: str,
+    error: str | None = None,
+    retry_at: datetime | None = None,
+) -> bool:
+    """Record an attempt's outcome while it still holds the delivery (``sent`` whoever
+    holds it: the push service took it). False when nothing was recorded."""
+    now = datetime.now(UTC)
+    values: dict[str, Any] = {
+        "status": status,
+        "updated_at": now,
+        "lease_until": None,
+        "next_attempt_at": retry_at if status == RETRYING else None,
+    }
+    if error is not None:
+        values["last_error"] = error[:2000]
+    if status == SENT:
+        held = PushDelivery.status != SENT
+    else:
+        held = and_(PushDelivery.status == SENDING, PushDelivery.attempts == claim.attempt)
+    async with sessions() as session, session.begin():
+        recorded = await session.scalar(
+            update(PushDelivery)
+            .where(PushDelivery.id == claim.delivery_id, held)
+            .values(**values)
+            .returning(PushDelivery.id)
+            .execution_options(synchronize_session=False)
+        )
+    if recorded is None:
+        return False
+    PUSHES.labels(claim.kind, status).inc()
+    return True
