@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hub import rules
-from hub.vapid import vapid_public_key
+from hub.vapid import check_vapid_subject, vapid_public_key
 
 DEFAULT_JWT_SECRET = "notifyhub-development-secret-change-me"  # noqa: S105 - refused in production
 
@@ -218,6 +218,11 @@ class Settings(BaseSettings):
         # Found at start, in one line, rather than at the first push.
         vapid_public_key(value.get_secret_value())
         return value
+
+    @field_validator("vapid_subject")
+    @classmethod
+    def _usable_vapid_subject(cls, value: str) -> str:
+        return check_vapid_subject(value)
 
     @field_validator("log_level")
     @classmethod

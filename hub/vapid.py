@@ -5,6 +5,7 @@ public point, the ``applicationServerKey`` of ``pushManager.subscribe``)."""
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -13,6 +14,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 class InvalidVapidKey(ValueError):
     """The configured private key is not a base64url P-256 private scalar."""
+
+
+# The contact push services accept (py-vapid signs nothing else): a mailto: address of a
+# dotted domain (or localhost), or an https: URL.
+_SUBJECT = re.compile(
+    r"^(mailto:[^@\s]+@(localhost|[%\w-]+(\.[%\w-]+)+)|https://(localhost|[\w-]+\.[\w.-]+)\S*)$",
+    re.IGNORECASE,
+)
+
+
+def check_vapid_subject(subject: str) -> str:
+    if not _SUBJECT.match(subject):
+        raise ValueError("must be a mailto: address (mailto:ops@example.com) or an https:// URL")
+    return subject
 
 
 @dataclass(frozen=True, slots=True)

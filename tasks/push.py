@@ -175,8 +175,9 @@ async def record(resources: PushResources, claim: PushClaim, result: PushResult)
     if result.outcome == "sent":
         await pushes.finish(sessions=sessions, claim=claim, status=pushes.SENT)
     elif result.outcome == "gone":
-        await resources.devices.forget(tenant_id=claim.tenant_id, device_id=claim.device_id)
+        # Recorded first: forgetting the device ends its other pending pushes, this one too.
         await pushes.finish(sessions=sessions, claim=claim, status=pushes.GONE, error=result.detail)
+        await resources.devices.forget(tenant_id=claim.tenant_id, device_id=claim.device_id)
         log.info("push device %s is gone (%s); removed", claim.device_id, result.detail)
     elif result.outcome == "failed":
         await pushes.finish(

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from py_vapid import Vapid
+from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher, WebPushException
 
 from hub.services.pushes import PushClaim
@@ -56,6 +56,8 @@ class WebPushSender:
                 content_encoding="aes128gcm",
                 timeout=self.timeout,
             )
+        except VapidException as exc:
+            return PushResult("failed", f"VAPID signing refused: {exc}")
         except WebPushException as exc:
             # The subscription's keys cannot encrypt (registration checks them; a device
             # stored before that check, or tampered with).

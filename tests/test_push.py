@@ -466,3 +466,18 @@ def test_vapid_keys_command_prints_a_pair_that_belongs_together(
     public = output.rsplit(": ", 1)[1].strip()
     assert vapid_public_key(private) == public
     assert len(b64url_decode(public)) == 65
+
+
+async def test_removing_a_device_ends_its_pending_pushes(
+    push_stack: PushStack, push_services: FakePushServices, tenant: str
+) -> None:
+    """No worker runs: the push waits ``queued``; once its device is removed it ends
+    ``gone`` (and no sweeper will ever send it)."""
+    hub, _ = await push_stack(workers=0)
+    ann = ApiClient.for_user(hub.url, tenant, "ann")
+    browser = BrowserSubscription(f"{push_services.url}/wp/laptop")
+    device = await register(ann, {"kind": "webpush", "subscription": browser.as_json()})
+    [notification_id] = await ApiClient.for_service(hub.url, tenant).notify(["ann"])
+    assert await statuses(hub, tenant, notification_id) == ["queued"]
+    assert (await ann.delete(f"/api/devices/{device}/"))[0] == 204
+    assert await statuses(hub, tenant, notification_id) == ["gone"]

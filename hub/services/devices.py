@@ -20,6 +20,7 @@ from db.models import PushDevice
 from hub.errors import NotFound
 from hub.records import DeviceRecord
 from hub.services.common import insert_for, iso_utc
+from hub.services.pushes import end_pending_of_device
 
 WEBPUSH, FCM, APNS = "webpush", "fcm", "apns"
 KINDS = (WEBPUSH, FCM, APNS)
@@ -119,6 +120,7 @@ class DeviceService:
             )
             if removed.first() is None:
                 raise NotFound("device not found")
+            await end_pending_of_device(session, tenant_id=tenant_id, device_id=device_id)
 
     async def forget(self, *, tenant_id: str, device_id: str) -> None:
         """Remove a device the push service says is gone (404/410)."""
@@ -128,3 +130,4 @@ class DeviceService:
                     PushDevice.tenant_id == tenant_id, PushDevice.id == device_id
                 )
             )
+            await end_pending_of_device(session, tenant_id=tenant_id, device_id=device_id)

@@ -185,6 +185,8 @@ _CLAIMED = (
     PushDelivery.kind,
     PushDelivery.payload,
     PushDelivery.created_at,
+    PushDevice.token,
+    PushDevice.keys,
 )
 
 
@@ -201,41 +203,44 @@ def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
     }
 
 
-async def _with_devices(session: AsyncSession, rows: Sequence[Any]) -> list[PushClaim]:
-    """Claims of ``rows`` whose device still exists (a removed device's delivery ends)."""
-    if not rows:
-        return []
-    devices = {
-        device.id: device
-        for device in await session.scalars(
-            select(PushDevice).where(PushDevice.id.in_({row.device_id for row in rows}))
+def _claims(rows: Sequence[Any]) -> list[PushClaim]:
+    return [
+        PushClaim(
+            delivery_id=int(row.id),
+            attempt=int(row.attempts),
+            tenant_id=row.tenant_id,
+            user_id=row.user_id,
+            device_id=row.device_id,
+            kind=row.kind,
+            token=row.token,
+            keys=dict(row.keys or {}),
+            payload=dict(row.payload or {}),
+            created_at=row.created_at,
         )
-    }
-    claims: list[PushClaim] = []
-    for row in rows:
-        device = devices.get(row.device_id)
-        if device is None or device.tenant_id != row.tenant_id:
-            await session.execute(
-                update(PushDelivery)
-                .where(PushDelivery.id == row.id)
-                .values(status=GONE, lease_until=None, next_attempt_at=None)
-            )
-            continue
-        claims.append(
-            PushClaim(
-                delivery_id=int(row.id),
-                attempt=int(row.attempts),
-                tenant_id=row.tenant_id,
-                user_id=row.user_id,
-                device_id=row.device_id,
-                kind=row.kind,
-                token=device.token,
-                keys=dict(device.keys or {}),
-                payload=dict(row.payload or {}),
-                created_at=row.created_at,
-            )
+        for row in rows
+    ]
+
+
+# The device a delivery goes to, joined in the claiming UPDATE (one statement). A removed
+# device's pending deliveries end ``gone`` in the transaction that removes it, so every
+# pending delivery has its device.
+_OF_ITS_DEVICE = and_(
+    PushDevice.id == PushDelivery.device_id, PushDevice.tenant_id == PushDelivery.tenant_id
+)
+
+
+async def end_pending_of_device(session: AsyncSession, *, tenant_id: str, device_id: str) -> None:
+    """A device is being removed: its pushes still waiting will never be sent."""
+    await session.execute(
+        update(PushDelivery)
+        .where(
+            PushDelivery.tenant_id == tenant_id,
+            PushDelivery.device_id == device_id,
+            PushDelivery.status.in_(PENDING),
         )
-    return claims
+        .values(status=GONE, lease_until=None, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def claim(
@@ -244,10 +249,11 @@ async def claim(
     """Take the delivery for one attempt (a task's path); None when it is not ours to send."""
     now = datetime.now(UTC)
     async with sessions() as session, session.begin():
-        row = (
+        rows = (
             await session.execute(
                 update(PushDelivery)
                 .where(
+                    _OF_ITS_DEVICE,
                     PushDelivery.id == delivery_id,
                     or_(
                         PushDelivery.status == QUEUED,
@@ -258,8 +264,8 @@ async def claim(
                 .values(**_claim_values(now, lease_seconds))
                 .returning(*_CLAIMED)
             )
-        ).first()
-        claims = await _with_devices(session, [row] if row is not None else [])
+        ).all()
+    claims = _claims(rows)
     return claims[0] if claims else None
 
 
@@ -283,13 +289,13 @@ async def claim_due(
         rows = (
             await session.execute(
                 update(PushDelivery)
-                .where(PushDelivery.id.in_(select(due.c.id)))
+                .where(_OF_ITS_DEVICE, PushDelivery.id.in_(select(due.c.id)))
                 .values(**_claim_values(now, lease_seconds))
                 .returning(*_CLAIMED)
                 .execution_options(synchronize_session=False)
             )
         ).all()
-        return await _with_devices(session, rows)
+    return _claims(rows)
 
 
 async def finish(
