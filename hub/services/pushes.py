@@ -26,7 +26,7 @@ from db.models import PushDelivery, PushDevice
 from hub.errors import Unavailable
 from hub.metrics import PUSHES
 from hub.records import DeliveryRecord, NotificationRecord
-from hub.services.common import insert_for, iso_utc
+from hub.services.common import insert_for, is_postgresql, iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +185,8 @@ _CLAIMED = (
     PushDelivery.kind,
     PushDelivery.payload,
     PushDelivery.created_at,
-    PushDevice.token,
-    PushDevice.keys,
 )
+_DEVICE = (PushDevice.token, PushDevice.keys)
 
 
 def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
@@ -203,7 +202,20 @@ def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
     }
 
 
-def _claims(rows: Sequence[Any]) -> list[PushClaim]:
+async def _claim_rows(session: AsyncSession, claiming: Any) -> list[PushClaim]:
+    """Run the claiming UPDATE; the claims with their devices' token and keys. PostgreSQL
+    returns the joined device's columns from the UPDATE itself; SQLite's RETURNING sees
+    only the updated table, so it reads them after (the same transaction)."""
+    claiming = claiming.execution_options(synchronize_session=False)
+    if is_postgresql(session):
+        rows = (await session.execute(claiming.returning(*_CLAIMED, *_DEVICE))).all()
+        devices = {row.device_id: (row.token, row.keys) for row in rows}
+    else:
+        rows = (await session.execute(claiming.returning(*_CLAIMED))).all()
+        found = await session.execute(
+            select(PushDevice.id, *_DEVICE).where(PushDevice.id.in_({r.device_id for r in rows}))
+        )
+        devices = {device_id: (token, keys) for device_id, token, keys in found}
     return [
         PushClaim(
             delivery_id=int(row.id),
@@ -212,8 +224,8 @@ def _claims(rows: Sequence[Any]) -> list[PushClaim]:
             user_id=row.user_id,
             device_id=row.device_id,
             kind=row.kind,
-            token=row.token,
-            keys=dict(row.keys or {}),
+            token=devices[row.device_id][0],
+            keys=dict(devices[row.device_id][1] or {}),
             payload=dict(row.payload or {}),
             created_at=row.created_at,
         )
@@ -249,23 +261,20 @@ async def claim(
     """Take the delivery for one attempt (a task's path); None when it is not ours to send."""
     now = datetime.now(UTC)
     async with sessions() as session, session.begin():
-        rows = (
-            await session.execute(
-                update(PushDelivery)
-                .where(
-                    _OF_ITS_DEVICE,
-                    PushDelivery.id == delivery_id,
-                    or_(
-                        PushDelivery.status == QUEUED,
-                        and_(PushDelivery.status == RETRYING, PushDelivery.next_attempt_at <= now),
-                        and_(PushDelivery.status == SENDING, PushDelivery.lease_until < now),
-                    ),
-                )
-                .values(**_claim_values(now, lease_seconds))
-                .returning(*_CLAIMED)
+        claims = await _claim_rows(
+            session,
+            update(PushDelivery)
+            .where(
+                _OF_ITS_DEVICE,
+                PushDelivery.id == delivery_id,
+                or_(
+                    PushDelivery.status == QUEUED,
+                    and_(PushDelivery.status == RETRYING, PushDelivery.next_attempt_at <= now),
+                    and_(PushDelivery.status == SENDING, PushDelivery.lease_until < now),
+                ),
             )
-        ).all()
-    claims = _claims(rows)
+            .values(**_claim_values(now, lease_seconds)),
+        )
     return claims[0] if claims else None
 
 
@@ -286,16 +295,12 @@ async def claim_due(
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
     async with sessions() as session, session.begin():
-        rows = (
-            await session.execute(
-                update(PushDelivery)
-                .where(_OF_ITS_DEVICE, PushDelivery.id.in_(select(due.c.id)))
-                .values(**_claim_values(now, lease_seconds))
-                .returning(*_CLAIMED)
-                .execution_options(synchronize_session=False)
-            )
-        ).all()
-    return _claims(rows)
+        return await _claim_rows(
+            session,
+            update(PushDelivery)
+            .where(_OF_ITS_DEVICE, PushDelivery.id.in_(select(due.c.id)))
+            .values(**_claim_values(now, lease_seconds)),
+        )
 
 
 async def finish(
