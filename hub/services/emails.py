@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, insert, or_, select, tuple_, update
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Email, EmailEvent
@@ -30,12 +30,24 @@ from hub.errors import NotFound, Unavailable
 from hub.metrics import EMAILS
 from hub.records import EmailStatusChange, EmailStatusRecord
 from hub.services.common import insert_for, iso_utc
+from hub.services.leases import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    RETRYING,
+    SENDING,
+    SENT,
+    claim_values,
+    claimable,
+    due_ids,
+    held_by,
+    outcome_values,
+)
 
 log = logging.getLogger(__name__)
 
-QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
-# Matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
-PENDING = (QUEUED, SENDING, RETRYING)
+# PENDING matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
+__all__ = ["FAILED", "PENDING", "QUEUED", "RETRYING", "SENDING", "SENT"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,19 +252,6 @@ def _claim_from_row(row: Any) -> Claim:
     )
 
 
-def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
-    until = now + timedelta(seconds=lease_seconds)
-    # next_attempt_at follows the lease: if the lease is not renewed (the worker died), the
-    # sweeper finds the email due when the lease ends.
-    return {
-        "status": SENDING,
-        "attempts": Email.attempts + 1,
-        "lease_until": until,
-        "next_attempt_at": until,
-        "updated_at": now,
-    }
-
-
 async def _add_claim_events(session: AsyncSession, claims: list[Claim], now: datetime) -> None:
     if claims:
         await session.execute(
@@ -280,15 +279,8 @@ async def claim(
         row = (
             await session.execute(
                 update(Email)
-                .where(
-                    Email.id == email_id,
-                    or_(
-                        Email.status == QUEUED,
-                        and_(Email.status == RETRYING, Email.next_attempt_at <= now),
-                        and_(Email.status == SENDING, Email.lease_until < now),
-                    ),
-                )
-                .values(**_claim_values(now, lease_seconds))
+                .where(Email.id == email_id, claimable(Email, now))
+                .values(**claim_values(Email, now, lease_seconds))
                 .returning(*_CLAIMED)
             )
         ).first()
@@ -302,33 +294,18 @@ async def claim(
 async def claim_due(
     *, sessions: async_sessionmaker[AsyncSession], limit: int, lease_seconds: float
 ) -> list[Claim]:
-    """Take up to ``limit`` emails that are due (the sweeper's path), oldest due first.
-
-    One statement: on PostgreSQL the rows are picked ``FOR UPDATE SKIP LOCKED``, so
-    sweepers of several workers split the due emails instead of queueing on each other's
-    locks; SQLite has one writer at a time, which makes the same UPDATE exclusive.
-    """
+    """Take up to ``limit`` emails that are due (the sweeper's path), oldest due first, in
+    one statement (see :func:`hub.services.leases.due_ids`)."""
     if limit <= 0:
         return []
     now = datetime.now(UTC)
-    # A materialized CTE, so the locked pick runs exactly once: as a plain IN (subquery),
-    # PostgreSQL may run it again per row, and with SKIP LOCKED each run picks other rows,
-    # taking far more than ``limit``.
-    due = (
-        select(Email.id)
-        .where(Email.status.in_(PENDING), Email.next_attempt_at <= now)
-        .order_by(Email.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
+    due = due_ids(Email, now, limit)
     async with sessions() as session, session.begin():
         rows = (
             await session.execute(
                 update(Email)
                 .where(Email.id.in_(select(due.c.id)))
-                .values(**_claim_values(now, lease_seconds))
+                .values(**claim_values(Email, now, lease_seconds))
                 .returning(*_CLAIMED)
                 .execution_options(synchronize_session=False)
             )
@@ -401,19 +378,12 @@ async def finish(
     recorded; a send is counted by its sender the moment the server accepts it.
     """
     now = datetime.now(UTC)
-    values: dict[str, Any] = {
-        "status": status,
-        "updated_at": now,
-        "lease_until": None,
-        "next_attempt_at": retry_at if status == RETRYING else None,
-    }
+    values = outcome_values(status, now, retry_at)
     if error is not None:
         values["last_error"] = error[:2000]
     if status == SENT:
         values.update(sent_at=now, smtp_message_id=smtp_message_id)
-        held = Email.status != SENT
-    else:
-        held = and_(Email.status == SENDING, Email.attempts == attempt)
+    held = held_by(Email, attempt, status)
     async with sessions() as session, session.begin():
         tenant_id = await session.scalar(
             update(Email)

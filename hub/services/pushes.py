@@ -1,6 +1,6 @@
 """Push deliveries: one record per (notification, device), written in the transaction that
-stores the notification, sent by the workers under a lease; the same state machine as
-emails (``hub.services.emails``), so a push is never lost and never sent twice.
+stores the notification, sent by the workers under a lease; the state machine of
+``hub.services.leases``, which emails share, so a push is never lost and never sent twice.
 
 Status: ``queued`` -> ``sending`` -> ``sent`` | ``retrying`` (-> ``sending`` ...) |
 ``failed`` | ``gone`` (the push service no longer knows the device; it was removed) |
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import and_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import PushDelivery, PushDevice
@@ -27,12 +27,25 @@ from hub.errors import Unavailable
 from hub.metrics import PUSHES
 from hub.records import DeliveryRecord, NotificationRecord
 from hub.services.common import insert_for, is_postgresql, iso_utc
+from hub.services.leases import (
+    FAILED,
+    PENDING,
+    QUEUED,
+    RETRYING,
+    SENDING,
+    SENT,
+    claim_values,
+    claimable,
+    due_ids,
+    held_by,
+    outcome_values,
+)
 
 log = logging.getLogger(__name__)
 
-QUEUED, SENDING, SENT, RETRYING, FAILED = "queued", "sending", "sent", "retrying", "failed"
+# Final statuses of their own: the device is gone, or the user was connected.
 GONE, SKIPPED = "gone", "skipped"
-PENDING = (QUEUED, SENDING, RETRYING)
+__all__ = ["FAILED", "PENDING", "QUEUED", "RETRYING", "SENDING", "SENT"]
 
 
 class PushQueue(Protocol):
@@ -189,19 +202,6 @@ _CLAIMED = (
 _DEVICE = (PushDevice.token, PushDevice.keys)
 
 
-def _claim_values(now: datetime, lease_seconds: float) -> dict[str, Any]:
-    until = now + timedelta(seconds=lease_seconds)
-    # next_attempt_at follows the lease: a worker that dies mid-send leaves the delivery
-    # due for the sweeper when its lease ends.
-    return {
-        "status": SENDING,
-        "attempts": PushDelivery.attempts + 1,
-        "lease_until": until,
-        "next_attempt_at": until,
-        "updated_at": now,
-    }
-
-
 async def _claim_rows(session: AsyncSession, claiming: Any) -> list[PushClaim]:
     """Run the claiming UPDATE; the claims with their devices' token and keys. PostgreSQL
     returns the joined device's columns from the UPDATE itself; SQLite's RETURNING sees
@@ -267,13 +267,9 @@ async def claim(
             .where(
                 _OF_ITS_DEVICE,
                 PushDelivery.id == delivery_id,
-                or_(
-                    PushDelivery.status == QUEUED,
-                    and_(PushDelivery.status == RETRYING, PushDelivery.next_attempt_at <= now),
-                    and_(PushDelivery.status == SENDING, PushDelivery.lease_until < now),
-                ),
+                claimable(PushDelivery, now),
             )
-            .values(**_claim_values(now, lease_seconds)),
+            .values(**claim_values(PushDelivery, now, lease_seconds)),
         )
     return claims[0] if claims else None
 
@@ -285,21 +281,13 @@ async def claim_due(
     if limit <= 0:
         return []
     now = datetime.now(UTC)
-    due = (
-        select(PushDelivery.id)
-        .where(PushDelivery.status.in_(PENDING), PushDelivery.next_attempt_at <= now)
-        .order_by(PushDelivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
+    due = due_ids(PushDelivery, now, limit)
     async with sessions() as session, session.begin():
         return await _claim_rows(
             session,
             update(PushDelivery)
             .where(_OF_ITS_DEVICE, PushDelivery.id.in_(select(due.c.id)))
-            .values(**_claim_values(now, lease_seconds)),
+            .values(**claim_values(PushDelivery, now, lease_seconds)),
         )
 
 
@@ -314,18 +302,10 @@ async def finish(
     """Record an attempt's outcome while it still holds the delivery (``sent`` whoever
     holds it: the push service took it). False when nothing was recorded."""
     now = datetime.now(UTC)
-    values: dict[str, Any] = {
-        "status": status,
-        "updated_at": now,
-        "lease_until": None,
-        "next_attempt_at": retry_at if status == RETRYING else None,
-    }
+    values = outcome_values(status, now, retry_at)
     if error is not None:
         values["last_error"] = error[:2000]
-    if status == SENT:
-        held = PushDelivery.status != SENT
-    else:
-        held = and_(PushDelivery.status == SENDING, PushDelivery.attempts == claim.attempt)
+    held = held_by(PushDelivery, claim.attempt, status)
     async with sessions() as session, session.begin():
         recorded = await session.scalar(
             update(PushDelivery)
