@@ -28,7 +28,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
 from hub.metrics import EMAILS, TASK_RETRIES
-from hub.services import emails
+from hub.services import emails, leases
 from hub.services.emails import Claim, EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
 from tasks.leases import LeaseLost
@@ -127,7 +127,7 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
                 sessions=resources.sessions,
                 email_id=claim.email_id,
                 attempt=claim.attempt,
-                status=emails.FAILED,
+                status=leases.FAILED,
                 error=str(exc),
             )
         except Exception as exc:
@@ -169,7 +169,7 @@ async def _retry_later(resources: EmailResources, claim: Claim, exc: Exception) 
             sessions=resources.sessions,
             email_id=claim.email_id,
             attempt=claim.attempt,
-            status=emails.FAILED,
+            status=leases.FAILED,
             error=f"gave up after {claim.attempt} attempts in {waited:.0f}s: {exc}",
         )
         return
@@ -184,7 +184,7 @@ async def _retry_later(resources: EmailResources, claim: Claim, exc: Exception) 
         sessions=resources.sessions,
         email_id=claim.email_id,
         attempt=claim.attempt,
-        status=emails.RETRYING,
+        status=leases.RETRYING,
         error=str(exc),
         retry_at=retry_at,
     )
@@ -202,7 +202,7 @@ async def _retry_later(resources: EmailResources, claim: Claim, exc: Exception) 
 async def _record_sent(resources: EmailResources, claim: Claim, message_id: str) -> None:
     """Record ``sent``, trying a little longer if the database hiccups: an unrecorded send
     is sent again once its lease runs out."""
-    EMAILS.labels(emails.SENT).inc()  # counted once, however many tries recording takes
+    EMAILS.labels(leases.SENT).inc()  # counted once, however many tries recording takes
     delay = 0.1
     give_up_at = time.monotonic() + resources.settings.email_lease_seconds / 2
     while True:
@@ -211,7 +211,7 @@ async def _record_sent(resources: EmailResources, claim: Claim, message_id: str)
                 sessions=resources.sessions,
                 email_id=claim.email_id,
                 attempt=claim.attempt,
-                status=emails.SENT,
+                status=leases.SENT,
                 smtp_message_id=message_id,
             )
             return

@@ -25,7 +25,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
 from hub.metrics import TASK_RETRIES
-from hub.services import pushes
+from hub.services import leases, pushes
 from hub.services.devices import APNS, FCM, WEBPUSH, DeviceService
 from hub.services.pushes import PushClaim
 from hub.settings import Settings
@@ -173,7 +173,7 @@ async def _connected(resources: PushResources, claim: PushClaim) -> bool:
 async def record(resources: PushResources, claim: PushClaim, result: PushResult) -> None:
     sessions = resources.sessions
     if result.outcome == "sent":
-        await pushes.finish(sessions=sessions, claim=claim, status=pushes.SENT)
+        await pushes.finish(sessions=sessions, claim=claim, status=leases.SENT)
     elif result.outcome == "gone":
         # Recorded first: forgetting the device ends its other pending pushes, this one too.
         await pushes.finish(sessions=sessions, claim=claim, status=pushes.GONE, error=result.detail)
@@ -181,7 +181,7 @@ async def record(resources: PushResources, claim: PushClaim, result: PushResult)
         log.info("push device %s is gone (%s); removed", claim.device_id, result.detail)
     elif result.outcome == "failed":
         await pushes.finish(
-            sessions=sessions, claim=claim, status=pushes.FAILED, error=result.detail
+            sessions=sessions, claim=claim, status=leases.FAILED, error=result.detail
         )
     else:
         await _retry_later(resources, claim, result)
@@ -196,7 +196,7 @@ async def _retry_later(resources: PushResources, claim: PushClaim, result: PushR
         await pushes.finish(
             sessions=resources.sessions,
             claim=claim,
-            status=pushes.FAILED,
+            status=leases.FAILED,
             error=f"gave up after {claim.attempt} attempts: {result.detail}",
         )
         return
@@ -206,7 +206,7 @@ async def _retry_later(resources: PushResources, claim: PushClaim, result: PushR
     recorded = await pushes.finish(
         sessions=resources.sessions,
         claim=claim,
-        status=pushes.RETRYING,
+        status=leases.RETRYING,
         error=result.detail,
         retry_at=min(now + timedelta(seconds=delay), deadline),
     )

@@ -29,7 +29,7 @@ from hub.errors import Unavailable
 from hub.intake.apply import EventApplier, email_id_for
 from hub.intake.envelope import validate_envelope
 from hub.rules import NotificationLimits
-from hub.services import emails
+from hub.services import emails, leases
 from hub.services.notifications import NotificationService
 from hub.settings import Settings
 from tasks import smtp
@@ -155,7 +155,7 @@ async def test_slow_smtp_and_a_killed_worker_send_every_email_exactly_once(
     server.paused = False
     await worker_process(settings)  # the killed one, restarted
 
-    await wait_all(sessions, ids, emails.SENT, timeout=40)
+    await wait_all(sessions, ids, leases.SENT, timeout=40)
     received = Counter(server.message_ids())
     expected = {stable_message_id(email_id, sender=SENDER) for email_id in ids}
     assert {mid for mid, n in received.items() if n > 1} == set(), "sent twice"
@@ -193,13 +193,13 @@ async def test_smtp_outage_retries_wait_in_storage_and_drain_at_pool_speed(
     await eventually(all_retried, timeout=10, interval=0.1)
     await asyncio.sleep(max(0.0, 6.0 - (time.monotonic() - outage_started)))
     states = await rows(sessions, ids)
-    assert {status for status, _ in states.values()} <= {emails.RETRYING, emails.SENDING}
+    assert {status for status, _ in states.values()} <= {leases.RETRYING, leases.SENDING}
     assert server.messages == []
 
     server.delay_seconds = 0.05
     back = time.monotonic()
     controllers.append(start_smtp_sink(server)[1])
-    await wait_all(sessions, ids, emails.SENT, timeout=15)
+    await wait_all(sessions, ids, leases.SENT, timeout=15)
     drained = time.monotonic() - back
     received = Counter(server.message_ids())
     assert received == Counter({stable_message_id(i, sender=SENDER): 1 for i in ids})
@@ -234,7 +234,7 @@ async def test_an_attempt_that_lost_its_lease_does_not_send(
         )
 
         async def second_claimed() -> bool:
-            return (await rows(sessions, [second])).get(second) == (emails.SENDING, 1)
+            return (await rows(sessions, [second])).get(second) == (leases.SENDING, 1)
 
         await eventually(second_claimed, timeout=5)
         later = datetime.now(UTC) + timedelta(seconds=60)
@@ -247,8 +247,8 @@ async def test_an_attempt_that_lost_its_lease_does_not_send(
         await asyncio.wait_for(asyncio.gather(sending_first, sending_second), timeout=10)
     assert server.message_ids() == [stable_message_id(first, sender=SENDER)]
     assert (await rows(sessions, [first, second])) == {
-        first: (emails.SENT, 1),
-        second: (emails.SENDING, 2),  # the other worker's claim, untouched
+        first: (leases.SENT, 1),
+        second: (leases.SENDING, 2),  # the other worker's claim, untouched
     }
 
 
@@ -271,8 +271,8 @@ async def test_sweeper_takes_over_an_email_whose_worker_died_after_its_task_was_
     )
     assert await emails.claim(sessions=sessions, email_id=email_id, lease_seconds=1.0)
     await worker_process(fault_settings())
-    await wait_all(sessions, [email_id], emails.SENT, timeout=15)
-    assert (await rows(sessions, [email_id]))[email_id] == (emails.SENT, 2)
+    await wait_all(sessions, [email_id], leases.SENT, timeout=15)
+    assert (await rows(sessions, [email_id]))[email_id] == (leases.SENT, 2)
     assert sink[0].message_ids() == [stable_message_id(email_id, sender=SENDER)]
 
 
@@ -300,11 +300,11 @@ async def test_transient_failures_retry_until_the_window_ends_then_fail(
         await deliver(resources, email_id=email_id, request=request_for(tenant, "z@x.example"))
         # The task made one attempt and returned instead of sleeping until the next.
         assert time.monotonic() - started < 2.0
-        assert (await rows(sessions, [email_id]))[email_id] == (emails.RETRYING, 1)
+        assert (await rows(sessions, [email_id]))[email_id] == (leases.RETRYING, 1)
         sweeper = EmailSweeper(resources, concurrency=5, interval=0.1)
         sweeping = asyncio.create_task(sweeper.run())
         try:
-            await wait_all(sessions, [email_id], emails.FAILED, timeout=10)
+            await wait_all(sessions, [email_id], leases.FAILED, timeout=10)
         finally:
             sweeper.stop()
             await sweeping

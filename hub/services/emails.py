@@ -31,8 +31,6 @@ from hub.metrics import EMAILS
 from hub.records import EmailStatusChange, EmailStatusRecord
 from hub.services.common import insert_for, iso_utc
 from hub.services.leases import (
-    FAILED,
-    PENDING,
     QUEUED,
     RETRYING,
     SENDING,
@@ -45,9 +43,6 @@ from hub.services.leases import (
 )
 
 log = logging.getLogger(__name__)
-
-# PENDING matches db.models.PENDING_EMAIL_SQL, the condition of the sweeper's partial index.
-__all__ = ["FAILED", "PENDING", "QUEUED", "RETRYING", "SENDING", "SENT"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,12 +28,8 @@ from hub.metrics import PUSHES
 from hub.records import DeliveryRecord, NotificationRecord
 from hub.services.common import insert_for, is_postgresql, iso_utc
 from hub.services.leases import (
-    FAILED,
     PENDING,
     QUEUED,
-    RETRYING,
-    SENDING,
-    SENT,
     claim_values,
     claimable,
     due_ids,
@@ -45,7 +41,6 @@ log = logging.getLogger(__name__)
 
 # Final statuses of their own: the device is gone, or the user was connected.
 GONE, SKIPPED = "gone", "skipped"
-__all__ = ["FAILED", "PENDING", "QUEUED", "RETRYING", "SENDING", "SENT"]
 
 
 class PushQueue(Protocol):
