@@ -151,8 +151,11 @@ def setup_playground(app: web.Application, settings: Settings) -> None:
             ("css", "playground.css"),
             ("js", "playground.js"),
             ("socketio", "socket.io.min.js"),
+            ("push", "push.js"),
         )
     }
+    # Unversioned: a service worker's URL is its identity for the browser.
+    assets["worker"] = str(static.url_for(filename="sw.js"))
     playground = Playground(settings=settings, jinja_key=PLAYGROUND_JINJA, assets=assets)
     app.router.add_get(PAGE_PATH, playground.page, name="playground")
     app.router.add_post(MINT_PATH, playground.mint, name="playground-token")
