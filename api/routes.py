@@ -17,6 +17,7 @@ from api import (
     legacy_ws,
     notifications,
     openapi,
+    webhooks,
 )
 from api.declarations import API_ROUTES, PUBLIC_PATHS, Operation, Param, Reply
 from hub import responses as out
@@ -74,6 +75,14 @@ NOTIFICATION_ID = Param(
     "Notification id",
     required=True,
     example="1042",
+)
+WEBHOOK_ID = Param(
+    "webhook_id",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Webhook id, as returned by `POST /api/webhooks/`; another tenant's is 404",
+    required=True,
+    example="0b4f5e6a7c8d9e0f1a2b3c4d5e6f7a8b",
 )
 EMAIL_ID = Param(
     "email_id",
@@ -374,6 +383,60 @@ ROUTES: tuple[Operation, ...] = (
         params=(NOTIFICATION_ID,),
         errors=(401, 404, 503),
         handler=devices.notification_deliveries,
+    ),
+    Operation(
+        "POST",
+        "/api/webhooks/",
+        "createWebhook",
+        "Register a webhook endpoint of the tenant",
+        "webhooks",
+        "service",
+        {201: Reply("Registered; the secret is shown only here", out.WebhookCreated)},
+        description="Deliveries follow Standard Webhooks (`webhook-id`, `webhook-timestamp`, "
+        "`webhook-signature: v1,<base64 HMAC-SHA256>`; body `{type, timestamp, data}`). "
+        "URLs that resolve to loopback, link-local or private addresses are 400 unless "
+        "`NOTIFYHUB_WEBHOOKS_ALLOW_PRIVATE=true`. " + SERVICE_NOTE,
+        body=schemas.CreateWebhookIn,
+        errors=(400, 401, 403, 413, 503),
+        handler=webhooks.create_webhook,
+    ),
+    Operation(
+        "GET",
+        "/api/webhooks/",
+        "listWebhooks",
+        "List the tenant's webhook endpoints",
+        "webhooks",
+        "service",
+        {200: Reply("The endpoints, oldest first", out.WebhookList)},
+        description=SERVICE_NOTE,
+        errors=(401, 403, 503),
+        handler=webhooks.list_webhooks,
+    ),
+    Operation(
+        "DELETE",
+        "/api/webhooks/{webhook_id}/",
+        "deleteWebhook",
+        "Remove a webhook endpoint (what it had still to receive is cancelled)",
+        "webhooks",
+        "service",
+        {204: Reply("Removed")},
+        description=SERVICE_NOTE,
+        params=(WEBHOOK_ID,),
+        errors=(401, 403, 404, 503),
+        handler=webhooks.delete_webhook,
+    ),
+    Operation(
+        "GET",
+        "/api/webhooks/{webhook_id}/deliveries/",
+        "listWebhookDeliveries",
+        "An endpoint's deliveries with every attempt",
+        "webhooks",
+        "service",
+        {200: Reply("Deliveries, newest first", out.WebhookDeliveryPage)},
+        description=SERVICE_NOTE,
+        params=(WEBHOOK_ID, LIMIT, CURSOR),
+        errors=(400, 401, 403, 404, 503),
+        handler=webhooks.list_deliveries,
     ),
     Operation(
         "GET",

@@ -247,6 +247,72 @@ class PushDelivery(TenantScoped, Base):
     updated_at: Mapped[datetime] = mapped_column()
 
 
+class WebhookEndpoint(TenantScoped, Base):
+    """A tenant's receiver of hub events: its URL, the event types it wants, its secret."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_tenant_id_created_at", "tenant_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JsonDocument, default=list)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column()
+
+
+# The webhook statuses the sweeper may still have to act on (see hub/services/webhooks.py).
+PENDING_WEBHOOK_SQL = "status IN ('queued', 'sending', 'retrying')"
+
+
+class WebhookDelivery(TenantScoped, Base):
+    """One event for one endpoint: the durable outbox, written in the transaction of the
+    change it reports, sent by the workers under a lease (hub/services/leases.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_tenant_id_endpoint_id", "tenant_id", "endpoint_id", "id"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text(PENDING_WEBHOOK_SQL),
+            sqlite_where=text(PENDING_WEBHOOK_SQL),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(String(32))
+    # The Standard Webhooks ``webhook-id``: the same on every attempt, for the receiver's
+    # deduplication.
+    message_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+
+
+class WebhookAttempt(TenantScoped, Base):
+    """Every attempt of a delivery: the receiver's status code or the error, and when."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (
+        Index("ix_webhook_attempts_tenant_id_delivery_id", "tenant_id", "delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column()
+    status_code: Mapped[int | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column()
+
+
 class ProcessedEvent(TenantScoped, Base):
     """An event applied once: its ``(tenant_id, event_id)`` makes every later copy a no-op."""
 

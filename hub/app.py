@@ -54,15 +54,12 @@ from hub.keys import (
     SOCKETIO,
     TYPING,
     VERIFIER,
+    WEBHOOKS,
 )
 from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
-from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits, ChatService
-from hub.services.devices import DeviceService
-from hub.services.emails import EmailService
-from hub.services.notifications import NotificationService, latest_seqs, replay_page
-from hub.services.pushes import PushService
+from hub.services.notifications import latest_seqs, replay_page
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.typing_indicators import (
     LocalTypingState,
@@ -73,12 +70,14 @@ from hub.services.typing_indicators import (
 from hub.settings import Settings
 from hub.sockets import transport
 from hub.sockets.server import build_socketio_server
+from hub.wiring import build_services
 from tasks.broker import build_broker
-from tasks.email import RESOURCES_STATE, TaskiqEmailQueue
+from tasks.email import RESOURCES_STATE
 from tasks.push import RESOURCES_STATE as PUSH_RESOURCES_STATE
-from tasks.push import TaskiqPushQueue, push_resources, push_sweeper
+from tasks.push import push_resources, push_sweeper
 from tasks.resources import email_resources
 from tasks.sweeper import EmailSweeper, Sweeper
+from tasks.webhooks import webhook_resources, webhook_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -254,23 +253,11 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     broker = build_broker(settings)
     sessions = app[DB_SESSIONS]
-    app[EMAILS] = EmailService(
-        queue=TaskiqEmailQueue(broker),
-        sessions=sessions,
-        sweep_after_seconds=settings.email_task_reclaim_seconds,
-    )
-    # Built here, with the task queue: storing a notification also records its pushes.
-    app[NOTIFICATIONS] = NotificationService(
-        sessions=sessions,
-        bus=app[NOTIFICATION_BUS],
-        limits=NotificationLimits.from_settings(settings),
-        pushes=PushService(
-            queue=TaskiqPushQueue(broker),
-            sessions=sessions,
-            sweep_after_seconds=settings.email_task_reclaim_seconds,
-        ),
-    )
-    app[DEVICES] = DeviceService(sessions=sessions)
+    services = build_services(settings, sessions=sessions, bus=app[NOTIFICATION_BUS], broker=broker)
+    app[NOTIFICATIONS] = services.notifications
+    app[EMAILS] = services.emails
+    app[DEVICES] = services.devices
+    app[WEBHOOKS] = services.webhooks
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).
@@ -288,11 +275,16 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
             http=app[HTTP_CLIENT],
             presence=app[NOTIFICATION_DELIVERY],  # one process: its sockets are all there are
         ) as pushing,
+        webhook_resources(settings, sessions=sessions) as hooking,
     ):
         setattr(broker.state, RESOURCES_STATE, resources)
         setattr(broker.state, PUSH_RESOURCES_STATE, pushing)
         # No worker process on the embedded defaults: due retries are swept here.
-        sweepers: list[Sweeper[Any]] = [EmailSweeper.for_worker(resources), push_sweeper(pushing)]
+        sweepers: list[Sweeper[Any]] = [
+            EmailSweeper.for_worker(resources),
+            push_sweeper(pushing),
+            webhook_sweeper(hooking),
+        ]
         await broker.startup()
         sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
         try:

@@ -18,13 +18,10 @@ from hub.delivery.bus import RedisBus, notification_channel
 from hub.heartbeat import run_heartbeat
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
-from hub.rules import NotificationLimits
-from hub.services.emails import EmailService
-from hub.services.notifications import NotificationService
 from hub.settings import ConfigurationError, Settings
 from hub.startup import redis_problem, require_redis, stop_on_signals
+from hub.wiring import build_services
 from tasks.broker import build_broker
-from tasks.email import TaskiqEmailQueue
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +43,11 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     bus = RedisBus(redis, notification_channel(settings))
     broker = build_broker(settings)
     await broker.startup()
-    notifications = NotificationService(
-        sessions=sessions, bus=bus, limits=NotificationLimits.from_settings(settings)
+    services = build_services(settings, sessions=sessions, bus=bus, broker=broker)
+    apply = EventApplier(
+        notifications=services.notifications, emails=services.emails, source="kafka"
     )
-    emails = EmailService(
-        queue=TaskiqEmailQueue(broker),
-        sessions=sessions,
-        sweep_after_seconds=settings.email_task_reclaim_seconds,
-    )
-    apply = EventApplier(notifications=notifications, emails=emails, source="kafka")
-    intake = KafkaIntake(settings, apply=apply, limits=notifications.limits)
+    intake = KafkaIntake(settings, apply=apply, limits=services.notifications.limits)
     # Everything imported and built so far lives for the whole process: keep it out of the
     # collector's full passes, which otherwise stall big batches for tens of milliseconds.
     gc.freeze()

@@ -20,6 +20,7 @@ from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.typing_indicators import TypingRelay
+from hub.services.webhooks import WebhookService
 from hub.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -38,6 +39,7 @@ NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)
 EMAILS = web.AppKey("emails", EmailService)
 DEVICES = web.AppKey("devices", DeviceService)
+WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TYPING = web.AppKey("typing", TypingRelay)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.

@@ -54,6 +54,11 @@ PUSHES = Counter(
     "failed, gone, skipped).",
     ["channel", "status"],
 )
+WEBHOOKS = Counter(
+    "notifyhub_webhooks_total",
+    "Webhook delivery attempts' outcomes, by status (sent, retrying, failed).",
+    ["status"],
+)
 TASK_RETRIES = Counter(
     "notifyhub_task_retries_total",
     "Task attempts scheduled again after a transient failure, by task.",

@@ -96,3 +96,27 @@ class DeliveryRecord(TypedDict):
     attempts: int
     last_error: str | None
     updated_at: str
+
+
+class WebhookRecord(TypedDict):
+    id: str
+    url: str
+    events: list[str]
+    created_at: str
+
+
+class WebhookAttemptRecord(TypedDict):
+    attempt: int
+    status_code: int | None
+    error: str | None
+    at: str
+
+
+class WebhookDeliveryRecord(TypedDict):
+    id: str
+    message_id: str
+    type: str
+    status: str
+    attempts: list[WebhookAttemptRecord]
+    created_at: str
+    updated_at: str

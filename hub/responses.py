@@ -491,3 +491,56 @@ class DeliveryList(Out):
     )
 
     items: list[Delivery]
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+class Webhook(Out):
+    id: str
+    url: str
+    events: list[str]
+    created_at: Timestamp
+
+
+class WebhookCreated(Webhook):
+    model_config = _example(
+        {
+            "id": "0b4f5e6a7c8d9e0f1a2b3c4d5e6f7a8b",
+            "url": "https://crm.example.com/hooks/notifyhub",
+            "events": ["email.failed", "notification.read"],
+            "created_at": "2026-12-01T09:30:00Z",
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        }
+    )
+
+    secret: str = Field(
+        description="Signs every delivery (Standard Webhooks `webhook-signature`); shown "
+        "only here, keep it"
+    )
+
+
+class WebhookList(Out):
+    items: list[Webhook]
+
+
+class WebhookAttemptOut(Out):
+    attempt: int
+    status_code: int | None = Field(description="The receiver's HTTP status; null: no answer")
+    error: str | None
+    at: Timestamp
+
+
+class WebhookDeliveryOut(Out):
+    id: str
+    message_id: str = Field(description="The `webhook-id` header, the same on every attempt")
+    type: str
+    status: str = Field(description="queued, sending, sent, retrying, failed or cancelled")
+    attempts: list[WebhookAttemptOut]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class WebhookDeliveryPage(Out):
+    items: list[WebhookDeliveryOut]
+    next_cursor: Cursor

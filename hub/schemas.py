@@ -332,3 +332,29 @@ class RegisterDeviceIn(Strict):
         if self.subscription is not None:
             self.subscription.keys.check_lengths()
         return self
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+class CreateWebhookIn(Strict):
+    """``POST /api/webhooks/``: where to send which events."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://crm.example.com/hooks/notifyhub",
+                    "events": ["notification.read", "email.failed"],
+                }
+            ]
+        }
+    )
+
+    url: Annotated[str, StringConstraints(min_length=8, max_length=2000, pattern=r"^https?://\S+$")]
+    events: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="Any of notification.created, notification.read, email.sent, "
+        "email.failed, push.failed, message.created",
+    )

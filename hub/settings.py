@@ -180,6 +180,21 @@ class Settings(BaseSettings):
     push_retry_window_seconds: float = Field(default=86400.0, gt=0)
     push_worker_concurrency: int = Field(default=50, ge=1)
 
+    # Outbound webhooks (Standard Webhooks): a failed delivery (non-2xx, timeout) is retried
+    # from the base delay, doubling to the max, until the window ends. Receivers on
+    # loopback, link-local or private addresses are refused unless allowed (tests, an
+    # on-premises CRM).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)
+    webhooks_allow_private: bool = False
+    webhooks_max_per_tenant: int = Field(default=50, ge=1)
+    # Deliveries one worker sends at once, and at most this many to any one endpoint, so a
+    # slow receiver holds a few slots, never all of them.
+    webhook_worker_concurrency: int = Field(default=50, ge=1)
+    webhook_endpoint_concurrency: int = Field(default=2, ge=1)
+
     # `worker` and `consume` touch this file while they are healthy (their dependencies
     # answer), every heartbeat interval; `notifyhub healthcheck` fails when it is stale. Unset:
     # no heartbeat (nothing outside a container asks).

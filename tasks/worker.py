@@ -30,6 +30,7 @@ from tasks.push import RESOURCES_STATE as PUSH_RESOURCES_STATE
 from tasks.push import push_resources, push_sweeper
 from tasks.resources import email_resources
 from tasks.sweeper import EmailSweeper, Sweeper
+from tasks.webhooks import webhook_resources, webhook_sweeper
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         email_resources(settings) as resources,
         aiohttp.ClientSession() as http,
         push_resources(settings, sessions=resources.sessions, http=http) as pushing,
+        webhook_resources(settings, sessions=resources.sessions) as hooking,
     ):
         setattr(broker.state, RESOURCES_STATE, resources)
         setattr(broker.state, PUSH_RESOURCES_STATE, pushing)
@@ -68,7 +70,11 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         listening = asyncio.create_task(receiver.listen(finish))
         # Due retries and emails the stream lost track of; its own slots, so retries never
         # wait behind (or hold up) new tasks.
-        sweepers: list[Sweeper[Any]] = [EmailSweeper.for_worker(resources), push_sweeper(pushing)]
+        sweepers: list[Sweeper[Any]] = [
+            EmailSweeper.for_worker(resources),
+            push_sweeper(pushing),
+            webhook_sweeper(hooking),
+        ]
         sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop, resources.sessions)

@@ -64,6 +64,10 @@ SERVICE_ROUTES = {
     ("POST", "/api/events/"),
     ("POST", "/api/emails/send/"),
     ("GET", "/api/emails/{email_id}/"),
+    ("POST", "/api/webhooks/"),
+    ("GET", "/api/webhooks/"),
+    ("DELETE", "/api/webhooks/{webhook_id}/"),
+    ("GET", "/api/webhooks/{webhook_id}/deliveries/"),
 }
 PUBLIC_ROUTES = {
     ("GET", "/healthz"),

@@ -27,6 +27,7 @@ from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 from hub.services.pushes import PushService
+from hub.services.webhooks import WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -340,12 +341,15 @@ class NotificationService:
         bus: NotificationBus,
         limits: NotificationLimits,
         pushes: PushService | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.sessions = sessions
         self.bus = bus
         self.limits = limits
         # Push deliveries are recorded with the notifications they push (None: no push).
         self.pushes = pushes
+        # Reported to the tenants' webhooks in the same transaction (None: not reported).
+        self.webhooks = webhooks
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[NotificationWrites]:
@@ -359,6 +363,12 @@ class NotificationService:
             yield writes
             if self.pushes is not None:
                 pushes = await self.pushes.record_in(session, writes.created)
+            if self.webhooks is not None and writes.created:
+                await self.webhooks.record_in(
+                    session,
+                    "notification.created",
+                    [(n["tenant_id"], dict(n)) for n in writes.created],
+                )
         if writes.created:
             await publish_created(self.bus, writes.created)
         if self.pushes is not None:
