@@ -45,7 +45,7 @@ def build_services(
         max_per_tenant=settings.webhooks_max_per_tenant,
     )
     return Services(
-        # Storing a notification also records its pushes and its webhook reports.
+        # Storing a notification also records its pushes (and its webhook reports).
         notifications=NotificationService(
             sessions=sessions,
             bus=bus,
@@ -53,7 +53,6 @@ def build_services(
             pushes=PushService(
                 queue=TaskiqPushQueue(broker), sessions=sessions, sweep_after_seconds=sweep_after
             ),
-            webhooks=webhooks,
         ),
         emails=EmailService(
             queue=TaskiqEmailQueue(broker), sessions=sessions, sweep_after_seconds=sweep_after

@@ -17,8 +17,10 @@ from standardwebhooks import Webhook
 from hub.settings import Settings
 from hub.webhook_urls import PublicOnlyResolver, RefusedUrl, check_public
 from tests.harness.api import ApiClient
+from tests.harness.auth_service import AuthServiceStub
 from tests.harness.hub import RunningHub
 from tests.harness.ports import eventually
+from tests.harness.smtp import SmtpSink, smtp_config
 from tests.harness.worker import WorkerStarter
 
 HookStack = Callable[..., Awaitable[tuple[RunningHub, Settings]]]
@@ -255,3 +257,49 @@ async def test_a_slow_receiver_does_not_hold_up_another_tenants_deliveries(
     await ApiClient.for_service(hub.url, "t-fast").notify(["bob"])
     await eventually(lambda: receiver.of("fast"), timeout=10)
     assert receiver.of("fast")[0].at - started < 2.0
+
+
+async def test_email_and_push_outcomes_are_reported(
+    hook_stack: HookStack,
+    receiver: Receiver,
+    tenant: str,
+    auth_service: AuthServiceStub,
+    smtp_server: SmtpSink,
+) -> None:
+    """``email.sent``, ``email.failed`` and ``push.failed``, each written with the outcome
+    it reports."""
+    auth_service.smtp_configs[tenant] = smtp_config(smtp_server, "a@t.example", "T")
+    auth_service.templates[(tenant, "hello")] = {"subject": "Hi", "html": "<p>Hi {{name}}</p>"}
+    hub, _ = await hook_stack()
+    hook = await create_hook(
+        hub, tenant, f"{receiver.url}/hook/ops", ["email.sent", "email.failed", "push.failed"]
+    )
+    service = ApiClient.for_service(hub.url, tenant)
+    status, sent = await service.post(
+        "/api/emails/send/",
+        {"to_email": "ann@example.com", "template_key": "hello", "context": {"name": "Ann"}},
+    )
+    assert status == 202, sent
+    status, failed = await service.post(
+        "/api/emails/send/", {"to_email": "bob@example.com", "template_key": "no-such-template"}
+    )
+    assert status == 202, failed
+    # An APNs device on a hub without APNs credentials: its push fails at once.
+    await ApiClient.for_user(hub.url, tenant, "ann").post(
+        "/api/devices/", {"kind": "apns", "token": "phone"}
+    )
+    [notification_id] = await service.notify(["ann"])
+
+    def events() -> dict[str, dict[str, Any]]:
+        verified = [Webhook(hook["secret"]).verify(r.body, r.headers) for r in receiver.of("ops")]
+        return {event["type"]: event["data"] for event in verified}
+
+    await eventually(lambda: len(events()) == 3, timeout=30)
+    reported = events()
+    assert reported["email.sent"]["id"] == sent["id"]
+    assert reported["email.sent"]["to_email"] == "ann@example.com"
+    assert reported["email.failed"]["id"] == failed["id"]
+    assert reported["email.failed"]["error"]
+    assert reported["push.failed"]["notification_id"] == notification_id
+    assert reported["push.failed"]["kind"] == "apns"
+    assert "NOTIFYHUB_APNS_KEY_FILE" in reported["push.failed"]["error"]

@@ -31,6 +31,7 @@ from hub.metrics import EMAILS
 from hub.records import EmailStatusChange, EmailStatusRecord
 from hub.services.common import insert_for, iso_utc
 from hub.services.leases import (
+    FAILED,
     QUEUED,
     RETRYING,
     SENDING,
@@ -41,6 +42,7 @@ from hub.services.leases import (
     held_by,
     outcome_values,
 )
+from hub.services.webhooks import report_in
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +366,8 @@ async def finish(
     retry_at: datetime | None = None,
 ) -> bool:
     """Record the outcome of an attempt: ``sent``, ``failed`` or ``retrying`` (due again
-    at ``retry_at``). False when nothing was recorded.
+    at ``retry_at``). False when nothing was recorded. ``sent`` and ``failed`` are reported
+    to the tenant's webhooks (``email.sent``, ``email.failed``) in the same transaction.
 
     ``retrying`` and ``failed`` are recorded only while this attempt still holds the email:
     a worker that lost its lease must not overwrite the newer attempt's state. ``sent`` is
@@ -380,15 +383,28 @@ async def finish(
         values.update(sent_at=now, smtp_message_id=smtp_message_id)
     held = held_by(Email, attempt, status)
     async with sessions() as session, session.begin():
-        tenant_id = await session.scalar(
-            update(Email)
-            .where(Email.id == email_id, held)
-            .values(**values)
-            .returning(Email.tenant_id)
-            .execution_options(synchronize_session=False)
-        )
-        if tenant_id is None:
+        row = (
+            await session.execute(
+                update(Email)
+                .where(Email.id == email_id, held)
+                .values(**values)
+                .returning(Email.tenant_id, Email.to_email, Email.template_key)
+                .execution_options(synchronize_session=False)
+            )
+        ).first()
+        if row is None:
             return False
+        tenant_id = row.tenant_id
+        if status in (SENT, FAILED):
+            report = {
+                "id": email_id,
+                "to_email": row.to_email,
+                "template_key": row.template_key,
+                "status": status,
+                "attempts": attempt,
+                "error": error[:2000] if error else None,
+            }
+            await report_in(session, f"email.{status}", [(tenant_id, report)])
         session.add(
             EmailEvent(
                 tenant_id=tenant_id,

@@ -27,7 +27,7 @@ from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_limits
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 from hub.services.pushes import PushService
-from hub.services.webhooks import WebhookService
+from hub.services.webhooks import report_in
 
 log = logging.getLogger(__name__)
 
@@ -341,15 +341,12 @@ class NotificationService:
         bus: NotificationBus,
         limits: NotificationLimits,
         pushes: PushService | None = None,
-        webhooks: WebhookService | None = None,
     ) -> None:
         self.sessions = sessions
         self.bus = bus
         self.limits = limits
         # Push deliveries are recorded with the notifications they push (None: no push).
         self.pushes = pushes
-        # Reported to the tenants' webhooks in the same transaction (None: not reported).
-        self.webhooks = webhooks
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[NotificationWrites]:
@@ -363,8 +360,8 @@ class NotificationService:
             yield writes
             if self.pushes is not None:
                 pushes = await self.pushes.record_in(session, writes.created)
-            if self.webhooks is not None and writes.created:
-                await self.webhooks.record_in(
+            if writes.created:
+                await report_in(
                     session,
                     "notification.created",
                     [(n["tenant_id"], dict(n)) for n in writes.created],

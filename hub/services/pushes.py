@@ -28,6 +28,7 @@ from hub.metrics import PUSHES
 from hub.records import DeliveryRecord, NotificationRecord
 from hub.services.common import insert_for, is_postgresql, iso_utc
 from hub.services.leases import (
+    FAILED,
     PENDING,
     QUEUED,
     claim_values,
@@ -36,6 +37,7 @@ from hub.services.leases import (
     held_by,
     outcome_values,
 )
+from hub.services.webhooks import report_in
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +297,8 @@ async def finish(
     retry_at: datetime | None = None,
 ) -> bool:
     """Record an attempt's outcome while it still holds the delivery (``sent`` whoever
-    holds it: the push service took it). False when nothing was recorded."""
+    holds it: the push service took it). False when nothing was recorded. ``failed`` is
+    reported to the tenant's webhooks (``push.failed``) in the same transaction."""
     now = datetime.now(UTC)
     values = outcome_values(status, now, retry_at)
     if error is not None:
@@ -309,6 +312,16 @@ async def finish(
             .returning(PushDelivery.id)
             .execution_options(synchronize_session=False)
         )
+        if recorded is not None and status == FAILED:
+            report = {
+                "notification_id": str(claim.payload.get("id", "")),
+                "user_id": claim.user_id,
+                "device_id": claim.device_id,
+                "kind": claim.kind,
+                "attempts": claim.attempt,
+                "error": error[:2000] if error else None,
+            }
+            await report_in(session, "push.failed", [(claim.tenant_id, report)])
     if recorded is None:
         return False
     PUSHES.labels(claim.kind, status).inc()

@@ -1,7 +1,7 @@
 """Outbound webhooks: tenants' endpoints, and the durable outbox of what to tell them.
 
 A change the hub reports (``notification.created``, ...) writes one delivery per subscribed
-endpoint of its tenant in the change's own transaction (:meth:`WebhookService.record_in`):
+endpoint of its tenant in the change's own transaction (:func:`report_in`):
 nothing is reported that did not commit, and nothing committed goes unreported. Workers
 send them (``tasks.webhooks``) under a lease, with the state machine of
 ``hub.services.leases``; every attempt is kept for ``GET /api/webhooks/{id}/deliveries/``.
@@ -169,46 +169,6 @@ class WebhookService:
                 .execution_options(synchronize_session=False)
             )
 
-    async def record_in(
-        self, session: AsyncSession, type: str, items: Sequence[tuple[str, dict[str, Any]]]
-    ) -> int:
-        """One delivery per (``(tenant_id, data)`` item, endpoint of that tenant subscribed
-        to ``type``), in the caller's transaction: one read for the whole batch, and one
-        insert when anything is subscribed. How many."""
-        if not items:
-            return 0
-        subscribed: dict[str, list[str]] = {}
-        for tenant_id, endpoint_id, events in await session.execute(
-            select(WebhookEndpoint.tenant_id, WebhookEndpoint.id, WebhookEndpoint.events).where(
-                WebhookEndpoint.tenant_id.in_({tenant for tenant, _ in items})
-            )
-        ):
-            if type in events:
-                subscribed.setdefault(tenant_id, []).append(endpoint_id)
-        if not subscribed:
-            return 0
-        now = datetime.now(UTC)
-        timestamp = iso_utc(now)
-        rows = [
-            {
-                "tenant_id": tenant_id,
-                "endpoint_id": endpoint_id,
-                "message_id": "msg_" + uuid.uuid4().hex,
-                "type": type,
-                "payload": {"type": type, "timestamp": timestamp, "data": data},
-                "status": QUEUED,
-                "attempts": 0,
-                "next_attempt_at": now,  # the sweepers send it at once
-                "created_at": now,
-                "updated_at": now,
-            }
-            for tenant_id, data in items
-            for endpoint_id in subscribed.get(tenant_id, ())
-        ]
-        if rows:
-            await session.execute(insert(WebhookDelivery), rows)
-        return len(rows)
-
     async def deliveries(
         self,
         *,
@@ -270,6 +230,47 @@ class WebhookService:
         ]
         next_cursor = encode_cursor(page[-1].id) if len(rows) > size else None
         return DeliveryPage(items=items, next_cursor=next_cursor)
+
+
+async def report_in(
+    session: AsyncSession, type: str, items: Sequence[tuple[str, dict[str, Any]]]
+) -> int:
+    """One delivery per (``(tenant_id, data)`` item, endpoint of that tenant subscribed
+    to ``type``), in the caller's transaction: one read for the whole batch, and one
+    insert when anything is subscribed. How many."""
+    if not items:
+        return 0
+    subscribed: dict[str, list[str]] = {}
+    for tenant_id, endpoint_id, events in await session.execute(
+        select(WebhookEndpoint.tenant_id, WebhookEndpoint.id, WebhookEndpoint.events).where(
+            WebhookEndpoint.tenant_id.in_({tenant for tenant, _ in items})
+        )
+    ):
+        if type in events:
+            subscribed.setdefault(tenant_id, []).append(endpoint_id)
+    if not subscribed:
+        return 0
+    now = datetime.now(UTC)
+    timestamp = iso_utc(now)
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "endpoint_id": endpoint_id,
+            "message_id": "msg_" + uuid.uuid4().hex,
+            "type": type,
+            "payload": {"type": type, "timestamp": timestamp, "data": data},
+            "status": QUEUED,
+            "attempts": 0,
+            "next_attempt_at": now,  # the sweepers send it at once
+            "created_at": now,
+            "updated_at": now,
+        }
+        for tenant_id, data in items
+        for endpoint_id in subscribed.get(tenant_id, ())
+    ]
+    if rows:
+        await session.execute(insert(WebhookDelivery), rows)
+    return len(rows)
 
 
 # -- the workers' side -------------------------------------------------------------------------
