@@ -59,7 +59,12 @@ from hub.realtime import Realtime
 from hub.rules import NotificationLimits
 from hub.services.chat import ChatLimits, ChatService
 from hub.services.emails import EmailService
-from hub.services.notifications import NotificationService, latest_seqs, replay_page
+from hub.services.notifications import (
+    NotificationService,
+    counts_event,
+    latest_seqs,
+    replay_page,
+)
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.typing_indicators import (
     LocalTypingState,
@@ -165,7 +170,10 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
     """The notification bus (Redis pub/sub or in-process) and this node's live delivery."""
     settings = app[SETTINGS]
     delivery = NotificationDelivery(
-        sessions=app[DB_SESSIONS], fetch_after=replay_page, latest_seqs=latest_seqs
+        sessions=app[DB_SESSIONS],
+        fetch_after=replay_page,
+        latest_seqs=latest_seqs,
+        counts_event=counts_event,
     )
     app[NOTIFICATION_DELIVERY] = delivery
     listening: asyncio.Task[None] | None = None
