@@ -221,6 +221,7 @@ def build_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         ("chat", "1-on-1 chat within a tenant"),
         ("events", "Event intake from CRM modules"),
         ("emails", "Templated email through the tenant's SMTP server"),
+        ("tenants", "The tenant's own settings (retention)"),
         ("operations", "Probes, metrics and this documentation"),
         ("realtime", "Realtime endpoints outside REST"),
     ]

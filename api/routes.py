@@ -16,6 +16,7 @@ from api import (
     legacy_ws,
     notifications,
     openapi,
+    tenant_settings,
 )
 from api.declarations import API_ROUTES, PUBLIC_PATHS, Operation, Param, Reply
 from hub import responses as out
@@ -235,6 +236,33 @@ ROUTES: tuple[Operation, ...] = (
         params=(NOTIFICATION_ID,),
         errors=(401, 503),
         handler=notifications.delete_notification,
+    ),
+    Operation(
+        "GET",
+        "/api/tenant/settings/",
+        "getTenantSettings",
+        "Read the tenant's settings",
+        "tenants",
+        "service",
+        {200: Reply("The tenant's retention periods", out.TenantSettings)},
+        description="The caller's tenant. " + SERVICE_NOTE,
+        errors=(401, 403, 503),
+        handler=tenant_settings.get_settings,
+    ),
+    Operation(
+        "PUT",
+        "/api/tenant/settings/",
+        "putTenantSettings",
+        "Replace the tenant's settings",
+        "tenants",
+        "service",
+        {200: Reply("The settings now in force", out.TenantSettings)},
+        description="A field left out (or null) goes back to the default. `retention_days` "
+        "may be at most the hub's `NOTIFYHUB_RETENTION_DAYS` (else 400). The purge applies "
+        "them on its next pass. " + SERVICE_NOTE,
+        body=schemas.TenantSettingsIn,
+        errors=(400, 401, 403, 413, 503),
+        handler=tenant_settings.put_settings,
     ),
     Operation(
         "POST",

@@ -51,6 +51,7 @@ from hub.keys import (
     SCHEMA_CHECK,
     SETTINGS,
     SOCKETIO,
+    TENANT_SETTINGS,
     TYPING,
     VERIFIER,
 )
@@ -66,6 +67,8 @@ from hub.services.notifications import (
     replay_page,
 )
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
+from hub.services.retention import Purge, PurgePolicy
+from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import (
     LocalTypingState,
     RedisTypingState,
@@ -213,6 +216,24 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await delivery.close()
+
+
+async def retention_context(app: web.Application) -> AsyncIterator[None]:
+    """Tenant settings; on the embedded profile (no worker) the purge schedule runs here."""
+    settings = app[SETTINGS]
+    app[TENANT_SETTINGS] = TenantSettingsService(
+        sessions=app[DB_SESSIONS], max_retention_days=settings.retention_days
+    )
+    purging: asyncio.Task[None] | None = None
+    if settings.redis_url is None:
+        purge = Purge(app[DB_SESSIONS], PurgePolicy.from_settings(settings))
+        purging = asyncio.create_task(purge.run_every(settings.purge_interval_seconds))
+    try:
+        yield
+    finally:
+        if purging is not None:
+            purging.cancel()
+            await asyncio.gather(purging, return_exceptions=True)
 
 
 async def chat_context(app: web.Application) -> AsyncIterator[None]:
@@ -381,6 +402,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         redis_context,
         socketio_context,
         notification_delivery_context,
+        retention_context,
         chat_context,
         task_broker_context,
         kafka_intake_context,

@@ -18,6 +18,7 @@ from hub.realtime import Realtime
 from hub.services.chat import ChatService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
+from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import TypingRelay
 from hub.settings import Settings
 
@@ -36,6 +37,7 @@ NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)
 EMAILS = web.AppKey("emails", EmailService)
+TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
 TYPING = web.AppKey("typing", TypingRelay)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.

@@ -1,4 +1,5 @@
-"""``notifyhub worker``: run email tasks from the Redis stream until SIGTERM/SIGINT.
+"""``notifyhub worker``: run email tasks from the Redis stream until SIGTERM/SIGINT, and
+the retention purge every ``NOTIFYHUB_PURGE_INTERVAL_SECONDS``.
 
 Shutdown is bounded: stop taking tasks, give running ones ``worker_shutdown_seconds`` to
 finish, then cancel them (unacknowledged, so another worker picks them up). This is our own
@@ -20,6 +21,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
 from hub.heartbeat import run_heartbeat
+from hub.services.retention import Purge, PurgePolicy
 from hub.settings import ConfigurationError, Settings
 from hub.startup import database_problem, redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
@@ -61,6 +63,12 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         # wait behind (or hold up) new tasks.
         sweeper = EmailSweeper.for_worker(resources)
         sweeping = asyncio.create_task(sweeper.run(), name="email-sweeper")
+        # Retention: bounded batches with SKIP LOCKED, so several workers purging at once
+        # neither wait on each other nor delete anything twice.
+        purge = Purge(resources.sessions, PurgePolicy.from_settings(settings))
+        purging = asyncio.create_task(
+            purge.run_every(settings.purge_interval_seconds), name="purge"
+        )
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop, resources.sessions)
         stopping = asyncio.create_task(stop.wait())
@@ -75,6 +83,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         )
         finish.set()
         sweeper.stop()
+        # A batch is one short transaction: cancelling rolls back at most that one.
+        purging.cancel()
+        await asyncio.gather(purging, return_exceptions=True)
         # The sweeper's attempts get the same window as the receiver's tasks, in parallel,
         # however early the receiver is done.
         window_ends = asyncio.get_running_loop().time() + settings.worker_shutdown_seconds
