@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
+from hub.delivery.notifications import READ_EVENT, UPDATED_EVENT
 from hub.errors import InvalidInput, Unavailable
 from hub.ids import bad_cursor, cursor_id, decode_cursor, encode_cursor, parse_id
 from hub.records import NotificationRecord
@@ -554,9 +555,6 @@ class NotificationService:
             # Stored is what counts; a client that missed it reads the list and counts again.
             log.warning("inbox changes stored but not published live")
 
-
-READ_EVENT = "notification:read"
-UPDATED_EVENT = "notification:updated"
 
 # What ``notification:updated`` says changed, per action, given the change's time.
 _CHANGES: dict[inbox.Action, Callable[[str], dict[str, Any]]] = {
