@@ -7,10 +7,12 @@ those with ``seen_at IS NULL AND archived_at IS NULL``. Every statement that cha
 row moves the counter by exactly the rows it changed (``RETURNING`` says which, with the
 columns that decide the direction), in the same transaction. Row locks make each statement
 see and change a row at most once however many devices act at the same time, so the counter
-never drifts. The count a client sees subtracts the user's expired rows that the purge has
-not deleted yet: a range of the partial index ``ix_notifications_expiring``, which holds
-few rows because the purge deletes expired ones every few minutes (and moves the counter
-for them in its own transaction). See docs/architecture.md, "Inbox counts".
+never drifts; and every such transaction takes the counter row's lock before any
+notification row's (:func:`lock_counter`), so they never deadlock. The count a client sees
+subtracts the user's expired rows that the purge has not deleted yet: a range of the partial
+index ``ix_notifications_expiring``, which holds few rows because the purge deletes expired
+ones every few minutes (and moves the counter for them in its own transaction). See
+docs/architecture.md, "Inbox counts".
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ async def counts(session: AsyncSession, tenant_id: str, user_id: str, now: datet
     ).one()
     return Counts(
         max(0, int(counter[0]) - int(expired[0])), max(0, int(counter[1]) - int(expired[1]))
+    )
+
+
+async def lock_counter(session: AsyncSession, tenant_id: str, user_id: str) -> None:
+    """Take the user's counter row lock first, before any of its notification rows.
+
+    Every transaction that changes a user's inbox (creates, these actions, the purge) takes
+    its users' counter locks first, in (tenant, user) order: so they queue on that one
+    row instead of locking notification rows in whatever order their plans scan them,
+    which deadlocks two devices acting on the same items at once.
+    """
+    await session.execute(
+        select(NotificationCounter.last_seq)
+        .where(NotificationCounter.tenant_id == tenant_id, NotificationCounter.user_id == user_id)
+        .with_for_update()
     )
 
 

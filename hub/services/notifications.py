@@ -485,6 +485,7 @@ class NotificationService:
             return await self._unchanged(tenant_id, user_id)
         now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
+            await inbox.lock_counter(session, tenant_id, user_id)
             target = and_(
                 inbox.selection(tenant_id, user_id, inbox.Action.SEEN, wanted, now),
                 Notification.read_at.is_(None),
@@ -531,6 +532,7 @@ class NotificationService:
             return await self._unchanged(tenant_id, user_id)
         now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
+            await inbox.lock_counter(session, tenant_id, user_id)
             target = inbox.selection(tenant_id, user_id, action, wanted, now)
             updated_ids, move = await inbox.apply(session, action, target, now)
             await inbox.move_counter(session, tenant_id, user_id, move)

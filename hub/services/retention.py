@@ -2,12 +2,15 @@
 (``NOTIFYHUB_RETENTION_DAYS``, or a tenant's shorter ``retention_days``) and of chat messages
 older than a tenant's ``chat_retention_days``.
 
-It must never stall live traffic, so it deletes in bounded batches, each its own short
-transaction, with a pause between them. On PostgreSQL a batch picks its rows with
-``FOR UPDATE SKIP LOCKED``: rows a request is changing right now are left for the next
-pass instead of waited for, and two purges (two workers) never wait on each other. Each
-batch moves the counters of the users whose counted rows it deleted, in its transaction
-(see :mod:`hub.services.inbox`), so counts stay exact while it runs and after.
+It must never stall live traffic, so it deletes in bounded batches (``purge_batch_rows``,
+5,000 by default), each its own short transaction, with a pause between them; no statement
+scans the table (the candidates come from the partial index on ``expires_at`` or the index
+on ``created_at``). A batch locks the counter rows of the users it touches, in order, before
+their notification rows, as every inbox change does, so it never deadlocks with them and
+holds each user up for one batch at most; it moves those counters by exactly the counted
+rows it deleted (see :mod:`hub.services.inbox`), so counts stay exact while it runs and after.
+Chat batches pick their messages with ``FOR UPDATE SKIP LOCKED`` and take the conversations'
+locks (those of sends and read receipts) before moving the members' unread counts.
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ class PurgeReport:
 
 
 UserKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    candidates: int
+    deleted: int  # fewer when someone deleted some of them meanwhile
 
 
 class Purge:
@@ -121,26 +130,35 @@ class Purge:
         total = 0
         while True:
             async with self._sessions() as session, session.begin():
-                n = Notification
-                doomed = (
-                    select(n.id)
-                    .where(condition)
-                    .limit(self._policy.batch_rows)
-                    .with_for_update(skip_locked=True)
-                )
-                deleted = await session.execute(
-                    delete(n)
-                    .where(n.id.in_(doomed))
-                    .returning(n.tenant_id, n.user_id, n.read_at, n.seen_at, n.archived_at)
-                )
-                rows = deleted.all()
-                await _move_counters(session, _counter_moves(rows))
-            total += len(rows)
+                done = await self._notification_batch(session, condition)
+            total += done.deleted
             report.batches += 1
-            PURGED_ROWS.labels(f"notifications_{kind}").inc(len(rows))
-            if len(rows) < self._policy.batch_rows:
+            PURGED_ROWS.labels(f"notifications_{kind}").inc(done.deleted)
+            if done.candidates < self._policy.batch_rows:
                 return total
             await asyncio.sleep(self._policy.pause_seconds)
+
+    async def _notification_batch(self, session: AsyncSession, condition: Any) -> Batch:
+        n = Notification
+        candidates = (
+            await session.execute(
+                select(n.id, n.tenant_id, n.user_id).where(condition).limit(self._policy.batch_rows)
+            )
+        ).all()
+        if not candidates:
+            return Batch(0, 0)
+        # Counter rows first, in (tenant, user) order, like every inbox change (see
+        # hub.services.inbox.lock_counter): then no one holds these users' rows, and the
+        # state each deleted row had (RETURNING, the condition checked again) is final.
+        await _lock_counters(session, sorted({(row[1], row[2]) for row in candidates}))
+        deleted = await session.execute(
+            delete(n)
+            .where(n.id.in_([int(row[0]) for row in candidates]), condition)
+            .returning(n.tenant_id, n.user_id, n.read_at, n.seen_at, n.archived_at)
+        )
+        rows = deleted.all()
+        await _move_counters(session, _counter_moves(rows))
+        return Batch(len(candidates), len(rows))
 
     async def _messages(self, tenant_id: str, cutoff: datetime, report: PurgeReport) -> int:
         total = 0
@@ -193,6 +211,17 @@ _PG_MOVE_COUNTERS = text(
 )
 
 
+async def _lock_counters(session: AsyncSession, keys: Sequence[UserKey]) -> None:
+    """Lock these users' counter rows in (tenant, user) order: the order creators lock them
+    in, so a purge and a multi-recipient create never deadlock. (SQLite has one writer at a
+    time: nothing to lock.)"""
+    if is_postgresql(session):
+        await session.execute(
+            _PG_LOCK_COUNTERS,
+            {"tenant_ids": [t for t, _ in keys], "user_ids": [u for _, u in keys]},
+        )
+
+
 async def _move_counters(session: AsyncSession, moves: dict[UserKey, inbox.CounterMove]) -> None:
     if not moves:
         return
@@ -203,9 +232,6 @@ async def _move_counters(session: AsyncSession, moves: dict[UserKey, inbox.Count
     keys = sorted(moves)
     tenants = [tenant for tenant, _ in keys]
     users = [user for _, user in keys]
-    # Locked in (tenant, user) order first, the order creators lock them in, so a purge and
-    # a multi-recipient create never deadlock; then one statement moves them all.
-    await session.execute(_PG_LOCK_COUNTERS, {"tenant_ids": tenants, "user_ids": users})
     await session.execute(
         _PG_MOVE_COUNTERS,
         {
