@@ -12,7 +12,6 @@ from hub.keys import NOTIFICATIONS, PRINCIPAL
 from hub.responses import (
     CreatedNotifications,
     InboxChangeResult,
-    MarkReadResult,
     NotificationPage,
     UnreadCount,
 )
@@ -102,12 +101,14 @@ def _changed(change: InboxChange) -> web.Response:
     return json_response(reply.model_dump(mode="json"))
 
 
-def inbox_action(action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+def inbox_action(
+    action: Action, body: type[SelectionIn] = SelectionIn
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The view of ``POST /api/notifications/<action>/`` with ``{"ids"}`` or ``{"all"}``."""
 
     async def view(request: web.Request) -> web.Response:
         principal = request[PRINCIPAL]
-        payload = await read_body(request, SelectionIn)
+        payload = await read_body(request, body)
         change = await request.app[NOTIFICATIONS].change(
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
@@ -131,19 +132,7 @@ async def delete_notification(request: web.Request) -> web.Response:
     return _changed(change)
 
 
-async def mark_as_read(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
-    payload = await read_body(request, MarkReadIn)
-    marks = await request.app[NOTIFICATIONS].mark_read(
-        tenant_id=principal.tenant_id,
-        user_id=principal.user_id,
-        ids=payload.ids,
-        all_unread=payload.all,
-    )
-    reply = MarkReadResult(
-        updated=marks.updated, unread_count=marks.unread_count, unseen_count=marks.unseen_count
-    )
-    return json_response(reply.model_dump(mode="json"))
+mark_as_read = inbox_action(Action.READ, MarkReadIn)
 
 
 async def create_notifications(request: web.Request) -> web.Response:

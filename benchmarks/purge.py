@@ -46,9 +46,9 @@ import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
 import jwt  # noqa: E402
 
-from benchmarks.cli import add_doc_options, apply_quick  # noqa: E402
+from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
 from benchmarks.database import asyncpg_dsn, create_database, database_url, drop_database  # noqa: E402
-from benchmarks.machine import free_port, machine_info  # noqa: E402
+from benchmarks.machine import free_port, machine_info, wait_for_quiet  # noqa: E402
 from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 from db.migrate import upgrade_to_head  # noqa: E402
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the results JSON goes",
     )
     parser.add_argument("--quick", action="store_true", help="100 old rows per user, 5 s baseline")
+    add_quiet_options(parser, threshold=0.5, timeout=120.0)
     add_doc_options(
         parser,
         "markdown file whose purge section is rewritten",
@@ -250,6 +251,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         url = f"http://127.0.0.1:{port}"
         await wait_for_http(url)
+        # Other jobs on this 2-core machine skew both windows: start on a quiet machine.
+        quiet = await wait_for_quiet(args.quiet_threshold, args.quiet_timeout)
+        print(f"machine before measuring: {quiet}")
         load = Load(url, args.users, args.clients)
         running = asyncio.create_task(load.run())
         await asyncio.sleep(2.0)  # warm-up, not counted
@@ -277,6 +281,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         seconds = purge_end - purge_start
         return {
             "seeded": seeded,
+            "quiet_before": quiet,
             "users": args.users,
             "clients": args.clients,
             "batch_rows": args.batch_rows,

@@ -47,6 +47,7 @@ class CounterMove:
 class Action(Enum):
     """The inbox actions of docs/protocol.md; each value is its REST path segment."""
 
+    READ = "mark-as-read"
     SEEN = "mark-as-seen"
     UNREAD = "mark-as-unread"
     ARCHIVE = "archive"
@@ -153,6 +154,16 @@ async def apply(
     if action is Action.SEEN:
         ids, unseen = await mark_seen(session, target, now)
         return ids, CounterMove(unseen=-unseen)
+    if action is Action.READ:
+        # Reading implies seeing: unread rows not seen yet are seen now, then read.
+        target = and_(target, n.read_at.is_(None))
+        _, unseen = await mark_seen(session, target, now)
+        read = await session.execute(
+            update(n).where(target).values(read_at=now).returning(n.id, n.archived_at)
+        )
+        marked = read.all()
+        unread = sum(_live(row[1]) for row in marked)
+        return sorted(int(row[0]) for row in marked), CounterMove(unread=-unread, unseen=-unseen)
     if action is Action.DELETE:
         statement: Any = delete(n).where(target)
     elif action is Action.UNREAD:

@@ -475,45 +475,16 @@ class NotificationService:
         ids: Sequence[object] | None = None,
         all_unread: bool = False,
     ) -> InboxChange:
-        """Mark the caller's notifications read (and seen, where they were not).
-
-        The counters move by exactly the rows these statements changed, in the same
-        transaction, so concurrent marks and creates keep them exact.
-        """
-        wanted = _wanted(ids, all_unread)
-        if wanted == []:
-            return await self._unchanged(tenant_id, user_id)
-        now = datetime.now(UTC)
-        async with self.sessions() as session, session.begin():
-            await inbox.lock_counter(session, tenant_id, user_id)
-            target = and_(
-                inbox.selection(tenant_id, user_id, inbox.Action.SEEN, wanted, now),
-                Notification.read_at.is_(None),
-            )
-            _, unseen = await inbox.mark_seen(session, target, now)
-            changed = await session.execute(
-                update(Notification)
-                .where(target)
-                .values(read_at=now)
-                .returning(Notification.id, Notification.archived_at)
-            )
-            rows = changed.all()
-            updated_ids = sorted(int(row[0]) for row in rows)
-            unread = sum(1 for row in rows if row[1] is None)
-            move = inbox.CounterMove(unread=-unread, unseen=-unseen)
-            await inbox.move_counter(session, tenant_id, user_id, move)
-            current = await inbox.counts(session, tenant_id, user_id, now)
-        if updated_ids or all_unread:
-            which = _which(updated_ids, all_unread)
-            await self._publish(
-                tenant_id,
-                user_id,
-                [
-                    (READ_EVENT, {**which, "unread_count": current.unread}),
-                    _updated(which, {"read_at": iso_utc(now)}, current),
-                ],
-            )
-        return InboxChange(len(updated_ids), current.unread, current.unseen)
+        """Mark the caller's notifications read (and seen, where they were not); emits
+        ``notification:read`` (as in v1, also for an "all" that found nothing unread) and
+        ``notification:updated``."""
+        return await self.change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            action=inbox.Action.READ,
+            ids=ids,
+            all_items=all_unread,
+        )
 
     async def change(
         self,
@@ -524,9 +495,13 @@ class NotificationService:
         ids: Sequence[object] | None = None,
         all_items: bool = False,
     ) -> InboxChange:
-        """Mark seen or unread, archive, unarchive or delete the caller's notifications
+        """Mark read, seen or unread, archive, unarchive or delete the caller's notifications
         (``ids``, or all: archiving all archives the read ones); ids that are not the
-        caller's, unknown or expired change nothing. Emits ``notification:updated``."""
+        caller's, unknown or expired change nothing. Emits ``notification:updated``.
+
+        The counters move by exactly the rows these statements changed, in the same
+        transaction (under the user's counter lock, taken first), so concurrent changes and
+        creates keep them exact."""
         wanted = _wanted(ids, all_items)
         if wanted == []:
             return await self._unchanged(tenant_id, user_id)
@@ -537,11 +512,13 @@ class NotificationService:
             updated_ids, move = await inbox.apply(session, action, target, now)
             await inbox.move_counter(session, tenant_id, user_id, move)
             current = await inbox.counts(session, tenant_id, user_id, now)
-        if updated_ids:
+        is_read = action is inbox.Action.READ
+        if updated_ids or (is_read and all_items):
             which = _which(updated_ids, all_items)
-            await self._publish(
-                tenant_id, user_id, [_updated(which, _CHANGES[action](iso_utc(now)), current)]
-            )
+            events = [_updated(which, _CHANGES[action](iso_utc(now)), current)]
+            if is_read:
+                events.insert(0, (READ_EVENT, {**which, "unread_count": current.unread}))
+            await self._publish(tenant_id, user_id, events)
         return InboxChange(len(updated_ids), current.unread, current.unseen)
 
     async def _unchanged(self, tenant_id: str, user_id: str) -> InboxChange:
@@ -560,6 +537,7 @@ class NotificationService:
 
 # What ``notification:updated`` says changed, per action, given the change's time.
 _CHANGES: dict[inbox.Action, Callable[[str], dict[str, Any]]] = {
+    inbox.Action.READ: lambda at: {"read_at": at},
     inbox.Action.SEEN: lambda at: {"seen_at": at},
     inbox.Action.UNREAD: lambda _: {"read_at": None},
     inbox.Action.ARCHIVE: lambda at: {"archived_at": at},
