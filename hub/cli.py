@@ -85,7 +85,15 @@ def _purge(settings: Settings, _args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    report = asyncio.run(run())
+    try:
+        report = asyncio.run(run())
+    except Exception as exc:
+        from db.outage import is_unavailable
+
+        if not (isinstance(exc, OSError) or is_unavailable(exc)):
+            raise
+        # Nothing was lost: every batch that committed is done, the next run does the rest.
+        raise StartupError(f"the database does not answer ({exc}); run it again later") from None
     print(
         f"purged {report.expired} expired and {report.retained} old notifications, "
         f"{report.messages} chat messages"

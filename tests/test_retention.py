@@ -240,3 +240,11 @@ def test_purge_command_runs_once_and_reports(tmp_path: Path) -> None:
     result = run_cli("purge", env=clean_environment(NOTIFYHUB_DATABASE_URL=url))
     assert result.returncode == 0, result.stderr
     assert "purged 0 expired and 0 old notifications, 0 chat messages" in result.stdout
+
+
+def test_purge_command_without_a_database_is_one_line() -> None:
+    url = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+    result = run_cli("purge", env=clean_environment(NOTIFYHUB_DATABASE_URL=url))
+    assert result.returncode == 2, result.stderr
+    assert "notifyhub purge: the database does not answer" in result.stderr
+    assert "Traceback" not in result.stderr
