@@ -4,14 +4,17 @@ with exact unread/unseen counts and ``notification:updated`` on every connection
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from hub.realtime import NOTIFICATIONS_NAMESPACE
+from hub.settings import Settings
 from tests.harness.api import ApiClient
-from tests.harness.hub import RunningHub, SioConnect
+from tests.harness.hub import RunningHub, SettingsFactory, SioConnect
 from tests.harness.legacy_ws import LegacyConnect
 from tests.harness.tokens import hs256_token
 
@@ -268,3 +271,37 @@ async def test_replay_ends_with_the_current_counts(
     live = await sio_connect(hub.url, NOTIFICATIONS_NAMESPACE, token=token)
     await asyncio.sleep(0.3)
     assert live.received("notification:updated") == []
+
+
+async def test_a_deleted_newest_notification_does_not_keep_a_connection_catching_up(
+    hub_factory: Callable[[Settings], Awaitable[RunningHub]],
+    hub_settings: SettingsFactory,
+    tenant: str,
+    sio_connect: SioConnect,
+) -> None:
+    """The user's counter says seq 2 exists; it was deleted before this device saw it. The
+    lag check (every 0.1 s here) catches the connection up once, not on every check."""
+    running = await hub_factory(hub_settings(delivery_lag_check_seconds=0.1))
+    service = ApiClient.for_service(running.url, tenant)
+    first = await service.notify(["alice"], title="kept")
+    second = await service.notify(["alice"], title="deleted")
+    alice = ApiClient.for_user(running.url, tenant, "alice")
+    assert (await alice.request("DELETE", f"{N}/{second[0]}/"))[1]["updated"] == 1
+
+    def lagging() -> float:
+        labels = {"reason": "lagging"}
+        return REGISTRY.get_sample_value("notifyhub_delivery_catch_ups_total", labels) or 0.0
+
+    before = lagging()
+    token = hs256_token(tenant=tenant, user="alice")
+    tab = await sio_connect(
+        running.url, NOTIFICATIONS_NAMESPACE, auth={"token": token, "last_seq": 0}
+    )
+    (replayed,) = await tab.wait_for("notification:new")
+    assert replayed["id"] == first[0]
+    await asyncio.sleep(1.5)  # fifteen lag checks
+    assert lagging() - before <= 1
+    # And what comes next still arrives, in order.
+    (third,) = await service.notify(["alice"], title="next")
+    received = await tab.wait_for("notification:new", 2)
+    assert [item["id"] for item in received] == [first[0], third]

@@ -101,6 +101,9 @@ class Subscriber:
     wants_broadcasts: bool = True  # legacy WebSockets never had tenant announcements
     catching_up: bool = False
     counts_due: bool = False  # a replay's end still owes the client its counts
+    # A seq known to be committed (with every lower one) before a catch-up started: a read
+    # that finds nothing up to it means the rest were deleted, so the subscriber is past it.
+    settled_seq: int = 0
     pending: list[tuple[int, Outgoing]] = field(default_factory=list)
     closed: bool = False
 
@@ -249,6 +252,8 @@ class NotificationDelivery:
         for key, committed in committed_seqs.items():
             for subscriber in tuple(self._by_user.get(key, ())):
                 if subscriber.last_seq is not None and subscriber.last_seq < committed:
+                    if not subscriber.catching_up:  # a running one may have read already
+                        subscriber.settled_seq = max(subscriber.settled_seq, committed)
                     self._begin_catch_up(subscriber, reason)
 
     def _retry_baselines(self) -> None:
@@ -303,7 +308,12 @@ class NotificationDelivery:
         stalls = 0
         try:
             while not subscriber.closed:
+                settled = subscriber.settled_seq  # committed before the read below starts
                 sent = await self._send_from_database(subscriber) if read_database else 0
+                if read_database and subscriber.last_seq is not None:
+                    # Deleted (by their user or the purge) before reaching this subscriber:
+                    # without this, every lag check would catch it up again, finding nothing.
+                    subscriber.last_seq = max(subscriber.last_seq, settled)
                 read_database = True
                 if subscriber.counts_due:
                     # After the replayed notifications: counts at least as new as them.
