@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import and_, func, or_, select, update
@@ -23,9 +24,12 @@ from hub.services.inbox import Action
 from hub.services.notifications import NotificationService
 from hub.services.retention import Purge, PurgePolicy
 from hub.services.tenants import Retention, TenantSettingsService
+from hub.settings import Settings
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub
 from tests.harness.processes import clean_environment, run_cli
+from tests.harness.services import _asyncpg_dsn
+from tests.harness.worker import WorkerStarter
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -248,3 +252,34 @@ def test_purge_command_without_a_database_is_one_line() -> None:
     assert result.returncode == 2, result.stderr
     assert "notifyhub purge: the database does not answer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_worker_purges_on_its_schedule(
+    hub: RunningHub,
+    tenant: str,
+    worker_process: WorkerStarter,
+    email_settings: Callable[..., Settings],
+    postgres_url: str,
+) -> None:
+    service = ApiClient.for_service(hub.url, tenant)
+    await service.notify(["alice"], title="short-lived", ttl_seconds=1)
+    (kept,) = await service.notify(["alice"], title="kept")
+    await worker_process(email_settings(purge_interval_seconds=0.3))
+    connection = await asyncpg.connect(_asyncpg_dsn(postgres_url))
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                rows = await connection.fetch(
+                    "SELECT id FROM notifications WHERE tenant_id = $1", tenant
+                )
+                if [str(row["id"]) for row in rows] == [kept]:
+                    break
+                await asyncio.sleep(0.1)
+        counter = await connection.fetchrow(
+            "SELECT unread_count, unseen_count FROM notification_counters"
+            " WHERE tenant_id = $1 AND user_id = 'alice'",
+            tenant,
+        )
+    finally:
+        await connection.close()
+    assert (counter["unread_count"], counter["unseen_count"]) == (1, 1)
