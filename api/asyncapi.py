@@ -90,7 +90,7 @@ NAMESPACES: tuple[Namespace, ...] = (
         NOTIFICATIONS_NAMESPACE,
         "Notification center",
         "A user's notifications: replay after `last_seq` and live `notification:new`, read "
-        "marks on every device, tenant announcements. Connect `auth`: "
+        "marks and every other inbox change on every device, tenant announcements. Connect `auth`: "
         '`{"token": "<jwt>", "last_seq": 41}` (`last_seq` optional: with it, every stored '
         "notification with a larger `seq` is sent first, oldest first; a `last_seq` that is "
         "not a non-negative integer refuses the connection with `bad_request`).",
@@ -119,6 +119,18 @@ NAMESPACES: tuple[Namespace, ...] = (
                 "Notifications of the user were marked read (by a socket or REST)",
                 "`ids` lists only those that went from unread to read (not sent when none "
                 'did); `{"all": true}` is sent for every "mark all".',
+            ),
+            ServerEvent(
+                "notification:updated",
+                out.NotificationsUpdated,
+                "Notifications of the user changed, with the new counts",
+                "To every connection of the user on every change, whoever made it (a socket or "
+                "REST): read (after `notification:read`), unread, seen, archived, unarchived, "
+                'deleted. `changes` holds what changed (`"read_at": null` is unread, '
+                '`"archived_at": null` unarchived). After the replay that follows a connect with '
+                '`last_seq`, one is sent with `"ids": []` and `"changes": {}`: the current '
+                "counts (what changed while the client was away is not replayed: read the list "
+                "over REST).",
             ),
             ServerEvent(
                 "broadcast",

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
 from hub.keys import NOTIFICATIONS, PRINCIPAL
-from hub.responses import CreatedNotifications, MarkReadResult, NotificationPage, UnreadCount
+from hub.responses import (
+    CreatedNotifications,
+    InboxChangeResult,
+    NotificationPage,
+    UnreadCount,
+)
 from hub.rules import NewNotification
-from hub.schemas import CreateNotificationsIn, MarkReadIn
+from hub.schemas import CreateNotificationsIn, MarkReadIn, SelectionIn
+from hub.services.inbox import Action
+from hub.services.notifications import InboxChange
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -50,34 +59,80 @@ async def list_notifications(request: web.Request) -> web.Response:
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
         unread_only=_query_bool(request, "unread"),
+        unseen_only=_query_flag(request, "seen", when=False),
+        archived=_query_flag(request, "archived", when=True),
         category=_query_text(request, "category"),
     )
     reply = NotificationPage.model_validate(
-        {"items": page.items, "next_cursor": page.next_cursor, "unread_count": page.unread_count}
+        {
+            "items": page.items,
+            "next_cursor": page.next_cursor,
+            "unread_count": page.counts.unread,
+            "unseen_count": page.counts.unseen,
+        }
     )
     return json_response(reply.model_dump(mode="json"))
+
+
+def _query_flag(request: web.Request, name: str, *, when: bool) -> bool:
+    """A filter that exists one way only (``seen=false``, ``archived=true``): the other value
+    is the default, absent."""
+    if request.query.get(name) in (None, ""):
+        return False
+    return _query_bool(request, name) is when
 
 
 async def unread_count(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    count = await request.app[NOTIFICATIONS].count_unread(
+    counts = await request.app[NOTIFICATIONS].counts(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
     )
-    return json_response(UnreadCount(unread_count=count).model_dump(mode="json"))
-
-
-async def mark_as_read(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
-    payload = await read_body(request, MarkReadIn)
-    marks = await request.app[NOTIFICATIONS].mark_read(
-        tenant_id=principal.tenant_id,
-        user_id=principal.user_id,
-        ids=payload.ids,
-        all_unread=payload.all,
-    )
-    reply = MarkReadResult(updated=marks.updated, unread_count=marks.unread_count)
+    reply = UnreadCount(unread_count=counts.unread, unseen_count=counts.unseen)
     return json_response(reply.model_dump(mode="json"))
+
+
+def _changed(change: InboxChange) -> web.Response:
+    reply = InboxChangeResult(
+        updated=change.updated,
+        unread_count=change.unread_count,
+        unseen_count=change.unseen_count,
+    )
+    return json_response(reply.model_dump(mode="json"))
+
+
+def inbox_action(
+    action: Action, body: type[SelectionIn] = SelectionIn
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The view of ``POST /api/notifications/<action>/`` with ``{"ids"}`` or ``{"all"}``."""
+
+    async def view(request: web.Request) -> web.Response:
+        principal = request[PRINCIPAL]
+        payload = await read_body(request, body)
+        change = await request.app[NOTIFICATIONS].change(
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            action=action,
+            ids=payload.ids,
+            all_items=payload.all,
+        )
+        return _changed(change)
+
+    return view
+
+
+async def delete_notification(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    change = await request.app[NOTIFICATIONS].change(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        action=Action.DELETE,
+        ids=[request.match_info["notification_id"]],
+    )
+    return _changed(change)
+
+
+mark_as_read = inbox_action(Action.READ, MarkReadIn)
 
 
 async def create_notifications(request: web.Request) -> web.Response:
@@ -93,6 +148,8 @@ async def create_notifications(request: web.Request) -> web.Response:
             category=payload.category,
             data=payload.data,
             link=payload.link,
+            expires_at=payload.expires_at,
+            ttl_seconds=payload.ttl_seconds,
         ),
         idempotency_key=payload.idempotency_key,
     )

@@ -17,6 +17,7 @@ from api import (
     legacy_ws,
     notifications,
     openapi,
+    tenant_settings,
     webhooks,
 )
 from api.declarations import API_ROUTES, PUBLIC_PATHS, Operation, Param, Reply
@@ -25,6 +26,7 @@ from hub import schemas
 from hub.intake.envelope import MAX_EVENT_BYTES, EventEnvelope
 from hub.services.chat import ChatLimits
 from hub.services.common import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from hub.services.inbox import Action
 
 # -- parameters -------------------------------------------------------------------------------
 
@@ -48,6 +50,28 @@ UNREAD = Param(
     {"type": "boolean", "default": False},
     "`true` (or `1`): only unread notifications; `false` (or `0`) or absent: all",
     example=True,
+)
+SEEN = Param(
+    "seen",
+    "query",
+    {"type": "boolean"},
+    "`false` (or `0`): only unseen notifications; `true` or absent: all",
+    example=False,
+)
+ARCHIVED = Param(
+    "archived",
+    "query",
+    {"type": "boolean", "default": False},
+    "`true` (or `1`): only archived notifications; `false` or absent: only those not archived",
+    example=True,
+)
+NOTIFICATION_ID = Param(
+    "notification_id",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Notification id; one that is not the caller's, or does not exist, changes nothing",
+    required=True,
+    example="1042",
 )
 CATEGORY = Param(
     "category", "query", {"type": "string"}, "Only notifications of this category", example="deals"
@@ -114,6 +138,33 @@ LEGACY_PARAMS = (
 # -- the operations ---------------------------------------------------------------------------
 
 SERVICE_NOTE = "Requires a token with the `service` role."
+INBOX_ACTIONS = (
+    (
+        Action.SEEN,
+        "markNotificationsSeen",
+        "Mark notifications as seen",
+        '`{"all": true}`: every unseen one.',
+    ),
+    (
+        Action.UNREAD,
+        "markNotificationsUnread",
+        "Mark notifications as unread",
+        '`{"all": true}`: every read one.',
+    ),
+    (
+        Action.ARCHIVE,
+        "archiveNotifications",
+        "Archive notifications",
+        "Archived ones leave lists (see `archived=true`) and counts. "
+        '`{"all": true}`: every read one.',
+    ),
+    (
+        Action.UNARCHIVE,
+        "unarchiveNotifications",
+        "Unarchive notifications",
+        '`{"all": true}`: every archived one.',
+    ),
+)
 CHAT_BODY_MAX = ChatLimits().body_max_chars
 
 ROUTES: tuple[Operation, ...] = (
@@ -126,7 +177,7 @@ ROUTES: tuple[Operation, ...] = (
         "user",
         {200: Reply("A page of notifications, newest first", out.NotificationPage)},
         description="Keyset-paginated, newest first; follow `next_cursor` for older pages.",
-        params=(LIMIT, CURSOR, UNREAD, CATEGORY),
+        params=(LIMIT, CURSOR, UNREAD, SEEN, ARCHIVED, CATEGORY),
         errors=(400, 401, 503),
         handler=notifications.list_notifications,
     ),
@@ -155,10 +206,10 @@ ROUTES: tuple[Operation, ...] = (
         "GET",
         "/api/notifications/unread-count/",
         "getUnreadCount",
-        "Count the caller's unread notifications",
+        "Count the caller's unread and unseen notifications",
         "notifications",
         "user",
-        {200: Reply("The unread count", out.UnreadCount)},
+        {200: Reply("The unread and unseen counts", out.UnreadCount)},
         errors=(401, 503),
         handler=notifications.unread_count,
     ),
@@ -179,6 +230,65 @@ ROUTES: tuple[Operation, ...] = (
         },
         errors=(400, 401, 413, 503),
         handler=notifications.mark_as_read,
+    ),
+    *(
+        Operation(
+            "POST",
+            f"/api/notifications/{action.value}/",
+            operation_id,
+            summary,
+            "notifications",
+            "user",
+            {200: Reply("How many changed, and the new counts", out.InboxChangeResult)},
+            description=f"{detail} Ids that are not the caller's (or expired) are ignored, "
+            "never revealed. Every connection of the caller receives `notification:updated`.",
+            body=schemas.SelectionIn,
+            errors=(400, 401, 413, 503),
+            handler=notifications.inbox_action(action),
+        )
+        for action, operation_id, summary, detail in INBOX_ACTIONS
+    ),
+    Operation(
+        "DELETE",
+        "/api/notifications/{notification_id}/",
+        "deleteNotification",
+        "Delete a notification for good",
+        "notifications",
+        "user",
+        {200: Reply("Whether it changed, and the new counts", out.InboxChangeResult)},
+        description="`updated` is 0 for an id that is not the caller's or does not exist. "
+        "Every connection of the caller receives `notification:updated` with "
+        '`"changes": {"deleted": true}`.',
+        params=(NOTIFICATION_ID,),
+        errors=(401, 503),
+        handler=notifications.delete_notification,
+    ),
+    Operation(
+        "GET",
+        "/api/tenant/settings/",
+        "getTenantSettings",
+        "Read the tenant's settings",
+        "tenants",
+        "service",
+        {200: Reply("The tenant's retention periods", out.TenantSettings)},
+        description="The caller's tenant. " + SERVICE_NOTE,
+        errors=(401, 403, 503),
+        handler=tenant_settings.get_settings,
+    ),
+    Operation(
+        "PUT",
+        "/api/tenant/settings/",
+        "putTenantSettings",
+        "Replace the tenant's settings",
+        "tenants",
+        "service",
+        {200: Reply("The settings now in force", out.TenantSettings)},
+        description="A field left out (or null) goes back to the default. `retention_days` "
+        "may be at most the hub's `NOTIFYHUB_RETENTION_DAYS` (else 400). The purge applies "
+        "them on its next pass. " + SERVICE_NOTE,
+        body=schemas.TenantSettingsIn,
+        errors=(400, 401, 403, 413, 503),
+        handler=tenant_settings.put_settings,
     ),
     Operation(
         "POST",

@@ -10,6 +10,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.base import USER_ID_LENGTH, Base, BigId, JsonDocument, TenantScoped
 
+# Rows the unseen counter counts (see NotificationCounter).
+UNSEEN_SQL = "seen_at IS NULL AND archived_at IS NULL"
+
 
 class Notification(TenantScoped, Base):
     """One in-app notification of one user. ``seq`` counts that user's notifications 1, 2, 3..."""
@@ -26,6 +29,42 @@ class Notification(TenantScoped, Base):
             postgresql_where=text("read_at IS NULL"),
             sqlite_where=text("read_at IS NULL"),
         ),
+        # "Unseen only" pages; the unseen badge itself is a counter (NotificationCounter).
+        Index(
+            "ix_notifications_unseen",
+            "tenant_id",
+            "user_id",
+            "seq",
+            postgresql_where=text(UNSEEN_SQL),
+            sqlite_where=text(UNSEEN_SQL),
+        ),
+        # The archive tab: only archived rows, newest first.
+        Index(
+            "ix_notifications_archived",
+            "tenant_id",
+            "user_id",
+            "seq",
+            postgresql_where=text("archived_at IS NOT NULL"),
+            sqlite_where=text("archived_at IS NOT NULL"),
+        ),
+        # Counts subtract a user's expired-but-not-yet-purged rows: a range of this index.
+        Index(
+            "ix_notifications_expiring",
+            "tenant_id",
+            "user_id",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
+        # The purge's two cross-tenant questions, "what has expired" and "what is older than
+        # the retention": like ix_emails_due, not led by tenant_id because they span tenants.
+        Index(
+            "ix_notifications_expires_at",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
+        Index("ix_notifications_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -38,10 +77,19 @@ class Notification(TenantScoped, Base):
     link: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     read_at: Mapped[datetime | None] = mapped_column()
+    seen_at: Mapped[datetime | None] = mapped_column()
+    archived_at: Mapped[datetime | None] = mapped_column()
+    expires_at: Mapped[datetime | None] = mapped_column()
 
 
 class NotificationCounter(TenantScoped, Base):
-    """Per-user ``seq`` allocator and exact unread count, updated in the creating transaction.
+    """Per-user ``seq`` allocator and exact unread and unseen counts, updated in the
+    transaction that changes the rows they count.
+
+    ``unread_count`` counts the user's rows with ``read_at IS NULL AND archived_at IS NULL``,
+    ``unseen_count`` those with ``seen_at IS NULL AND archived_at IS NULL``, expired or not:
+    the badge subtracts the few expired rows the purge has not deleted yet
+    (docs/architecture.md, "Inbox counts").
 
     Allocating ``seq`` by incrementing this row serialises concurrent creators for one user
     on its row lock, which is what keeps ``seq`` free of duplicates and holes.
@@ -53,6 +101,18 @@ class NotificationCounter(TenantScoped, Base):
     user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     unread_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    unseen_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class TenantSettings(TenantScoped, Base):
+    """A tenant's own settings (``PUT /api/tenant/settings/``); no row: the hub's defaults."""
+
+    __tablename__ = "tenant_settings"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    retention_days: Mapped[int | None] = mapped_column()
+    chat_retention_days: Mapped[int | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
 
 
 class NotificationRequest(TenantScoped, Base):

@@ -52,6 +52,7 @@ from hub.keys import (
     SCHEMA_CHECK,
     SETTINGS,
     SOCKETIO,
+    TENANT_SETTINGS,
     TYPING,
     VERIFIER,
     WEBHOOKS,
@@ -59,8 +60,10 @@ from hub.keys import (
 from hub.metrics import register_pool, unregister
 from hub.realtime import Realtime
 from hub.services.chat import ChatLimits, ChatService
-from hub.services.notifications import latest_seqs, replay_page
+from hub.services.notifications import counts_event, latest_seqs, replay_page
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
+from hub.services.retention import Purge, PurgePolicy
+from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import (
     LocalTypingState,
     RedisTypingState,
@@ -169,7 +172,10 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
     """The notification bus (Redis pub/sub or in-process) and this node's live delivery."""
     settings = app[SETTINGS]
     delivery = NotificationDelivery(
-        sessions=app[DB_SESSIONS], fetch_after=replay_page, latest_seqs=latest_seqs
+        sessions=app[DB_SESSIONS],
+        fetch_after=replay_page,
+        latest_seqs=latest_seqs,
+        counts_event=counts_event,
     )
     app[NOTIFICATION_DELIVERY] = delivery
     listening: asyncio.Task[None] | None = None
@@ -204,6 +210,24 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await delivery.close()
+
+
+async def retention_context(app: web.Application) -> AsyncIterator[None]:
+    """Tenant settings; on the embedded profile (no worker) the purge schedule runs here."""
+    settings = app[SETTINGS]
+    app[TENANT_SETTINGS] = TenantSettingsService(
+        sessions=app[DB_SESSIONS], max_retention_days=settings.retention_days
+    )
+    purging: asyncio.Task[None] | None = None
+    if settings.redis_url is None:
+        purge = Purge(app[DB_SESSIONS], PurgePolicy.from_settings(settings))
+        purging = asyncio.create_task(purge.run_every(settings.purge_interval_seconds))
+    try:
+        yield
+    finally:
+        if purging is not None:
+            purging.cancel()
+            await asyncio.gather(purging, return_exceptions=True)
 
 
 async def chat_context(app: web.Application) -> AsyncIterator[None]:
@@ -387,6 +411,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         redis_context,
         socketio_context,
         notification_delivery_context,
+        retention_context,
         chat_context,
         task_broker_context,
         kafka_intake_context,

@@ -1,4 +1,5 @@
-"""The ``notifyhub`` command line: serve, worker, consume, publish, migrate, healthcheck, token.
+"""The ``notifyhub`` command line: serve, worker, consume, publish, migrate, purge, healthcheck,
+token.
 
 A mistake in configuration or in the environment at start (a bad URL, a port in use, a
 database or Redis that does not answer) is one line on stderr and exit code 2, never a
@@ -76,6 +77,37 @@ def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     from tasks.worker import main as run_worker
 
     return run_worker(settings)
+
+
+def _purge(settings: Settings, _args: argparse.Namespace) -> int:
+    import asyncio
+
+    from db.engine import engine_for, make_session_factory
+    from hub.services.retention import Purge, PurgePolicy, PurgeReport
+
+    async def run() -> PurgeReport:
+        engine = engine_for(settings)
+        try:
+            return await Purge(
+                make_session_factory(engine), PurgePolicy.from_settings(settings)
+            ).run()
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except Exception as exc:
+        from db.outage import is_unavailable
+
+        if not (isinstance(exc, OSError) or is_unavailable(exc)):
+            raise
+        # Nothing was lost: every batch that committed is done, the next run does the rest.
+        raise StartupError(f"the database does not answer ({exc}); run it again later") from None
+    print(
+        f"purged {report.expired} expired and {report.retained} old notifications, "
+        f"{report.messages} chat messages"
+    )
+    return 0
 
 
 def _consume(settings: Settings, _args: argparse.Namespace) -> int:
@@ -159,8 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default NOTIFYHUB_PORT, 8004)")
     serve.set_defaults(run=_serve, uses_database=True)
 
-    worker = commands.add_parser("worker", help="run email and push tasks from Redis until SIGTERM")
+    worker = commands.add_parser(
+        "worker", help="run email and push tasks, webhooks and the retention purge until SIGTERM"
+    )
     worker.set_defaults(run=_worker, uses_database=True)
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete expired notifications and those past the retention (and chat messages "
+        "past a tenant's chat retention) once, in batches, then exit",
+    )
+    purge.set_defaults(run=_purge, uses_database=True)
 
     consume = commands.add_parser("consume", help="run the Kafka event consumer alone")
     consume.set_defaults(run=_consume, uses_database=True)

@@ -107,3 +107,9 @@ CATCH_UPS = Counter(
     "resubscribed: the bus came back, lagging: a stored notification never came by the bus).",
     ["reason"],
 )
+PURGED_ROWS = Counter(
+    "notifyhub_purged_rows_total",
+    "Rows deleted by the retention purge, by kind (notifications_expired, "
+    "notifications_retention, messages).",
+    ["kind"],
+)

@@ -22,6 +22,9 @@ class NotificationRecord(TypedDict):
     link: str | None
     created_at: str
     read_at: str | None
+    seen_at: str | None
+    archived_at: str | None
+    expires_at: str | None
 
 
 class MessageRecord(TypedDict):

@@ -57,6 +57,9 @@ class Notification(Out):
                     "link": "/deals/981",
                     "created_at": "2025-03-01T09:30:00.123456Z",
                     "read_at": None,
+                    "seen_at": "2025-03-01T09:31:00.123456Z",
+                    "archived_at": None,
+                    "expires_at": None,
                 }
             ]
         }
@@ -75,25 +78,73 @@ class Notification(Out):
     link: str | None
     created_at: Timestamp
     read_at: Timestamp | None = Field(description="null while unread")
+    seen_at: Timestamp | None = Field(
+        default=None, description="null while unseen (reading also sets it, if unset)"
+    )
+    archived_at: Timestamp | None = Field(default=None, description="null unless archived")
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description="null: never expires; past it the item is gone from lists and counts",
+    )
+
+
+UNREAD_COUNT = "The caller's unread notifications, all categories (not archived, not expired)"
+UNSEEN_COUNT = "The caller's unseen notifications, all categories (not archived, not expired)"
 
 
 class NotificationPage(Out):
     items: list[Notification] = Field(description="Newest first")
     next_cursor: Cursor
-    unread_count: Count = Field(description="The caller's unread notifications, all categories")
+    unread_count: Count = Field(description=UNREAD_COUNT)
+    unseen_count: Count = Field(description=UNSEEN_COUNT)
 
 
 class UnreadCount(Out):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"unread_count": 3}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"unread_count": 3, "unseen_count": 1}]}
+    )
 
-    unread_count: Count
+    unread_count: Count = Field(description=UNREAD_COUNT)
+    unseen_count: Count = Field(description=UNSEEN_COUNT)
+
+
+class InboxChangeResult(Out):
+    """What mark-as-seen, mark-as-unread, archive, unarchive and delete answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"updated": 2, "unread_count": 1, "unseen_count": 0}]}
+    )
+
+    updated: Count = Field(
+        description="The caller's notifications this request changed (ids already in that "
+        "state, not the caller's or unknown count for nothing)"
+    )
+    unread_count: Count = Field(description=UNREAD_COUNT)
+    unseen_count: Count = Field(description=UNSEEN_COUNT)
+
+
+class TenantSettings(Out):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retention_days": 90, "chat_retention_days": 30}]}
+    )
+
+    retention_days: int | None = Field(
+        description="Notifications older than this are purged; null: the hub's "
+        "NOTIFYHUB_RETENTION_DAYS (never more than it)"
+    )
+    chat_retention_days: int | None = Field(
+        description="Chat messages older than this are purged; null: kept"
+    )
 
 
 class MarkReadResult(Out):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"updated": 2, "unread_count": 1}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"updated": 2, "unread_count": 1, "unseen_count": 0}]}
+    )
 
     updated: Count = Field(description="Notifications that went from unread to read")
-    unread_count: Count
+    unread_count: Count = Field(description=UNREAD_COUNT)
+    unseen_count: Count = Field(description=UNSEEN_COUNT)
 
 
 class CreatedNotifications(Out):
@@ -356,6 +407,42 @@ class NotificationsReadAll(Out):
 
 class NotificationsRead(RootModel[NotificationsReadIds | NotificationsReadAll]):
     """``notification:read``: sent to every connection of the user, whoever marked."""
+
+
+class InboxChanges(Out):
+    """What changed on every notification the event names (absent: unchanged)."""
+
+    read_at: Timestamp | None = Field(default=None, description="Read (a time) or unread (null)")
+    seen_at: Timestamp | None = Field(default=None, description="Seen at this time")
+    archived_at: Timestamp | None = Field(
+        default=None, description="Archived (a time) or unarchived (null)"
+    )
+    deleted: Literal[True] | None = Field(default=None, description="Deleted for good")
+
+
+class NotificationsUpdated(Out):
+    """``notification:updated``: sent to every connection of the user on every change
+    (read, unread, seen, archived, unarchived, deleted), whoever made it; after a replay,
+    with no ids and no changes, to give the current counts."""
+
+    model_config = _example(
+        {
+            "ids": ["1042"],
+            "changes": {"archived_at": _AT},
+            "unread_count": 3,
+            "unseen_count": 1,
+        }
+    )
+
+    ids: list[str] | None = Field(
+        default=None, description="The notifications that changed (absent when `all` is set)"
+    )
+    all: Literal[True] | None = Field(
+        default=None, description="Every notification the action applies to changed"
+    )
+    changes: InboxChanges
+    unread_count: Count = Field(description="The user's unread notifications after the change")
+    unseen_count: Count = Field(description="The user's unseen notifications after the change")
 
 
 class Broadcast(Out):

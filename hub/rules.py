@@ -7,6 +7,7 @@ publishing, so this module stays light: no database, no Redis, no hub services.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -23,6 +24,9 @@ BODY_MAX_CHARS = 5000
 DATA_MAX_BYTES = 16 * 1024
 MAX_RECIPIENTS = 1000
 LINK_MAX_CHARS = 2000
+# A notification may live from one second to ten years; past its retention it is purged anyway.
+TTL_MIN_SECONDS = 1
+TTL_MAX_SECONDS = 10 * 365 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,38 @@ class NewNotification:
     category: str | None = None
     data: dict[str, Any] | None = None
     link: str | None = None
+    # At most one of these: when the item leaves lists and counts (``ttl_seconds`` counts
+    # from the moment it is stored).
+    expires_at: datetime | None = None
+    ttl_seconds: int | None = None
+
+    def expiry(self, stored_at: datetime) -> datetime | None:
+        if self.ttl_seconds is not None:
+            return stored_at + timedelta(seconds=self.ttl_seconds)
+        return self.expires_at
+
+
+def check_expiry(notification: NewNotification, *, not_before: datetime | None) -> None:
+    """``expires_at`` xor ``ttl_seconds``, ttl within bounds, ``expires_at`` with a time zone
+    and after ``not_before`` (REST: now; an event: its ``occurred_at``, so that an event that
+    waited in a queue is still applied, stored already expired, and never shown)."""
+    expires_at, ttl = notification.expires_at, notification.ttl_seconds
+    if expires_at is not None and ttl is not None:
+        raise InvalidInput("give at most one of 'expires_at' and 'ttl_seconds'")
+    if ttl is not None and not TTL_MIN_SECONDS <= ttl <= TTL_MAX_SECONDS:
+        raise InvalidInput(
+            f"ttl_seconds must be from {TTL_MIN_SECONDS} to {TTL_MAX_SECONDS} (ten years)"
+        )
+    if expires_at is None:
+        return
+    if expires_at.tzinfo is None:
+        raise InvalidInput("expires_at needs a time zone (e.g. 2026-12-01T10:00:00Z)")
+    if not_before is not None and not_before.tzinfo is None:
+        not_before = not_before.replace(tzinfo=UTC)  # an envelope's occurred_at: UTC
+    if not_before is not None and expires_at <= not_before:
+        raise InvalidInput("expires_at is in the past")
+    if not_before is not None and expires_at > not_before + timedelta(seconds=TTL_MAX_SECONDS):
+        raise InvalidInput("expires_at is more than ten years ahead")
 
 
 def check_limits(

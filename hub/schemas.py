@@ -5,6 +5,7 @@ Descriptions and examples here only document; constraints validate.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 import orjson
@@ -66,8 +67,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MarkReadIn(Strict):
-    """``{"ids": [...]}`` or ``{"all": true}``."""
+class SelectionIn(Strict):
+    """``{"ids": [...]}`` or ``{"all": true}``: the notifications an inbox action applies to."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -89,15 +90,50 @@ class MarkReadIn(Strict):
     ids: list[NotificationId] | None = Field(
         default=None,
         max_length=1000,
-        description="Notification ids to mark as read; ids that are not the caller's are ignored",
+        description="Notification ids (at most 1,000); ids that are not the caller's are ignored",
     )
-    all: StrictBool = Field(default=False, description="true: mark every unread one as read")
+    all: StrictBool = Field(
+        default=False,
+        description="true: every notification the action applies to (archive: the read ones)",
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> Self:
         if self.all == (self.ids is not None):
             raise ValueError("give either 'ids' or 'all': true")
         return self
+
+
+class MarkReadIn(SelectionIn):
+    """``{"ids": [...]}`` or ``{"all": true}`` (every unread one)."""
+
+
+TtlSeconds = Annotated[int, Field(ge=rules.TTL_MIN_SECONDS, le=rules.TTL_MAX_SECONDS)]
+EXPIRES_AT = Field(
+    default=None,
+    description="When the notification leaves lists and counts (ISO 8601 with a time zone; "
+    "in the past: 400); give this or `ttl_seconds`, not both",
+)
+TTL_SECONDS = Field(
+    default=None,
+    description=f"Seconds from now until it expires ({rules.TTL_MIN_SECONDS} to "
+    f"{rules.TTL_MAX_SECONDS:,}, ten years); give this or `expires_at`, not both",
+)
+
+
+class TenantSettingsIn(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"retention_days": 90, "chat_retention_days": 30}]}
+    )
+
+    retention_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(
+        default=None,
+        description="Purge notifications older than this many days (at most the hub's "
+        "NOTIFYHUB_RETENTION_DAYS, which applies when null)",
+    )
+    chat_retention_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(
+        default=None, description="Purge chat messages older than this many days; null: keep"
+    )
 
 
 class CreateNotificationsIn(Strict):
@@ -134,6 +170,8 @@ class CreateNotificationsIn(Strict):
         default=None, description="Any JSON object, at most 16 KiB encoded by default (413)"
     )
     link: str | None = Field(default=None, description="At most 2,000 characters (413)")
+    expires_at: datetime | None = EXPIRES_AT
+    ttl_seconds: TtlSeconds | None = TTL_SECONDS
     idempotency_key: (
         Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)] | None
     ) = Field(

@@ -194,6 +194,14 @@ class Settings(BaseSettings):
     # slow receiver holds a few slots, never all of them.
     webhook_worker_concurrency: int = Field(default=50, ge=1)
     webhook_endpoint_concurrency: int = Field(default=2, ge=1)
+    # Retention (docs/architecture.md "Retention"): notifications older than this are purged
+    # (a tenant may set fewer days), and so are expired ones, by `notifyhub worker` (or `serve`
+    # on the embedded profile) every purge interval and by `notifyhub purge`; in batches of
+    # at most purge_batch_rows rows, each its own transaction, purge_pause_seconds apart.
+    retention_days: int = Field(default=365, ge=1, le=36500)
+    purge_interval_seconds: float = Field(default=300.0, gt=0)
+    purge_batch_rows: int = Field(default=5000, ge=1, le=100_000)
+    purge_pause_seconds: float = Field(default=0.05, ge=0)
 
     # `worker` and `consume` touch this file while they are healthy (their dependencies
     # answer), every heartbeat interval; `notifyhub healthcheck` fails when it is stale. Unset:

@@ -1,4 +1,5 @@
-"""``notifyhub worker``: run email and push tasks from the Redis stream until SIGTERM/SIGINT.
+"""``notifyhub worker``: run email and push tasks and send webhooks from the Redis stream
+until SIGTERM/SIGINT, and the retention purge every ``NOTIFYHUB_PURGE_INTERVAL_SECONDS``.
 
 Shutdown is bounded: stop taking tasks, give running ones ``worker_shutdown_seconds`` to
 finish, then cancel them (unacknowledged, so another worker picks them up). This is our own
@@ -22,6 +23,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
 from hub.heartbeat import run_heartbeat
+from hub.services.retention import Purge, PurgePolicy
 from hub.settings import ConfigurationError, Settings
 from hub.startup import database_problem, redis_problem, require_redis, stop_on_signals
 from tasks.broker import build_broker
@@ -76,6 +78,12 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
             webhook_sweeper(hooking),
         ]
         sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
+        # Retention: bounded batches with SKIP LOCKED, so several workers purging at once
+        # neither wait on each other nor delete anything twice.
+        purge = Purge(resources.sessions, PurgePolicy.from_settings(settings))
+        purging = asyncio.create_task(
+            purge.run_every(settings.purge_interval_seconds), name="purge"
+        )
         log.info("worker started (concurrency %d)", settings.email_worker_concurrency)
         beating = _start_heartbeat(settings, listening, stop, resources.sessions)
         stopping = asyncio.create_task(stop.wait())
@@ -91,6 +99,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
         finish.set()
         for sweeper in sweepers:
             sweeper.stop()
+        # A batch is one short transaction: cancelling rolls back at most that one.
+        purging.cancel()
+        await asyncio.gather(purging, return_exceptions=True)
         # The sweepers' attempts get the same window as the receiver's tasks, in parallel,
         # however early the receiver is done.
         window_ends = asyncio.get_running_loop().time() + settings.worker_shutdown_seconds

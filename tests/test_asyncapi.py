@@ -24,7 +24,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from api.asyncapi import NAMESPACES, Topology, build_document, document_bytes, message_key
 from api.openapi import REF_TEMPLATE
-from hub.delivery.notifications import BROADCAST_EVENT, NEW_EVENT, READ_EVENT
+from hub.delivery.notifications import BROADCAST_EVENT, NEW_EVENT, READ_EVENT, UPDATED_EVENT
 from hub.intake.envelope import EventEnvelope
 from hub.keys import SETTINGS
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
@@ -198,6 +198,7 @@ def test_every_emitted_event_is_a_documented_operation() -> None:
     assert _operations_on(document, NOTIFICATIONS_NAMESPACE, "send") == {
         NEW_EVENT,
         READ_EVENT,
+        UPDATED_EVENT,
         BROADCAST_EVENT,
     }
     emitted: set[str] = set()
@@ -277,6 +278,12 @@ async def test_live_payloads_and_acks_conform(
     assert_conforms(document, "notificationMarkReadAck", ack)
     for read in await center.wait_for(READ_EVENT, 2):
         assert_conforms(document, "notificationReadOut", read)
+    alice_rest = ApiClient.for_user(hub.url, tenant, "alice")
+    await alice_rest.post("/api/notifications/archive/", {"ids": [created]})
+    await alice_rest.request("DELETE", f"/api/notifications/{created}/")
+    # The replay's end (counts), two reads, an archive and a delete.
+    for updated in await center.wait_for("notification:updated", 5):
+        assert_conforms(document, "notificationUpdatedOut", updated)
     status, _ = await service.post("/api/broadcasts/", {"title": "Hi", "body": "all"})
     assert status == 202
     (announcement,) = await center.wait_for(BROADCAST_EVENT)

@@ -184,7 +184,8 @@ async def test_two_users_in_the_playground(
 
 
 async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserPage) -> None:
-    """Notifications, chat, mark read and replay, as two users would use the page."""
+    """Notifications, chat, mark read, replay, seen, archive and delete, as two users would
+    use the page."""
     from playwright.async_api import expect
 
     await alice.sign_in(tenant)
@@ -276,6 +277,25 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
     await expect(alice.message("Call at 3 pm?")).to_have_count(1)
     await expect(alice.own_message_status("3 pm works")).to_have_text(re.compile("Read"))
     await alice.screenshot(ARTIFACTS / "playground-alice-after-reload.png")
+
+    # Seen vs read, archive and delete: each change comes back as notification:updated.
+    meeting = items.filter(has_text="Meeting moved")
+    await expect(alice.testid("unseen-badge")).to_have_text("1")
+    await expect(meeting).to_have_attribute("data-unseen", "true")
+    await meeting.get_by_test_id("mark-seen").click()
+    await expect(meeting).to_have_attribute("data-unseen", "false")
+    await expect(alice.testid("unseen-badge")).to_have_text("0")
+    await expect(alice.testid("unread-badge")).to_have_text("1")  # seen, still unread
+    await items.filter(has_text="Deal won").get_by_test_id("archive").click()
+    await expect(items).to_have_count(2)
+    await items.filter(has_text="Invoice #1042").get_by_test_id("delete").click()
+    await expect(items).to_have_count(1)
+    await expect(items.first).to_contain_text("Meeting moved")
+    await expect(log.filter(has_text="notification:updated")).to_have_count(4)  # + replay end
+    archived = await ApiClient.for_user(playground_url, tenant, "alice").get(
+        "/api/notifications/", archived="true"
+    )
+    assert [item["title"] for item in archived[1]["items"]] == ["Deal won: ACME renewal"]
 
     assert alice.problems == [], alice.problems
     assert bob.problems == [], bob.problems

@@ -50,7 +50,7 @@ async def test_notifications_and_chat_on_sqlite_without_redis(
     assert ack == {"ok": True, "updated": 2, "unread_count": 0}
     assert (await live.wait_for("notification:read"))[0] == {"all": True, "unread_count": 0}
     bob = ApiClient.for_user(hub.url, tenant, "bob")
-    assert (await bob.get("/api/notifications/unread-count/"))[1] == {"unread_count": 1}
+    assert (await bob.get("/api/notifications/unread-count/"))[1]["unread_count"] == 1
 
     broadcast_status, _ = await service.post("/api/broadcasts/", {"title": "t", "body": "b"})
     assert broadcast_status == 202

@@ -307,7 +307,7 @@ async def test_duplicates_apply_once_across_rabbitmq_and_rest(
         status, body = await ApiClient.for_user(hub.url, tenant, user).get(
             "/api/notifications/unread-count/"
         )
-        assert (status, body) == (200, {"unread_count": 200})
+        assert (status, body) == (200, {"unread_count": 200, "unseen_count": 200})
     assert await rabbit.take_dead_letters() == []
     assert running.intake.status == "running"
     await running.stopped()

@@ -98,6 +98,6 @@ async def test_concurrent_marks_and_creates_keep_unread_exact(postgres_url: str)
             )
         finally:
             await connection.close()
-        assert await service.count_unread(tenant_id=tenant, user_id="u") == truly_unread
+        assert (await service.counts(tenant_id=tenant, user_id="u")).unread == truly_unread
     finally:
         await engine.dispose()

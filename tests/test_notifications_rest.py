@@ -40,18 +40,25 @@ async def test_create_list_count_and_mark_read(hub: RunningHub, tenant: str) -> 
         "link",
         "created_at",
         "read_at",
+        "seen_at",
+        "archived_at",
+        "expires_at",
     }
     assert (first["tenant_id"], first["user_id"], first["read_at"]) == (tenant, "alice", None)
     assert first["created_at"].endswith("Z")
 
     status, body = await alice.post("/api/notifications/mark-as-read/", {"ids": alice_ids[:2]})
-    assert (status, body) == (200, {"updated": 2, "unread_count": 3})
+    assert (status, body) == (200, {"updated": 2, "unread_count": 3, "unseen_count": 3})
     # Marking again changes nothing.
     assert (await alice.post("/api/notifications/mark-as-read/", {"ids": alice_ids[:2]}))[1] == {
         "updated": 0,
         "unread_count": 3,
+        "unseen_count": 3,
     }
-    assert await alice.get("/api/notifications/unread-count/") == (200, {"unread_count": 3})
+    assert await alice.get("/api/notifications/unread-count/") == (
+        200,
+        {"unread_count": 3, "unseen_count": 3},
+    )
     status, unread = await alice.get("/api/notifications/", unread="true")
     assert [item["title"] for item in unread["items"]] == ["n4", "n3", "n2"]
     status, deals = await alice.get("/api/notifications/", category="deal")
@@ -61,10 +68,14 @@ async def test_create_list_count_and_mark_read(hub: RunningHub, tenant: str) -> 
     assert (await alice.post("/api/notifications/mark-as-read/", {"all": True}))[1] == {
         "updated": 3,
         "unread_count": 0,
+        "unseen_count": 0,
     }
     # Bob's are untouched.
     bob = ApiClient.for_user(hub.url, tenant, "bob")
-    assert (await bob.get("/api/notifications/unread-count"))[1] == {"unread_count": 5}
+    assert (await bob.get("/api/notifications/unread-count"))[1] == {
+        "unread_count": 5,
+        "unseen_count": 5,
+    }
 
 
 async def test_keyset_pagination_walks_everything_once(hub: RunningHub, tenant: str) -> None:
@@ -128,7 +139,7 @@ async def test_idempotency_key_returns_the_same_ids(hub: RunningHub, tenant: str
     assert first[1]["ids"] == again[1]["ids"]
     assert (await ApiClient.for_user(hub.url, tenant, "u1").get("/api/notifications/unread-count"))[
         1
-    ] == {"unread_count": 1}
+    ]["unread_count"] == 1
     # The same key in another tenant is another request.
     other = ApiClient.for_service(hub.url, tenant + "-b")
     assert (await other.post("/api/notifications/", body))[1]["ids"] != first[1]["ids"]
@@ -168,7 +179,7 @@ async def test_create_input_is_validated(
     # Nothing was stored.
     assert (await ApiClient.for_user(hub.url, tenant, "u").get("/api/notifications/unread-count"))[
         1
-    ] == {"unread_count": 0}
+    ]["unread_count"] == 0
 
 
 @pytest.mark.parametrize(
@@ -197,7 +208,7 @@ async def test_mark_read_ignores_foreign_and_nonsense_ids(hub: RunningHub, tenan
         "/api/notifications/mark-as-read/",
         {"ids": [theirs, "abc", "-1", "99999999999999999999", mine]},
     )
-    assert (status, body) == (200, {"updated": 1, "unread_count": 0})
+    assert (status, body) == (200, {"updated": 1, "unread_count": 0, "unseen_count": 0})
     assert (
         await ApiClient.for_user(hub.url, tenant, "them").get("/api/notifications/unread-count")
-    )[1] == {"unread_count": 1}
+    )[1] == {"unread_count": 1, "unseen_count": 1}

@@ -43,6 +43,13 @@ PUBLIC_ROUTES = {
     ("GET", "/api/notifications/"),
     ("GET", "/api/notifications/unread-count/"),
     ("POST", "/api/notifications/mark-as-read/"),
+    ("POST", "/api/notifications/mark-as-seen/"),
+    ("POST", "/api/notifications/mark-as-unread/"),
+    ("POST", "/api/notifications/archive/"),
+    ("POST", "/api/notifications/unarchive/"),
+    ("DELETE", "/api/notifications/{notification_id}/"),
+    ("GET", "/api/tenant/settings/"),
+    ("PUT", "/api/tenant/settings/"),
     ("POST", "/api/notifications/"),
     ("POST", "/api/broadcasts/"),
     ("POST", "/api/messages/send/"),
@@ -59,6 +66,8 @@ PUBLIC_ROUTES = {
     ("GET", "/api/docs"),
 }
 SERVICE_ROUTES = {
+    ("GET", "/api/tenant/settings/"),
+    ("PUT", "/api/tenant/settings/"),
     ("POST", "/api/notifications/"),
     ("POST", "/api/broadcasts/"),
     ("POST", "/api/events/"),
@@ -197,7 +206,7 @@ def test_document_shape_auth_errors_and_examples() -> None:
         "maximum": 100,
         "default": 20,
     }
-    assert set(list_params) == {"limit", "cursor", "unread", "category"}
+    assert set(list_params) == {"limit", "cursor", "unread", "seen", "archived", "category"}
     assert list_params["unread"]["schema"]["type"] == "boolean"
     # Every request body and every 2xx model has an example.
     schemas = components["schemas"]

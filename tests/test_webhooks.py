@@ -205,7 +205,8 @@ async def test_a_notification_is_reported_signed_and_listed_with_its_attempt(
 async def test_failures_are_retried_with_the_same_id_then_given_up(
     hook_stack: HookStack, receiver: Receiver, tenant: str
 ) -> None:
-    hub, _ = await hook_stack(webhook_retry_window_seconds=3.0)
+    # The window counts from the event: long enough for a worker that starts slowly.
+    hub, _ = await hook_stack(webhook_retry_window_seconds=8.0)
     flaky = await create_hook(hub, tenant, f"{receiver.url}/hook/flaky", ["notification.created"])
     dead = await create_hook(hub, tenant, f"{receiver.url}/hook/dead", ["notification.created"])
     receiver.answers = {"flaky": [500, 503], "dead": [500] * 100}

@@ -33,10 +33,13 @@ class PublishedNotification:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadEvent:
+class UserEvents:
+    """Events for every connection of one user, sent in this order (``notification:read``
+    then ``notification:updated`` for one read mark): ``(event name, encoded payload)``."""
+
     tenant_id: str
     user_id: str
-    json: str  # the ``notification:read`` payload
+    events: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class TenantBroadcast:
 class BusListener(Protocol):
     async def on_new(self, items: Sequence[PublishedNotification]) -> None: ...
 
-    async def on_read(self, event: ReadEvent) -> None: ...
+    async def on_user_events(self, events: UserEvents) -> None: ...
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None: ...
 
@@ -59,8 +62,8 @@ class BusListener(Protocol):
 class NotificationBus(Protocol):
     async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None: ...
 
-    async def publish_read(
-        self, *, tenant_id: str, user_id: str, event: dict[str, Any]
+    async def publish_user_events(
+        self, *, tenant_id: str, user_id: str, events: Sequence[tuple[str, dict[str, Any]]]
     ) -> None: ...
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None: ...
@@ -69,6 +72,10 @@ class NotificationBus(Protocol):
 def notification_channel(settings: Settings) -> str:
     """One channel per hub, next to the Socket.IO manager's."""
     return f"{settings.socketio_channel}:notifications"
+
+
+def encode_events(events: Sequence[tuple[str, dict[str, Any]]]) -> tuple[tuple[str, str], ...]:
+    return tuple((name, orjson.dumps(payload).decode()) for name, payload in events)
 
 
 def encode_new(notifications: Sequence[NotificationRecord]) -> list[PublishedNotification]:
@@ -88,9 +95,13 @@ class LocalBus:
         if self.listener is not None and notifications:
             await self.listener.on_new(encode_new(notifications))
 
-    async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
+    async def publish_user_events(
+        self, *, tenant_id: str, user_id: str, events: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
         if self.listener is not None:
-            await self.listener.on_read(ReadEvent(tenant_id, user_id, orjson.dumps(event).decode()))
+            await self.listener.on_user_events(
+                UserEvents(tenant_id, user_id, encode_events(events))
+            )
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
         if self.listener is not None:
@@ -115,10 +126,11 @@ class RedisBus:
         }
         await self._publish(message)
 
-    async def publish_read(self, *, tenant_id: str, user_id: str, event: dict[str, Any]) -> None:
-        await self._publish(
-            {"k": "read", "t": tenant_id, "u": user_id, "j": orjson.dumps(event).decode()}
-        )
+    async def publish_user_events(
+        self, *, tenant_id: str, user_id: str, events: Sequence[tuple[str, dict[str, Any]]]
+    ) -> None:
+        # One message for all of them: they reach each node, and each connection, in order.
+        await self._publish({"k": "user", "t": tenant_id, "u": user_id, "e": encode_events(events)})
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
         await self._publish({"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()})
@@ -169,8 +181,12 @@ class RedisBus:
                 await listener.on_new(
                     [PublishedNotification(t, u, s, j) for t, u, s, j in message["i"]]
                 )
-            elif message["k"] == "read":
-                await listener.on_read(ReadEvent(message["t"], message["u"], message["j"]))
+            elif message["k"] == "user":
+                events = tuple((name, data) for name, data in message["e"])
+                await listener.on_user_events(UserEvents(message["t"], message["u"], events))
+            elif message["k"] == "read":  # from a node not yet upgraded (rolling restart)
+                events = (("notification:read", message["j"]),)
+                await listener.on_user_events(UserEvents(message["t"], message["u"], events))
             elif message["k"] == "bc":
                 await listener.on_broadcast(TenantBroadcast(message["t"], message["j"]))
         except Exception:  # one bad message must not stop delivery for everyone

@@ -1,4 +1,4 @@
-"""Per-node delivery of ``notification:new`` / ``notification:read`` to local connections.
+"""Per-node delivery of ``notification:new``, ``:read`` and ``:updated`` to local connections.
 
 Each connection (a ``/notifications`` socket or a legacy WebSocket) is a :class:`Subscriber`
 that remembers the last ``seq`` it was sent. Delivery keeps four promises:
@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.outage import is_unavailable
-from hub.delivery.bus import PublishedNotification, ReadEvent, TenantBroadcast
+from hub.delivery.bus import PublishedNotification, TenantBroadcast, UserEvents
 from hub.logs import ThrottledLog
 from hub.metrics import CATCH_UPS, EMITS
 
@@ -44,9 +44,12 @@ LAG_CHECK_LOG = ThrottledLog(log)
 
 NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
+UPDATED_EVENT = "notification:updated"
 BROADCAST_EVENT = "broadcast"
 REPLAY_PAGE_SIZE = 500
-_EMITTED = {event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, BROADCAST_EVENT)}
+_EMITTED = {
+    event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, UPDATED_EVENT, BROADCAST_EVENT)
+}
 
 LAG_CHECK_CHUNK = 500
 DATABASE_SLOTS = 4
@@ -54,9 +57,13 @@ DATABASE_RETRY_SECONDS = 1.0
 UserKey = tuple[str, str]  # (tenant_id, user_id)
 
 # (session, tenant_id, user_id, after_seq, limit) -> (seq, encoded notification), oldest first
-FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str]]]]
+# (an expired notification comes as (seq, None): skipped, but the subscriber is past it)
+FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str | None]]]]
 # (session, users) -> the latest stored seq of each of those users that has any
 LatestSeqs = Callable[[AsyncSession, Sequence[UserKey]], Awaitable[dict[UserKey, int]]]
+# (session, tenant_id, user_id) -> the encoded ``notification:updated`` payload that ends a
+# replay: the user's current counts (what changed while the client was away is not replayed)
+CountsEvent = Callable[[AsyncSession, str, str], Awaitable[str]]
 
 
 class Sink(Protocol):
@@ -93,6 +100,10 @@ class Subscriber:
     last_seq: int | None  # None: live only, nothing sent yet
     wants_broadcasts: bool = True  # legacy WebSockets never had tenant announcements
     catching_up: bool = False
+    counts_due: bool = False  # a replay's end still owes the client its counts
+    # A seq known to be committed (with every lower one) before a catch-up started: a read
+    # that finds nothing up to it means the rest were deleted, so the subscriber is past it.
+    settled_seq: int = 0
     pending: list[tuple[int, Outgoing]] = field(default_factory=list)
     closed: bool = False
 
@@ -106,10 +117,12 @@ class NotificationDelivery:
         sessions: async_sessionmaker[AsyncSession],
         fetch_after: FetchAfter,
         latest_seqs: LatestSeqs,
+        counts_event: CountsEvent,
     ) -> None:
         self._sessions = sessions
         self._fetch_after = fetch_after
         self._latest_seqs = latest_seqs
+        self._counts_event = counts_event
         self._by_user: dict[tuple[str, str], set[Subscriber]] = {}
         self._by_tenant: dict[str, set[Subscriber]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +163,7 @@ class NotificationDelivery:
         """Send what the subscriber missed since its ``last_seq``, then switch to live."""
         CATCH_UPS.labels("connect").inc()
         if subscriber.last_seq is not None:
+            subscriber.counts_due = True
             self._spawn(self._catch_up(subscriber, read_database=True))
             return
         # Live-only: its baseline is read with those of every other socket connecting now,
@@ -183,10 +197,14 @@ class NotificationDelivery:
             for subscriber in tuple(group):
                 await self._offer(subscriber, item.seq, outgoing)
 
-    async def on_read(self, event: ReadEvent) -> None:
-        outgoing = Outgoing(READ_EVENT, event.json)
-        for subscriber in tuple(self._by_user.get((event.tenant_id, event.user_id), ())):
-            await self._send(subscriber, outgoing)
+    async def on_user_events(self, events: UserEvents) -> None:
+        # Not ordered against notification:new (they carry no seq): they describe rows that
+        # exist already, and carry the counts after the change.
+        group = tuple(self._by_user.get((events.tenant_id, events.user_id), ()))
+        for name, data_json in events.events:
+            outgoing = Outgoing(name, data_json)
+            for subscriber in group:
+                await self._send(subscriber, outgoing)
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None:
         # Announcements are not stored, so there is nothing to order or replay.
@@ -239,6 +257,8 @@ class NotificationDelivery:
         for key, committed in committed_seqs.items():
             for subscriber in tuple(self._by_user.get(key, ())):
                 if subscriber.last_seq is not None and subscriber.last_seq < committed:
+                    if not subscriber.catching_up:  # a running one may have read already
+                        subscriber.settled_seq = max(subscriber.settled_seq, committed)
                     self._begin_catch_up(subscriber, reason)
 
     def _retry_baselines(self) -> None:
@@ -293,8 +313,17 @@ class NotificationDelivery:
         stalls = 0
         try:
             while not subscriber.closed:
+                settled = subscriber.settled_seq  # committed before the read below starts
                 sent = await self._send_from_database(subscriber) if read_database else 0
+                if read_database and subscriber.last_seq is not None:
+                    # Deleted (by their user or the purge) before reaching this subscriber:
+                    # without this, every lag check would catch it up again, finding nothing.
+                    subscriber.last_seq = max(subscriber.last_seq, settled)
                 read_database = True
+                if subscriber.counts_due:
+                    # After the replayed notifications: counts at least as new as them.
+                    subscriber.counts_due = False
+                    await self._send_counts(subscriber)
                 await self._send_pending_in_order(subscriber)
                 if not subscriber.pending:
                     # No await between the check above and this flip, so no live message
@@ -302,13 +331,13 @@ class NotificationDelivery:
                     subscriber.catching_up = False
                     return
                 # A buffered seq is still ahead of a missing one that the read above did not
-                # see (it committed meanwhile): read again. Rows are never deleted, so a hole
-                # that stays is a bug elsewhere; after a few empty reads, move on rather than
-                # hold the client forever.
+                # see (it committed meanwhile): read again. A hole that stays is a row deleted
+                # (by its user or the purge) before it reached this client; after a few empty
+                # reads, move on rather than hold the client forever.
                 stalls = 0 if sent else stalls + 1
                 if stalls >= 3:
                     subscriber.last_seq = subscriber.pending[0][0] - 1
-                    log.error("seq hole before %s for a subscriber", subscriber.pending[0][0])
+                    log.info("seq hole before %s (deleted)", subscriber.pending[0][0])
                 await asyncio.sleep(0.01 * stalls)
         except Exception as exc:
             if is_unavailable(exc) and not subscriber.closed:
@@ -364,10 +393,16 @@ class NotificationDelivery:
                 if subscriber.last_seq is None or seq > subscriber.last_seq:
                     subscriber.last_seq = seq
                     sent += 1
-                    await self._send(subscriber, Outgoing(NEW_EVENT, data_json))
+                    if data_json is not None:
+                        await self._send(subscriber, Outgoing(NEW_EVENT, data_json))
             if len(page) < REPLAY_PAGE_SIZE:
                 return sent
         return sent
+
+    async def _send_counts(self, subscriber: Subscriber) -> None:
+        async with self._database_slots, self._sessions() as session:
+            data_json = await self._counts_event(session, subscriber.tenant_id, subscriber.user_id)
+        await self._send(subscriber, Outgoing(UPDATED_EVENT, data_json))
 
     async def _send_pending_in_order(self, subscriber: Subscriber) -> None:
         """Send buffered notifications that continue the sequence; keep those past a hole."""

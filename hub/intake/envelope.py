@@ -14,8 +14,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from hub.errors import HubError
-from hub.rules import NewNotification, NotificationLimits, check_limits
-from hub.schemas import ID_PATTERN, TEXT_PATTERN, StoredData
+from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
+from hub.schemas import EXPIRES_AT, ID_PATTERN, TEXT_PATTERN, TTL_SECONDS, StoredData, TtlSeconds
 
 SUPPORTED_VERSION = 1
 MAX_EVENT_BYTES = 256 * 1024
@@ -49,10 +49,18 @@ class NotificationPart(Lenient):
     category: Annotated[str, StringConstraints(max_length=64)] | None = None
     data: dict[str, Any] | None = None
     link: str | None = None
+    expires_at: datetime | None = EXPIRES_AT
+    ttl_seconds: TtlSeconds | None = TTL_SECONDS
 
     def as_new(self) -> NewNotification:
         return NewNotification(
-            title=self.title, body=self.body, category=self.category, data=self.data, link=self.link
+            title=self.title,
+            body=self.body,
+            category=self.category,
+            data=self.data,
+            link=self.link,
+            expires_at=self.expires_at,
+            ttl_seconds=self.ttl_seconds,
         )
 
 
@@ -110,7 +118,11 @@ def validate_envelope(document: object, limits: NotificationLimits) -> EventEnve
         raise BadEvent(f"envelope version {envelope.version} has nothing this hub can apply")
     if envelope.notification is not None:
         try:
-            check_limits(envelope.notification.as_new(), len(envelope.unique_recipients()), limits)
+            content = envelope.notification.as_new()
+            check_limits(content, len(envelope.unique_recipients()), limits)
+            # Against when it happened, not now: an event that waited in a queue past its
+            # expiry is still applied once (stored expired, never shown), not dead-lettered.
+            check_expiry(content, not_before=envelope.occurred_at)
         except HubError as exc:
             raise BadEvent(f"invalid notification: {exc.message}") from None
     return envelope

@@ -8,23 +8,25 @@ through the notification bus, which every node listens to.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, select, text, tuple_, update
+from sqlalchemy import and_, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Notification, NotificationCounter, NotificationRequest
 from hub.delivery.bus import NotificationBus
+from hub.delivery.notifications import READ_EVENT, UPDATED_EVENT
 from hub.errors import InvalidInput, NotFound, Unavailable
 from hub.ids import bad_cursor, cursor_id, decode_cursor, encode_cursor, parse_id
 from hub.records import DeliveryRecord, NotificationRecord
-from hub.rules import NewNotification, NotificationLimits, check_limits
+from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
+from hub.services import inbox
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
 from hub.services.pushes import PushService
 from hub.services.webhooks import report_in
@@ -44,7 +46,7 @@ class CreateResult:
 class Page:
     items: list[NotificationRecord]
     next_cursor: str | None
-    unread_count: int
+    counts: inbox.Counts
 
 
 NOTIFICATIONS = Notification.__table__
@@ -66,11 +68,22 @@ def serialize(row: Mapping[Any, Any], *, created_at: str | None = None) -> Notif
         "link": row["link"],
         "created_at": created_at or iso_utc(row["created_at"]),
         "read_at": iso_utc(read_at) if read_at is not None else None,
+        "seen_at": _iso_or_none(row.get("seen_at")),
+        "archived_at": _iso_or_none(row.get("archived_at")),
+        "expires_at": _iso_or_none(row.get("expires_at")),
     }
+
+
+def _iso_or_none(moment: datetime | None) -> str | None:
+    return iso_utc(moment) if moment is not None else None
 
 
 async def publish_created(bus: NotificationBus, created: Sequence[NotificationRecord]) -> None:
     """Live delivery of committed notifications; a bus outage loses nothing stored."""
+    now = datetime.now(UTC)
+    # An event that waited in a queue past its expiry is stored (and so applied once) but
+    # never shown.
+    created = [item for item in created if not _expired(item, now)]
     try:
         await bus.publish_new(created)
     except Unavailable:
@@ -84,25 +97,28 @@ async def publish_created(bus: NotificationBus, created: Sequence[NotificationRe
 # database work at 1,000 recipients.)
 _PG_ALLOCATE_SEQS = text(
     """
-    INSERT INTO notification_counters (tenant_id, user_id, last_seq, unread_count)
+    INSERT INTO notification_counters (tenant_id, user_id, last_seq, unread_count, unseen_count)
     SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
-                         CAST(:counts AS bigint[]), CAST(:counts AS bigint[]))
+                         CAST(:counts AS bigint[]), CAST(:counts AS bigint[]),
+                         CAST(:counts AS bigint[]))
     ON CONFLICT (tenant_id, user_id) DO UPDATE
         SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq,
-            unread_count = notification_counters.unread_count + EXCLUDED.unread_count
+            unread_count = notification_counters.unread_count + EXCLUDED.unread_count,
+            unseen_count = notification_counters.unseen_count + EXCLUDED.unseen_count
     RETURNING tenant_id, user_id, last_seq
     """
 )
 _PG_INSERT_NOTIFICATIONS = text(
     """
     INSERT INTO notifications
-        (tenant_id, user_id, seq, category, title, body, data, link, created_at)
+        (tenant_id, user_id, seq, category, title, body, data, link, created_at, expires_at)
     SELECT row.tenant_id, row.user_id, row.seq, row.category, row.title, row.body,
-           CAST(row.data AS jsonb), row.link, :created_at
+           CAST(row.data AS jsonb), row.link, :created_at, row.expires_at
     FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
                 CAST(:seqs AS bigint[]), CAST(:categories AS text[]), CAST(:titles AS text[]),
-                CAST(:bodies AS text[]), CAST(:data AS text[]), CAST(:links AS text[]))
-         AS row(tenant_id, user_id, seq, category, title, body, data, link)
+                CAST(:bodies AS text[]), CAST(:data AS text[]), CAST(:links AS text[]),
+                CAST(:expires AS timestamptz[]))
+         AS row(tenant_id, user_id, seq, category, title, body, data, link, expires_at)
     RETURNING tenant_id, user_id, seq, id
     """
 )
@@ -141,6 +157,7 @@ async def store_notifications(
                 "link": notification.link,
                 "created_at": now,
                 "read_at": None,
+                "expires_at": notification.expiry(now),
             }
         )
     ids = await _insert_notifications(session, rows)
@@ -172,12 +189,19 @@ async def _allocate_seqs(
         count = counts[(tenant, user)]
         seq = await session.scalar(
             sqlite.insert(NotificationCounter)
-            .values(tenant_id=tenant, user_id=user, last_seq=count, unread_count=count)
+            .values(
+                tenant_id=tenant,
+                user_id=user,
+                last_seq=count,
+                unread_count=count,
+                unseen_count=count,
+            )
             .on_conflict_do_update(
                 index_elements=["tenant_id", "user_id"],
                 set_={
                     "last_seq": NotificationCounter.last_seq + count,
                     "unread_count": NotificationCounter.unread_count + count,
+                    "unseen_count": NotificationCounter.unseen_count + count,
                 },
             )
             .returning(NotificationCounter.last_seq)
@@ -201,6 +225,7 @@ async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]
                 "bodies": [row["body"] for row in rows],
                 "data": [orjson.dumps(row["data"]).decode() for row in rows],
                 "links": [row["link"] for row in rows],
+                "expires": [row["expires_at"] for row in rows],
             },
         )
         id_by_key = {(t, u, s): int(i) for t, u, s, i in result}
@@ -228,15 +253,6 @@ def _owned(tenant_id: str, user_id: str) -> Any:
     return and_(Notification.tenant_id == tenant_id, Notification.user_id == user_id)
 
 
-async def unread_count(*, session: AsyncSession, tenant_id: str, user_id: str) -> int:
-    count = await session.scalar(
-        select(NotificationCounter.unread_count).where(
-            NotificationCounter.tenant_id == tenant_id, NotificationCounter.user_id == user_id
-        )
-    )
-    return int(count or 0)
-
-
 async def notifications_after(
     *, session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
 ) -> list[NotificationRecord]:
@@ -252,12 +268,22 @@ async def notifications_after(
 
 async def replay_page(
     session: AsyncSession, tenant_id: str, user_id: str, after_seq: int, limit: int
-) -> list[tuple[int, str]]:
-    """``(seq, encoded notification)`` pairs for live delivery's catch-up."""
+) -> list[tuple[int, str | None]]:
+    """``(seq, encoded notification)`` pairs for live delivery's catch-up; an expired one is
+    ``(seq, None)``: not sent, but the client is past it."""
     items = await notifications_after(
         session=session, tenant_id=tenant_id, user_id=user_id, after_seq=after_seq, limit=limit
     )
-    return [(item["seq"], orjson.dumps(item).decode()) for item in items]
+    now = datetime.now(UTC)
+    return [
+        (item["seq"], None if _expired(item, now) else orjson.dumps(item).decode())
+        for item in items
+    ]
+
+
+def _expired(item: NotificationRecord, now: datetime) -> bool:
+    expires_at = item["expires_at"]
+    return expires_at is not None and datetime.fromisoformat(expires_at) <= now
 
 
 async def latest_seqs(
@@ -324,9 +350,10 @@ class NotificationWrites:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadMarks:
+class InboxChange:
     updated: int
     unread_count: int
+    unseen_count: int
 
 
 class NotificationService:
@@ -387,6 +414,7 @@ class NotificationService:
         """
         recipients = sorted(set(user_ids))  # sorted: counter rows are locked in one order
         check_limits(notification, len(recipients), self.limits)
+        check_expiry(notification, not_before=datetime.now(UTC))
         async with self.writing() as writes:
             if idempotency_key is not None:
                 seen = await _claim_request(writes.session, tenant_id, idempotency_key)
@@ -413,26 +441,34 @@ class NotificationService:
         limit: int | None = None,
         cursor: str | None = None,
         unread_only: bool = False,
+        unseen_only: bool = False,
+        archived: bool = False,
         category: str | None = None,
     ) -> Page:
-        """Newest first, keyset-paginated on ``seq`` (no OFFSET)."""
+        """Newest first, keyset-paginated on ``seq`` (no OFFSET); archived items only with
+        ``archived``, else none; expired items never."""
         size = clamp_limit(limit)
-        query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id))
+        now = datetime.now(UTC)
+        query = select(NOTIFICATIONS).where(_owned(tenant_id, user_id), inbox.not_expired(now))
         if cursor:
             query = query.where(Notification.seq < _seq_below(cursor))
+        if archived:
+            query = query.where(Notification.archived_at.is_not(None))
+        else:
+            query = query.where(Notification.archived_at.is_(None))
         if unread_only:
             query = query.where(Notification.read_at.is_(None))
+        if unseen_only:
+            query = query.where(Notification.seen_at.is_(None))
         if category is not None:
             query = query.where(Notification.category == category)
         query = query.order_by(Notification.seq.desc()).limit(size + 1)
         async with self.sessions() as session:
             rows = list((await session.execute(query)).mappings().all())
-            count = await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+            current = await inbox.counts(session, tenant_id, user_id, now)
         next_cursor = _seq_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
         return Page(
-            items=[serialize(row) for row in rows[:size]],
-            next_cursor=next_cursor,
-            unread_count=count,
+            items=[serialize(row) for row in rows[:size]], next_cursor=next_cursor, counts=current
         )
 
     async def broadcast(
@@ -464,9 +500,9 @@ class NotificationService:
             return []
         return await self.pushes.deliveries_of(tenant_id=tenant_id, notification_id=wanted)
 
-    async def count_unread(self, *, tenant_id: str, user_id: str) -> int:
+    async def counts(self, *, tenant_id: str, user_id: str) -> inbox.Counts:
         async with self.sessions() as session:
-            return await unread_count(session=session, tenant_id=tenant_id, user_id=user_id)
+            return await inbox.counts(session, tenant_id, user_id, datetime.now(UTC))
 
     async def mark_read(
         self,
@@ -475,52 +511,107 @@ class NotificationService:
         user_id: str,
         ids: Sequence[object] | None = None,
         all_unread: bool = False,
-    ) -> ReadMarks:
-        """Mark the caller's notifications read.
+    ) -> InboxChange:
+        """Mark the caller's notifications read (and seen, where they were not); emits
+        ``notification:read`` (as in v1, also for an "all" that found nothing unread) and
+        ``notification:updated``."""
+        return await self.change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            action=inbox.Action.READ,
+            ids=ids,
+            all_items=all_unread,
+        )
 
-        The counter moves by exactly the rows this statement changed, in the same
-        transaction, so concurrent marks and creates keep it exact.
-        """
-        if not all_unread and ids is None:
-            raise InvalidInput("give 'ids' or 'all': true")
-        wanted = [] if all_unread else _parse_ids(ids or [])
-        if not all_unread and not wanted:
-            return ReadMarks(0, await self.count_unread(tenant_id=tenant_id, user_id=user_id))
+    async def change(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        action: inbox.Action,
+        ids: Sequence[object] | None = None,
+        all_items: bool = False,
+    ) -> InboxChange:
+        """Mark read, seen or unread, archive, unarchive or delete the caller's notifications
+        (``ids``, or all: archiving all archives the read ones); ids that are not the
+        caller's, unknown or expired change nothing. Emits ``notification:updated``.
+
+        The counters move by exactly the rows these statements changed, in the same
+        transaction (under the user's counter lock, taken first), so concurrent changes and
+        creates keep them exact."""
+        wanted = _wanted(ids, all_items)
+        if wanted == []:
+            return await self._unchanged(tenant_id, user_id)
         now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
-            condition = and_(_owned(tenant_id, user_id), Notification.read_at.is_(None))
-            if not all_unread:
-                condition = and_(condition, Notification.id.in_(wanted))
-            changed = await session.execute(
-                update(Notification).where(condition).values(read_at=now).returning(Notification.id)
-            )
-            updated_ids = sorted(changed.scalars().all())
-            remaining = await session.scalar(
-                update(NotificationCounter)
-                .where(
-                    NotificationCounter.tenant_id == tenant_id,
-                    NotificationCounter.user_id == user_id,
-                )
-                .values(unread_count=_at_least_zero(session, len(updated_ids)))
-                .returning(NotificationCounter.unread_count)
-            )
-        unread = int(remaining or 0)
-        if updated_ids or all_unread:
-            event: dict[str, Any] = (
-                {"all": True} if all_unread else {"ids": [str(i) for i in updated_ids]}
-            )
-            event["unread_count"] = unread
-            try:
-                await self.bus.publish_read(tenant_id=tenant_id, user_id=user_id, event=event)
-            except Unavailable:
-                log.warning("read marks stored but not published live")
-        return ReadMarks(len(updated_ids), unread)
+            await inbox.lock_counter(session, tenant_id, user_id)
+            target = inbox.selection(tenant_id, user_id, action, wanted, now)
+            updated_ids, move = await inbox.apply(session, action, target, now)
+            await inbox.move_counter(session, tenant_id, user_id, move)
+            current = await inbox.counts(session, tenant_id, user_id, now)
+        is_read = action is inbox.Action.READ
+        if updated_ids or (is_read and all_items):
+            which = _which(updated_ids, all_items)
+            events = [_updated(which, _CHANGES[action](iso_utc(now)), current)]
+            if is_read:
+                events.insert(0, (READ_EVENT, {**which, "unread_count": current.unread}))
+            await self._publish(tenant_id, user_id, events)
+        return InboxChange(len(updated_ids), current.unread, current.unseen)
+
+    async def _unchanged(self, tenant_id: str, user_id: str) -> InboxChange:
+        current = await self.counts(tenant_id=tenant_id, user_id=user_id)
+        return InboxChange(0, current.unread, current.unseen)
+
+    async def _publish(
+        self, tenant_id: str, user_id: str, events: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        try:
+            await self.bus.publish_user_events(tenant_id=tenant_id, user_id=user_id, events=events)
+        except Unavailable:
+            # Stored is what counts; a client that missed it reads the list and counts again.
+            log.warning("inbox changes stored but not published live")
 
 
-def _at_least_zero(session: AsyncSession, decrement: int) -> Any:
-    """``unread_count - decrement``, never below zero, in the dialect's spelling."""
-    greatest = func.greatest if is_postgresql(session) else func.max
-    return greatest(NotificationCounter.unread_count - decrement, 0)
+# What ``notification:updated`` says changed, per action, given the change's time.
+_CHANGES: dict[inbox.Action, Callable[[str], dict[str, Any]]] = {
+    inbox.Action.READ: lambda at: {"read_at": at},
+    inbox.Action.SEEN: lambda at: {"seen_at": at},
+    inbox.Action.UNREAD: lambda _: {"read_at": None},
+    inbox.Action.ARCHIVE: lambda at: {"archived_at": at},
+    inbox.Action.UNARCHIVE: lambda _: {"archived_at": None},
+    inbox.Action.DELETE: lambda _: {"deleted": True},
+}
+
+
+def _wanted(ids: Sequence[object] | None, all_items: bool) -> list[int] | None:
+    """The parsed ids (``None``: all); neither given is a 400."""
+    if all_items:
+        return None
+    if ids is None:
+        raise InvalidInput("give 'ids' or 'all': true")
+    return _parse_ids(ids)
+
+
+def _which(ids: Sequence[int], all_items: bool) -> dict[str, Any]:
+    return {"all": True} if all_items else {"ids": [str(i) for i in ids]}
+
+
+def _updated(
+    which: dict[str, Any], changes: dict[str, Any], current: inbox.Counts
+) -> tuple[str, dict[str, Any]]:
+    return UPDATED_EVENT, {
+        **which,
+        "changes": changes,
+        "unread_count": current.unread,
+        "unseen_count": current.unseen,
+    }
+
+
+async def counts_event(session: AsyncSession, tenant_id: str, user_id: str) -> str:
+    """The ``notification:updated`` that ends a replay: no ids, no changes, current counts."""
+    current = await inbox.counts(session, tenant_id, user_id, datetime.now(UTC))
+    _, payload = _updated({"ids": []}, {}, current)
+    return orjson.dumps(payload).decode()
 
 
 async def _claim_request(

@@ -108,6 +108,8 @@
     identity: byTestId("identity"),
     error: byTestId("error"),
     badge: byTestId("unread-badge"),
+    unseenBadge: byTestId("unseen-badge"),
+    markAllSeen: byTestId("mark-all-seen"),
     notifStatus: byTestId("notifications-status"),
     markAll: byTestId("mark-all"),
     announcement: byTestId("announcement"),
@@ -167,6 +169,7 @@
       // notifications
       notifications: new Map(), // id -> notification
       unreadCount: 0,
+      unseenCount: 0,
       baselineSeq: 0, // newest seq the REST list (and its unread_count) covered
       lastSeq: 0, // newest seq seen; auth.last_seq on (re)connect
       // chat
@@ -347,6 +350,7 @@
     for (const item of page.items) s.notifications.set(String(item.id), item);
     s.baselineSeq = page.items.reduce((max, item) => Math.max(max, item.seq), 0);
     s.unreadCount = page.unread_count;
+    s.unseenCount = page.unseen_count;
     // Resume from the last seq this browser saw (replaying what arrived while away), but
     // never from beyond what the hub has, nor from too far back.
     const stored = storedLastSeq(s);
@@ -380,6 +384,10 @@
       log("notification:read", change);
       if (session === s) applyRead(s, change);
     });
+    socket.on("notification:updated", (change) => {
+      log("notification:updated", change);
+      if (session === s) applyUpdated(s, change);
+    });
     socket.on("broadcast", (announcement) => {
       log("broadcast", announcement);
       if (session !== s || !announcement) return;
@@ -397,6 +405,7 @@
       const data = await api(s, "GET", "/api/notifications/unread-count/");
       if (session !== s) return;
       s.unreadCount = data.unread_count;
+      s.unseenCount = data.unseen_count;
       renderBadge(s);
     } catch (err) {
       showError(err.message);
@@ -408,6 +417,12 @@
     const known = s.notifications.has(id);
     // The REST unread_count already covers everything up to baselineSeq.
     if (!known && item.read_at == null && item.seq > s.baselineSeq) s.unreadCount += 1;
+    if (!known && item.seen_at == null && item.seq > s.baselineSeq) s.unseenCount += 1;
+    // The list shows what is not archived (a replay brings archived ones too).
+    if (item.archived_at != null) {
+      rememberSeq(s, item.seq);
+      return;
+    }
     s.notifications.set(id, item);
     rememberSeq(s, item.seq);
     renderNotifications(s);
@@ -421,6 +436,48 @@
     }
     if (typeof change.unread_count === "number") s.unreadCount = change.unread_count;
     renderNotifications(s);
+  }
+
+  // Every change on any device (and the counts after it); the end of a replay carries no
+  // ids and no changes, only the counts.
+  function applyUpdated(s, change) {
+    const changes = change.changes || {};
+    const ids = change.all ? null : new Set((change.ids || []).map(String));
+    let missing = false;
+    for (const [id, item] of s.notifications) {
+      if (ids !== null && !ids.has(id)) continue;
+      if (changes.deleted || changes.archived_at) {
+        // Archive all archives the read ones only.
+        if (changes.deleted || ids !== null || item.read_at != null) s.notifications.delete(id);
+        continue;
+      }
+      for (const key of ["read_at", "seen_at"]) {
+        if (!(key in changes)) continue;
+        // "All" changes only those not in that state yet: they keep their earlier times.
+        if (ids === null && changes[key] != null && item[key] != null) continue;
+        item[key] = changes[key];
+      }
+      if (changes.read_at) item.seen_at = item.seen_at || changes.read_at;
+    }
+    if ("archived_at" in changes && changes.archived_at == null) missing = true;
+    if (typeof change.unread_count === "number") s.unreadCount = change.unread_count;
+    if (typeof change.unseen_count === "number") s.unseenCount = change.unseen_count;
+    renderNotifications(s);
+    // Unarchived items are not in the list: read it again.
+    if (missing) loadNotifications(s).catch((err) => showError(err.message));
+  }
+
+  async function inboxAction(s, action, payload) {
+    try {
+      const path =
+        action === "delete"
+          ? `/api/notifications/${encodeURIComponent(payload.ids[0])}/`
+          : `/api/notifications/${action}/`;
+      const reply = await api(s, action === "delete" ? "DELETE" : "POST", path, action === "delete" ? undefined : payload);
+      log(action + " reply", reply);
+    } catch (err) {
+      showError(err.message);
+    }
   }
 
   async function markRead(s, payload) {
@@ -440,9 +497,13 @@
 
   function renderBadge(s) {
     const count = s ? s.unreadCount : 0;
+    const unseen = s ? s.unseenCount : 0;
     ui.badge.textContent = String(count);
     ui.badge.classList.toggle("zero", count === 0);
+    ui.unseenBadge.textContent = String(unseen);
+    ui.unseenBadge.classList.toggle("zero", unseen === 0);
     ui.markAll.disabled = !s || count === 0;
+    ui.markAllSeen.disabled = !s || unseen === 0;
     document.title = count > 0 ? `(${count}) NotifyHub playground` : "NotifyHub playground";
   }
 
@@ -457,6 +518,10 @@
 
   function notificationItem(s, item) {
     const unread = item.read_at == null;
+    const unseen = item.seen_at == null;
+    const id = String(item.id);
+    const button = (text, testid, onclick) =>
+      el("button", { type: "button", className: "link", text, dataset: { testid }, onclick });
     const href = safeHref(item.link);
     const title = href
       ? el("a", { href, text: String(item.title), rel: "noopener noreferrer" })
@@ -465,21 +530,20 @@
     return el(
       "li",
       {
-        className: unread ? "notification unread" : "notification",
-        dataset: { testid: "notification-item", id: String(item.id), unread: String(unread) },
+        className: ["notification", unread ? "unread" : "", unseen ? "unseen" : ""].join(" ").trim(),
+        dataset: { testid: "notification-item", id, unread: String(unread), unseen: String(unseen) },
       },
       el("div", { className: "title" }, title),
       item.body ? el("div", { className: "body", text: String(item.body) }) : null,
       el("div", { className: "meta", text: meta.join(" · ") }),
-      unread
-        ? el("button", {
-            type: "button",
-            className: "link",
-            text: "Mark read",
-            dataset: { testid: "mark-read" },
-            onclick: () => markRead(s, { ids: [String(item.id)] }),
-          })
-        : null
+      el(
+        "div",
+        { className: "actions" },
+        unread ? button("Mark read", "mark-read", () => markRead(s, { ids: [id] })) : null,
+        unseen ? button("Mark seen", "mark-seen", () => inboxAction(s, "mark-as-seen", { ids: [id] })) : null,
+        button("Archive", "archive", () => inboxAction(s, "archive", { ids: [id] })),
+        button("Delete", "delete", () => inboxAction(s, "delete", { ids: [id] }))
+      )
     );
   }
 
@@ -922,6 +986,10 @@
   });
 
   ui.markAll.addEventListener("click", () => session && markRead(session, { all: true }));
+  ui.markAllSeen.addEventListener(
+    "click",
+    () => session && inboxAction(session, "mark-as-seen", { all: true })
+  );
 
   ui.peerForm.addEventListener("submit", (event) => {
     event.preventDefault();

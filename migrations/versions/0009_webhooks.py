@@ -1,7 +1,7 @@
 """webhooks: tenants' endpoints, the durable outbox of deliveries and their attempts
 
-Revision ID: 0008_webhooks
-Revises: 0007_push
+Revision ID: 0009_webhooks
+Revises: 0008_push
 Create Date: 2026-12-01 15:50:00
 
 A delivery is written in the transaction of the change it reports and sent by a worker
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0008_webhooks"
-down_revision: str | None = "0007_push"
+revision: str = "0009_webhooks"
+down_revision: str | None = "0008_push"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """push: devices of users and one delivery record per (notification, device)
 
-Revision ID: 0007_push
-Revises: 0006_email_schedule
+Revision ID: 0008_push
+Revises: 0007_inbox
 Create Date: 2026-12-01 15:20:00
 
 A push delivery is written in the transaction that stores its notification and sent by a
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0007_push"
-down_revision: str | None = "0006_email_schedule"
+revision: str = "0008_push"
+down_revision: str | None = "0007_inbox"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
