@@ -304,3 +304,22 @@ async def test_email_and_push_outcomes_are_reported(
     assert reported["push.failed"]["notification_id"] == notification_id
     assert reported["push.failed"]["kind"] == "apns"
     assert "NOTIFYHUB_APNS_KEY_FILE" in reported["push.failed"]["error"]
+
+
+async def test_read_marks_are_reported(
+    hook_stack: HookStack, receiver: Receiver, tenant: str
+) -> None:
+    hub, _ = await hook_stack()
+    hook = await create_hook(hub, tenant, f"{receiver.url}/hook/reads", ["notification.read"])
+    ids = await ApiClient.for_service(hub.url, tenant).notify(["ann"])
+    ann = ApiClient.for_user(hub.url, tenant, "ann")
+    status, _ = await ann.post("/api/notifications/mark-as-read/", {"ids": ids})
+    assert status == 200
+    # Marking them again changes nothing, so it reports nothing.
+    await ann.post("/api/notifications/mark-as-read/", {"ids": ids})
+    await eventually(lambda: receiver.of("reads"), timeout=20)
+    await asyncio.sleep(0.5)
+    [request] = receiver.of("reads")
+    event = Webhook(hook["secret"]).verify(request.body, request.headers)
+    assert event["type"] == "notification.read"
+    assert event["data"] == {"user_id": "ann", "ids": ids, "unread_count": 0}

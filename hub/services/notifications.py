@@ -549,6 +549,11 @@ class NotificationService:
             updated_ids, move = await inbox.apply(session, action, target, now)
             await inbox.move_counter(session, tenant_id, user_id, move)
             current = await inbox.counts(session, tenant_id, user_id, now)
+            if action is inbox.Action.READ and updated_ids:
+                # Reported with the marks, in their transaction (docs/protocol.md 11).
+                report = {"user_id": user_id, **_which(updated_ids, all_items)}
+                report["unread_count"] = current.unread
+                await report_in(session, "notification.read", [(tenant_id, report)])
         is_read = action is inbox.Action.READ
         if updated_ids or (is_read and all_items):
             which = _which(updated_ids, all_items)
