@@ -387,8 +387,9 @@ async def finish(
     values = outcome_values(status, now, retry_at)
     values["last_error"] = error[:2000] if error else None
     async with sessions() as session, session.begin():
-        session.add(
-            WebhookAttempt(
+        # A core INSERT: no ORM unit of work for a row nobody reads back here.
+        await session.execute(
+            insert(WebhookAttempt).values(
                 tenant_id=claim.tenant_id,
                 delivery_id=claim.delivery_id,
                 attempt=claim.attempt,

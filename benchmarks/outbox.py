@@ -1,16 +1,19 @@
-"""Push throughput: Web Push deliveries per second one ``notifyhub worker`` sends.
+"""Outbox throughput: pushes or webhook deliveries per second one ``notifyhub worker`` sends.
 
-The run stores ``--notifications`` notifications for users who each have one Web Push
-device (through ``NotificationService``, so every push delivery is recorded and its task
-queued as in production), then starts one worker process pinned to one core and times how
-long it takes until every delivery is ``sent``. The push service is a local aiohttp server
-(another process, the other core) that answers 201 to every request; a sample of the
-requests is decrypted with the subscription's key to check what was sent. Each push costs
-the worker: claim (one UPDATE), ECDH + HKDF + AES-GCM encryption (RFC 8291), the HTTP
-request, and recording the outcome (one UPDATE).
+The run stores ``--notifications`` notifications through ``NotificationService`` (so every
+push delivery or webhook delivery is recorded in the storing transaction, as in
+production), then starts one worker process pinned to one core and times how long it takes
+until every delivery is ``sent``. The receiver is a local aiohttp server (another process,
+the other core) that answers 2xx to everything.
 
-    .venv/bin/python benchmarks/push.py --quick   # smoke run: 500 pushes
-    .venv/bin/python benchmarks/push.py           # full run: writes results + docs
+- ``--kind push``: users with one Web Push device each; a push costs the worker its claim
+  (one UPDATE), ECDH + HKDF + AES-GCM encryption (RFC 8291), the request, the outcome.
+- ``--kind webhook``: one tenant with ``--endpoints`` endpoints subscribed to
+  ``notification.created``; a delivery costs a claim (batched by the sweeper), the
+  Standard Webhooks signature (HMAC-SHA256), the request, the outcome and its attempt row.
+
+    .venv/bin/python benchmarks/outbox.py --kind push --quick     # smoke run
+    .venv/bin/python benchmarks/outbox.py --kind webhook          # full run: results + docs
 """
 
 from __future__ import annotations
@@ -50,41 +53,34 @@ from benchmarks.processes import spawn_pinned  # noqa: E402
 from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 
 HOST = "127.0.0.1"
-DOC_START = "<!-- push-results:start -->"
-DOC_END = "<!-- push-results:end -->"
+TABLES = {"push": "push_deliveries", "webhook": "webhook_deliveries"}
 
 
-async def serve_push_service(port: int) -> None:
-    """The stand-in push service (``--serve-sink``): 201 to everything, counts requests."""
-    count = 0
+async def serve_receiver(port: int) -> None:
+    """The stand-in push service and webhook receiver (``--serve-sink``): 201 to all."""
 
     async def accept(request: web.Request) -> web.Response:
-        nonlocal count
         await request.read()
-        count += 1
         return web.Response(status=201)
 
     app = web.Application()
-    app.router.add_post("/wp/{name}", accept)
+    app.router.add_post("/{kind}/{name}", accept)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST, port, backlog=1024).start()
     await asyncio.Event().wait()
 
 
-async def prepare(env: dict[str, str], users: int, notifications: int, sink: str) -> None:
-    """Devices for ``users`` users, then ``notifications`` notifications spread over them,
-    stored and kicked by the hub's own services."""
+async def prepare(args: argparse.Namespace, env: dict[str, str], sink: str) -> None:
+    """What the worker will send: devices (push) or endpoints (webhook), then notifications
+    stored by the hub's own services."""
     # Imported here: the settings come from ``env``, set just before.
     from db.engine import engine_for, make_session_factory
     from hub.delivery.bus import LocalBus
-    from hub.rules import NewNotification, NotificationLimits
-    from hub.services.devices import DeviceService
-    from hub.services.notifications import NotificationService
-    from hub.services.pushes import PushService
+    from hub.rules import NewNotification
     from hub.settings import Settings
+    from hub.wiring import build_services
     from tasks.broker import build_broker
-    from tasks.push import TaskiqPushQueue
     from tests.harness.push import BrowserSubscription
 
     settings = Settings(
@@ -95,28 +91,27 @@ async def prepare(env: dict[str, str], users: int, notifications: int, sink: str
     broker = build_broker(settings)
     await broker.startup()
     try:
-        devices = DeviceService(sessions=sessions)
-        for user in range(users):
-            subscription = BrowserSubscription(f"{sink}/wp/u{user}").as_json()
-            await devices.register(
-                tenant_id="bench",
-                user_id=f"u{user}",
-                kind="webpush",
-                token=subscription["endpoint"],
-                keys=subscription["keys"],
-            )
-        service = NotificationService(
-            sessions=sessions,
-            bus=LocalBus(),
-            limits=NotificationLimits(),
-            pushes=PushService(
-                queue=TaskiqPushQueue(broker), sessions=sessions, sweep_after_seconds=600
-            ),
-        )
-        per_batch = users
-        for start in range(0, notifications, per_batch):
-            count = min(per_batch, notifications - start)
-            await service.create(
+        services = build_services(settings, sessions=sessions, bus=LocalBus(), broker=broker)
+        if args.kind == "push":
+            for user in range(args.users):
+                subscription = BrowserSubscription(f"{sink}/wp/u{user}").as_json()
+                await services.devices.register(
+                    tenant_id="bench",
+                    user_id=f"u{user}",
+                    kind="webpush",
+                    token=subscription["endpoint"],
+                    keys=subscription["keys"],
+                )
+        else:
+            for endpoint in range(args.endpoints):
+                await services.webhooks.create(
+                    tenant_id="bench",
+                    url=f"{sink}/hook/e{endpoint}",
+                    events=["notification.created"],
+                )
+        for start in range(0, args.notifications, args.users):
+            count = min(args.users, args.notifications - start)
+            await services.notifications.create(
                 tenant_id="bench",
                 user_ids=[f"u{i}" for i in range(count)],
                 notification=NewNotification(
@@ -128,20 +123,18 @@ async def prepare(env: dict[str, str], users: int, notifications: int, sink: str
         await engine.dispose()
 
 
-async def sent_count(dsn: str) -> int:
+async def sent_count(dsn: str, table: str) -> int:
     connection = await asyncpg.connect(dsn)
     try:
-        return int(
-            await connection.fetchval("SELECT count(*) FROM push_deliveries WHERE status = 'sent'")
-        )
+        return int(await connection.fetchval(f"SELECT count(*) FROM {table} WHERE status = 'sent'"))  # noqa: S608 - a name of TABLES
     finally:
         await connection.close()
 
 
 async def measure_once(args: argparse.Namespace, admin: str) -> dict[str, Any]:
-    name = f"notifyhub_push_{secrets.token_hex(4)}"
+    name = f"notifyhub_outbox_{secrets.token_hex(4)}"
     await create_database(admin, name)
-    workdir = Path(tempfile.mkdtemp(prefix="notifyhub-push-"))
+    workdir = Path(tempfile.mkdtemp(prefix="notifyhub-outbox-"))
     sink_port = free_port()
     sink = spawn_pinned(
         [sys.executable, __file__, "--serve-sink", str(sink_port)],
@@ -156,18 +149,24 @@ async def measure_once(args: argparse.Namespace, admin: str) -> dict[str, Any]:
         **os.environ,
         "NOTIFYHUB_DATABASE_URL": database_url(admin, name, "postgresql+asyncpg"),
         "NOTIFYHUB_REDIS_URL": args.redis_url,
-        "NOTIFYHUB_SOCKETIO_CHANNEL": f"bench-push-{secrets.token_hex(4)}",
+        "NOTIFYHUB_SOCKETIO_CHANNEL": f"bench-outbox-{secrets.token_hex(4)}",
         "NOTIFYHUB_VAPID_PRIVATE_KEY": generate_vapid_keys().private_key,
         "NOTIFYHUB_PUSH_POLICY": "always",
         "NOTIFYHUB_PUSH_WORKER_CONCURRENCY": str(args.concurrency),
         "NOTIFYHUB_EMAIL_WORKER_CONCURRENCY": str(args.concurrency),
+        "NOTIFYHUB_WEBHOOK_WORKER_CONCURRENCY": str(args.concurrency),
+        # One endpoint per slot pair: the per-endpoint cap is not what is measured here.
+        "NOTIFYHUB_WEBHOOK_ENDPOINT_CONCURRENCY": str(args.concurrency),
+        "NOTIFYHUB_WEBHOOKS_ALLOW_PRIVATE": "true",
+        "NOTIFYHUB_EMAIL_SWEEP_INTERVAL_SECONDS": "0.05",
         "NOTIFYHUB_LOG_LEVEL": "WARNING",
     }
     worker: subprocess.Popen[bytes] | None = None
     try:
         migrate(env, workdir)
         os.environ.update({k: v for k, v in env.items() if k.startswith("NOTIFYHUB_")})
-        await prepare(env, args.users, args.notifications, f"http://{HOST}:{sink_port}")
+        await prepare(args, env, f"http://{HOST}:{sink_port}")
+        expected = args.notifications * (1 if args.kind == "push" else args.endpoints)
         dsn = asyncpg_dsn(env["NOTIFYHUB_DATABASE_URL"])
         worker = spawn_pinned(
             [sys.executable, "-m", "hub", "worker"],
@@ -180,28 +179,26 @@ async def measure_once(args: argparse.Namespace, admin: str) -> dict[str, Any]:
         cpu_before = 0.0
         first_seen: float | None = None
         while True:
-            done = await sent_count(dsn)
+            done = await sent_count(dsn, TABLES[args.kind])
             if done and first_seen is None:
                 first_seen = time.perf_counter()
                 cpu_before = process_cpu_seconds(worker.pid)
                 first_done = done
-            if done >= args.notifications:
+            if done >= expected:
                 break
             if time.perf_counter() - started > args.timeout:
-                raise SystemExit(
-                    f"only {done} of {args.notifications} pushes sent in {args.timeout}s"
-                )
+                raise SystemExit(f"only {done} of {expected} sent in {args.timeout}s")
             await asyncio.sleep(0.05)
         finished = time.perf_counter()
         cpu = process_cpu_seconds(worker.pid) - cpu_before
         assert first_seen is not None
         window = finished - first_seen
-        pushed = args.notifications - first_done
+        sent = expected - first_done
         return {
-            "pushes": args.notifications,
-            # From the first recorded push on: the worker's start-up is not push work.
-            "pushes_per_s": round(pushed / window, 1),
-            "worker_cpu_ms_per_push": round(1000 * cpu / max(1, pushed), 3),
+            "sends": expected,
+            # From the first recorded send on: the worker's start-up is not send work.
+            "sends_per_s": round(sent / window, 1),
+            "worker_cpu_ms_per_send": round(1000 * cpu / max(1, sent), 3),
             "worker_cpu_share": round(cpu / window, 2),
         }
     finally:
@@ -215,85 +212,94 @@ async def measure_once(args: argparse.Namespace, admin: str) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = [await measure_once(args, args.pg_admin_url) for _ in range(args.repeats)]
-    median = statistics.median(r["pushes_per_s"] for r in runs)
     return {
-        "benchmark": "push",
+        "benchmark": f"outbox-{args.kind}",
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(["pywebpush", "http-ece", "aiohttp", "taskiq"]),
+        "machine": machine_info(["pywebpush", "standardwebhooks", "aiohttp", "taskiq"]),
         "params": {
+            "kind": args.kind,
             "notifications": args.notifications,
             "users": args.users,
+            "endpoints": args.endpoints if args.kind == "webhook" else None,
             "concurrency": args.concurrency,
             "repeats": args.repeats,
         },
         "runs": runs,
-        "median_pushes_per_s": median,
+        "median_sends_per_s": statistics.median(r["sends_per_s"] for r in runs),
     }
+
+
+WHAT = {"push": "Web Push pushes", "webhook": "webhook deliveries"}
 
 
 def markdown(results: dict[str, Any]) -> str:
     rows = "\n".join(
-        f"| {i + 1} | {r['pushes']:,} | {r['pushes_per_s']:,.1f} "
-        f"| {r['worker_cpu_ms_per_push']:.2f} | {r['worker_cpu_share']:.0%} |"
+        f"| {i + 1} | {r['sends']:,} | {r['sends_per_s']:,.1f} "
+        f"| {r['worker_cpu_ms_per_send']:.2f} | {r['worker_cpu_share']:.0%} |"
         for i, r in enumerate(results["runs"])
     )
     p = results["params"]
+    setup = (
+        f"{p['notifications']:,} notifications to {p['users']:,} users, one Web Push device each"
+        if p["kind"] == "push"
+        else f"{p['notifications']:,} notifications reported to {p['endpoints']} endpoints"
+    )
     return (
-        f"Run {results['at']}: {p['notifications']:,} notifications to {p['users']:,} users with "
-        f"one Web Push device each, one worker (task and sweeper slots {p['concurrency']}), "
-        f"median **{results['median_pushes_per_s']:,.1f} pushes/s**.\n\n"
-        "| run | pushes | pushes/s | worker CPU per push (ms) | worker core busy |\n"
+        f"Run {results['at']}: {setup}, one worker (slots {p['concurrency']}), median "
+        f"**{results['median_sends_per_s']:,.1f} {WHAT[p['kind']]}/s**.\n\n"
+        "| run | sends | sends/s | worker CPU per send (ms) | worker core busy |\n"
         "|---|---|---|---|---|\n"
         f"{rows}\n"
     )
 
 
-def update_doc(path: Path, section: str) -> None:
+def update_doc(path: Path, section: str, kind: str) -> None:
+    start, end = f"<!-- outbox-{kind}-results:start -->", f"<!-- outbox-{kind}-results:end -->"
     missing = (
-        "## Push: `benchmarks/push.py`\n\n"
-        "One `notifyhub worker` (one core) sending Web Push to a local push service (the "
-        "other core).\n\n```\n.venv/bin/python benchmarks/push.py --quick\n"
-        ".venv/bin/python benchmarks/push.py\n```\n\n"
-        f"{DOC_START}\n{DOC_END}\n"
+        f"## {WHAT[kind].capitalize()}: `benchmarks/outbox.py --kind {kind}`\n\n"
+        "One `notifyhub worker` (one core) sending to a local receiver (the other core).\n\n"
+        f"```\n.venv/bin/python benchmarks/outbox.py --kind {kind}\n```\n\n{start}\n{end}\n"
     )
-    replace_section(
-        path, section, start=DOC_START, end=DOC_END, missing=missing, new_file="# Benchmarks\n"
-    )
+    replace_section(path, section, start=start, end=end, missing=missing, new_file="# Benchmarks\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    parser.add_argument("--notifications", type=int, default=5000, help="pushes to send")
-    parser.add_argument("--users", type=int, default=500, help="users (one device each)")
-    parser.add_argument("--concurrency", type=int, default=50, help="worker task slots")
+    parser.add_argument("--kind", choices=sorted(TABLES), default="push", help="what to send")
+    parser.add_argument("--notifications", type=int, default=5000, help="notifications stored")
+    parser.add_argument("--users", type=int, default=500, help="recipients (push: one device each)")
+    parser.add_argument("--endpoints", type=int, default=4, help="webhook endpoints")
+    parser.add_argument("--concurrency", type=int, default=50, help="worker slots")
     parser.add_argument("--repeats", type=int, default=3, help="runs; the median is reported")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
     parser.add_argument("--pg-admin-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--worker-cpu", type=int, default=0)
     parser.add_argument("--sink-cpu", type=int, default=1)
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "push.json"))
-    parser.add_argument("--quick", action="store_true", help="500 pushes, 1 run, no doc update")
+    parser.add_argument(
+        "--output", help="results JSON (default benchmarks/results/outbox-KIND.json)"
+    )
+    parser.add_argument("--quick", action="store_true", help="500 notifications, 1 run, no doc")
     parser.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
-    add_doc_options(parser, "markdown file to update", "rewrite its push section")
+    add_doc_options(parser, "markdown file to update", "rewrite its section for this kind")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.serve_sink:
-        asyncio.run(serve_push_service(args.serve_sink))
+        asyncio.run(serve_receiver(args.serve_sink))
         return 0
     apply_quick(args, build_parser, {"notifications": 500, "users": 100, "repeats": 1})
     if args.update_doc is None:
         args.update_doc = not args.quick
     results = asyncio.run(run(args))
-    if args.quick:
-        args.output = str(Path(args.output).with_name("push-quick.json"))
-    write_results(Path(args.output), results)
+    suffix = "-quick" if args.quick else ""
+    output = args.output or REPO / "benchmarks" / "results" / f"outbox-{args.kind}{suffix}.json"
+    write_results(Path(output), results)
     section = markdown(results)
     print(section)
-    update_doc_if_asked(args, update_doc, section)
+    update_doc_if_asked(args, lambda path, text: update_doc(path, text, args.kind), section)
     return 0
 
 
