@@ -274,7 +274,20 @@ class PushDevice(TenantScoped, Base):
 PENDING_PUSH_SQL = "status IN ('queued', 'sending', 'retrying')"
 
 
-class PushDelivery(TenantScoped, Base):
+class LeasedWork:
+    """The columns of work a worker does once under a lease (hub/services/leases.py): its
+    status, attempts so far, the last error, the lease and when it is next due."""
+
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column()
+
+
+class PushDelivery(LeasedWork, TenantScoped, Base):
     """One push of one notification to one device, with its status: written in the
     transaction that stores the notification, sent by a worker under a lease (like
     :class:`Email`), so it is pushed at most once and never lost."""
@@ -298,13 +311,6 @@ class PushDelivery(TenantScoped, Base):
     kind: Mapped[str] = mapped_column(String(16))
     # What the device shows: {"id", "title", "body", "link", "category", "seq"}.
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    lease_until: Mapped[datetime | None] = mapped_column()
-    next_attempt_at: Mapped[datetime | None] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column()
-    updated_at: Mapped[datetime] = mapped_column()
 
 
 class WebhookEndpoint(TenantScoped, Base):
@@ -326,7 +332,7 @@ class WebhookEndpoint(TenantScoped, Base):
 PENDING_WEBHOOK_SQL = "status IN ('queued', 'sending', 'retrying')"
 
 
-class WebhookDelivery(TenantScoped, Base):
+class WebhookDelivery(LeasedWork, TenantScoped, Base):
     """One event for one endpoint: the durable outbox, written in the transaction of the
     change it reports, sent by the workers under a lease (hub/services/leases.py)."""
 
@@ -348,13 +354,6 @@ class WebhookDelivery(TenantScoped, Base):
     message_id: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    lease_until: Mapped[datetime | None] = mapped_column()
-    next_attempt_at: Mapped[datetime | None] = mapped_column()
-    created_at: Mapped[datetime] = mapped_column()
-    updated_at: Mapped[datetime] = mapped_column()
 
 
 class WebhookAttempt(TenantScoped, Base):
