@@ -35,7 +35,6 @@ import dataclasses
 import json
 import os
 import random
-import secrets
 import statistics
 import sys
 import time
@@ -54,7 +53,6 @@ import aiohttp  # noqa: E402
 
 from benchmarks import fanout  # noqa: E402
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
-from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
 from benchmarks.machine import REPO, CpuWindow, wait_for_quiet  # noqa: E402
 from benchmarks.report import update_doc_if_asked  # noqa: E402
 
@@ -280,10 +278,7 @@ async def run_latency(
         result["errors"].append(f"{type(exc).__name__}: {exc}")
         print(f"[curves] {spec.name} latency failed: {exc}", file=sys.stderr, flush=True)
     finally:
-        await asyncio.gather(*(c.close() for c in connected))
-        await session.close()
-        await http.close()
-        await asyncio.to_thread(fanout.stop_server, server)
+        await fanout.shut_down(server, connected, session, http)
         result["log_problems"] = fanout.log_problems(server.log_path)
     return result
 
@@ -323,24 +318,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "logs": str(bench.workdir),
     }
     names = fanout.runnable_servers(args.servers.split(","), results)
-    db_name = f"notifyhub_curves_{secrets.token_hex(4)}"
-    await create_database(args.pg_admin_url, db_name)
-    try:
-        specs = fanout.server_specs(
-            bench,
-            hub_db=database_url(args.pg_admin_url, db_name, "postgresql+asyncpg"),
-            stock_db=database_url(args.pg_admin_url, db_name, "postgresql"),
-            redis_url=args.redis_url if args.redis else None,
-        )
-        fanout.migrate(specs["notifyhub"].env, bench.workdir)
+    async with fanout.bench_servers(bench, "notifyhub_curves") as specs:
         if "scale" in parts:
             results["scale"] = await run_scale(bench, specs, names, steps)
         if "latency" in parts:
             for name in names:
                 results["latency"][name] = await run_latency(bench, specs[name], levels)
-    finally:
-        with contextlib.suppress(Exception):
-            await drop_database(args.pg_admin_url, db_name)
     return results
 
 

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +58,12 @@ import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 
 from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
-from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
+from benchmarks.database import (  # noqa: E402
+    admin_execute,
+    create_database,
+    database_url,
+    drop_database,
+)
 from benchmarks.machine import (  # noqa: E402
     CpuWindow,
     code_version,
@@ -74,6 +79,7 @@ from benchmarks.socketio_client import (  # noqa: E402
     join_namespace,
     stop_reading,
 )
+from benchmarks.stock_server import CREATE_TABLE as PEER_TABLE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -391,6 +397,17 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+
+
+async def shut_down(
+    server: RunningServer, clients: Sequence[Any], *sessions: aiohttp.ClientSession
+) -> None:
+    """Close ``clients`` (anything with ``async close()``) and ``sessions``, then stop
+    ``server``."""
+    await asyncio.gather(*(c.close() for c in clients))
+    for session in sessions:
+        await session.close()
+    await asyncio.to_thread(stop_server, server)
 
 
 def log_problems(path: Path) -> list[str]:
@@ -739,11 +756,8 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["errors"].append(f"{type(exc).__name__}: {exc}")
         print(f"[fanout] {spec.name} failed: {exc}", file=sys.stderr, flush=True)
     finally:
-        await asyncio.gather(*(c.close() for c in connected))
-        await session.close()
-        await http.close()
         alive = server.process.poll() is None
-        await asyncio.to_thread(stop_server, server)
+        await shut_down(server, connected, session, http)
         result["exit_code"] = server.process.returncode
         result["was_alive_at_end"] = alive
         result["log_problems"] = log_problems(server.log_path)
@@ -1159,6 +1173,21 @@ def server_specs(
     if redis_url:
         node_command += ["--redis-url", redis_url]
     hub_command = [sys.executable, "-m", "hub", "serve", "--host", HOST, "--port", "{port}"]
+
+    def peer(name: str, command: list[str], loop: str) -> ServerSpec:
+        """A peer: the same trigger routes, and no per-user order promised (concurrent
+        creates may emit a user's rows out of order), so out-of-order frames are counted."""
+        env = {**inherited, "BENCH_JWT_SECRET": bench.secret}
+        return ServerSpec(
+            name=name,
+            command=command,
+            env=env,
+            broadcast_path="/bench/broadcast",
+            per_user_path="/bench/per-user",
+            loop=loop,
+            strict_seq=False,
+        )
+
     if args.profile:
         # V8's profile (a .cpuprofile for Chrome's DevTools), not summarised like cProfile's.
         node_command[1:1] = ["--cpu-prof", "--cpu-prof-dir", str(bench.workdir)]
@@ -1174,26 +1203,32 @@ def server_specs(
             loop="uvloop (hub default)",
             strict_seq=True,
         ),
-        "stock": ServerSpec(
-            name="stock",
-            command=stock_command,
-            env={**inherited, "BENCH_JWT_SECRET": bench.secret},
-            broadcast_path="/bench/broadcast",
-            per_user_path="/bench/per-user",
-            loop=args.stock_loop,
-            strict_seq=False,
-        ),
-        "node": ServerSpec(
-            name="node",
-            command=node_command,
-            env={**inherited, "BENCH_JWT_SECRET": bench.secret},
-            broadcast_path="/bench/broadcast",
-            per_user_path="/bench/per-user",
-            loop="libuv",
-            # Like the stock server: concurrent creates may emit a user's rows out of order.
-            strict_seq=False,
-        ),
+        "stock": peer("stock", stock_command, args.stock_loop),
+        "node": peer("node", node_command, "libuv"),
     }
+
+
+@contextlib.asynccontextmanager
+async def bench_servers(bench: Bench, prefix: str) -> AsyncIterator[dict[str, ServerSpec]]:
+    """The specs of every server on a fresh database named ``{prefix}_<random>``: migrated for
+    the hub, with the peers' table; dropped at the end, also on errors."""
+    args = bench.args
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    await create_database(args.pg_admin_url, name)
+    try:
+        peer_db = database_url(args.pg_admin_url, name, "postgresql")
+        specs = server_specs(
+            bench,
+            hub_db=database_url(args.pg_admin_url, name, "postgresql+asyncpg"),
+            stock_db=peer_db,
+            redis_url=args.redis_url if args.redis else None,
+        )
+        await asyncio.to_thread(migrate, specs["notifyhub"].env, bench.workdir)
+        await admin_execute(peer_db, PEER_TABLE)
+        yield specs
+    finally:
+        with contextlib.suppress(Exception):
+            await drop_database(args.pg_admin_url, name)
 
 
 def node_unavailable() -> str | None:
@@ -1260,8 +1295,6 @@ def runnable_servers(names: Sequence[str], results: dict[str, Any]) -> list[str]
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench.start(args, "fanout")
-    workdir = bench.workdir
-    db_name = f"notifyhub_bench_{secrets.token_hex(4)}"
     results: dict[str, Any] = {
         **results_header("fanout"),
         "params": {
@@ -1284,19 +1317,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "servers": {},
-        "logs": str(workdir),
+        "logs": str(bench.workdir),
     }
-    await create_database(args.pg_admin_url, db_name)
-    try:
-        hub_db = database_url(args.pg_admin_url, db_name, "postgresql+asyncpg")
-        stock_db = database_url(args.pg_admin_url, db_name, "postgresql")
-        specs = server_specs(
-            bench,
-            hub_db=hub_db,
-            stock_db=stock_db,
-            redis_url=args.redis_url if args.redis else None,
-        )
-        migrate(specs["notifyhub"].env, workdir)
+    async with bench_servers(bench, "notifyhub_bench") as specs:
         for name in runnable_servers(args.servers.split(","), results):
             spec = specs[name]
             print(f"[fanout] {name}: {args.clients} clients ...", flush=True)
@@ -1309,9 +1332,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print(f"[fanout] {name} failed: {exc}", file=sys.stderr, flush=True)
             await asyncio.sleep(1)
-    finally:
-        with contextlib.suppress(Exception):
-            await drop_database(args.pg_admin_url, db_name)
     results.update(summarize(results))
     return results
 

@@ -22,22 +22,10 @@ const { Server } = require("socket.io");
 
 const NAMESPACE = "/notifications";
 const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1"]);
-// Its own table: fanout.py runs every server against one throwaway database.
-const CREATE_TABLE = `
-CREATE TABLE IF NOT EXISTS bench_node_notifications (
-    id bigserial PRIMARY KEY,
-    tenant_id varchar(64) NOT NULL,
-    user_id varchar(128) NOT NULL,
-    category varchar(64),
-    title text NOT NULL,
-    body text NOT NULL,
-    data jsonb NOT NULL DEFAULT '{}'::jsonb,
-    link text,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    read_at timestamptz
-)`;
+// The table of benchmarks/stock_server.py (its CREATE_TABLE), which fanout.py creates
+// before it starts any server: both peers store the same rows.
 const INSERT_ROWS = `
-INSERT INTO bench_node_notifications (tenant_id, user_id, title, body, data)
+INSERT INTO bench_peer_notifications (tenant_id, user_id, title, body, data)
 SELECT $1, u, $3, $4, $5::jsonb FROM unnest($2::text[]) AS u
 RETURNING id, user_id, created_at`;
 
@@ -115,7 +103,6 @@ async function main() {
   const pool = args["database-url"]
     ? new Pool({ connectionString: args["database-url"], max: 10 })
     : null;
-  if (pool) await pool.query(CREATE_TABLE);
 
   // Only the trigger routes and /healthz; socket.io answers /socket.io/ itself before this
   // handler sees the request.
