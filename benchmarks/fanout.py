@@ -1396,7 +1396,9 @@ def build_parser() -> argparse.ArgumentParser:
         "node is skipped, saying why, when Node.js or npm is missing",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 200 clients, 2 rounds, no doc update"
+        "--quick",
+        action="store_true",
+        help="smoke run: 200 clients, 2 rounds, 2 s quiet wait, no doc update",
     )
     parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
     parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds per connect")
@@ -1425,7 +1427,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> None:
     """What --quick and --profile change, unless given explicitly."""
-    apply_quick(args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1})
+    # A short quiet wait too: a smoke run on a shared machine must still end within a minute.
+    apply_quick(
+        args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1, "quiet_timeout": 2.0}
+    )
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile)
     if args.output is None:
