@@ -52,7 +52,12 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 
 from benchmarks import fanout  # noqa: E402
-from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    add_doc_options,
+    add_quiet_options,
+    add_rig_options,
+    apply_quick,
+)
 from benchmarks.machine import REPO, CpuWindow, wait_for_quiet  # noqa: E402
 from benchmarks.report import update_doc_if_asked  # noqa: E402
 
@@ -526,15 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=100.0, help="creates/s offered in all")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="seconds per level")
     parser.add_argument("--latency-clients", type=int, default=1000, help="connected users")
-    parser.add_argument("--redis", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis URL")
-    parser.add_argument(
-        "--pg-admin-url",
-        default="postgresql://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL DSN allowed to CREATE/DROP DATABASE (a fresh one is used)",
-    )
-    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
+    add_rig_options(parser, connect_timeout=30.0)
     parser.add_argument("--output", help="results JSON (default benchmarks/results/curves.json)")
     parser.add_argument("--plots-dir", default=str(PLOTS_DIR), help="where the PNGs go")
     parser.add_argument(
@@ -554,8 +551,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="smoke run: 100 and 200 clients, 1 and 10 creators for 2 s, notifyhub only "
         "unless --servers, no doc update, plots into a scratch folder",
     )
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
-    parser.add_argument("--connect-timeout", type=float, default=30.0, help="seconds per connect")
     parser.add_argument("--wait-timeout", type=float, default=120.0, help="longest wait, s")
     parser.add_argument("--settle", type=float, default=2.0, help="idle seconds before RSS reads")
     parser.add_argument(

@@ -57,7 +57,12 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 
-from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    add_doc_options,
+    add_quiet_options,
+    add_rig_options,
+    apply_quick,
+)
 from benchmarks.database import (  # noqa: E402
     admin_execute,
     create_database,
@@ -1356,18 +1361,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="measure each metric this many times; the median is reported",
     )
-    parser.add_argument(
-        "--redis",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="both servers use a Redis Socket.IO manager (cross-process fan-out)",
-    )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis URL")
-    parser.add_argument(
-        "--pg-admin-url",
-        default="postgresql://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL DSN allowed to CREATE/DROP DATABASE (a fresh one is used)",
-    )
+    add_rig_options(parser, connect_timeout=15.0)
     parser.add_argument("--output", help="results JSON (default benchmarks/results/fanout.json)")
     parser.add_argument(
         "--from-json",
@@ -1380,8 +1374,6 @@ def build_parser() -> argparse.ArgumentParser:
         "markdown file whose results section is rewritten",
         "rewrite the results table in --doc (default: yes, except with --quick)",
     )
-    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
     parser.add_argument(
         "--stock-loop",
         choices=["asyncio", "uvloop"],
@@ -1400,8 +1392,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="smoke run: 200 clients, 2 rounds, 2 s quiet wait, no doc update",
     )
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
-    parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds per connect")
     parser.add_argument(
         "--wait-timeout", type=float, default=60.0, help="seconds to wait for one round"
     )
