@@ -24,6 +24,29 @@ def add_quiet_options(
     parser.add_argument("--quiet-timeout", type=float, default=timeout, help=timeout_help)
 
 
+def add_rig_options(parser: argparse.ArgumentParser, *, connect_timeout: float) -> None:
+    """Where the servers' PostgreSQL and Redis are, which core runs the server and which the
+    load generator, and how clients connect: what fanout.py's servers and clients read."""
+    parser.add_argument(
+        "--redis",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="servers use Redis between processes (Socket.IO manager, Node's redis adapter)",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis URL")
+    parser.add_argument(
+        "--pg-admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL DSN allowed to CREATE/DROP DATABASE (a fresh one is used)",
+    )
+    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
+    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
+    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
+    parser.add_argument(
+        "--connect-timeout", type=float, default=connect_timeout, help="seconds per connect"
+    )
+
+
 def add_doc_options(parser: argparse.ArgumentParser, doc_help: str, update_help: str) -> None:
     """--doc (the markdown file, docs/benchmarks.md by default) and --update-doc."""
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"), help=doc_help)

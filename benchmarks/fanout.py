@@ -1,14 +1,15 @@
-"""Fan-out benchmark: notifyhub against a stock python-socketio server, side by side.
+"""Fan-out benchmark: notifyhub against Node socket.io 4 and stock python-socketio, side by side.
 
 One ``serve`` process (pinned to one core) with N websocket clients (a load generator pinned
 to the other core), each a distinct user of one tenant. Measured for both servers in the
-same run, one server at a time so each has its core to itself:
+same run, one server at a time so each has its core to itself (``--servers``; the peers are
+``benchmarks/node/server.js`` and ``benchmarks/stock_server.py``, with the same endpoints):
 
 1. broadcast: deliveries/s of a tenant-wide ``broadcast`` (hub: ``POST /api/broadcasts/``;
-   stock: ``POST /bench/broadcast``, one ``emit`` to the tenant room);
+   peers: ``POST /bench/broadcast``, one ``emit`` to the tenant room);
 2. per user: deliveries/s of one stored notification per user (hub:
-   ``POST /api/notifications/`` for all N users; stock: ``POST /bench/per-user``, a
-   multi-row INSERT and one awaited ``emit`` per user room);
+   ``POST /api/notifications/`` for all N users; peers: ``POST /bench/per-user``, a
+   multi-row INSERT and one ``emit`` per user room, awaited by the stock server);
 3. idle memory per socket: server RSS with N idle clients minus RSS after warm-up with
    none, divided by N.
 
@@ -34,13 +35,14 @@ import os
 import re
 import resource
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +57,18 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 import jwt  # noqa: E402
 
-from benchmarks.cli import add_doc_options, add_quiet_options, apply_quick  # noqa: E402
-from benchmarks.database import create_database, database_url, drop_database  # noqa: E402
+from benchmarks.cli import (  # noqa: E402
+    add_doc_options,
+    add_quiet_options,
+    add_rig_options,
+    apply_quick,
+)
+from benchmarks.database import (  # noqa: E402
+    admin_execute,
+    create_database,
+    database_url,
+    drop_database,
+)
 from benchmarks.machine import (  # noqa: E402
     CpuWindow,
     code_version,
@@ -72,6 +84,7 @@ from benchmarks.socketio_client import (  # noqa: E402
     join_namespace,
     stop_reading,
 )
+from benchmarks.stock_server import CREATE_TABLE as PEER_TABLE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -92,9 +105,20 @@ BODY = (
 )
 DOC_START = "<!-- fanout-results:start -->"
 DOC_END = "<!-- fanout-results:end -->"
-TARGET_SPEEDUP = 2.0
+# The targets of issue 12: broadcast >= Node and >= 5x stock, per user >= 2x Node.
+TARGET_BROADCAST_VS_NODE = 1.0
+TARGET_BROADCAST_VS_STOCK = 5.0
+TARGET_PER_USER_VS_NODE = 2.0
 TARGET_KB_PER_SOCKET = 20.0
-SERVER_NAMES = ("notifyhub", "stock")
+SERVER_NAMES = ("notifyhub", "stock", "node")
+PEERS = ("node", "stock")
+SERVER_TITLES = {
+    "notifyhub": "notifyhub",
+    "node": "Node socket.io 4",
+    "stock": "stock python-socketio",
+}
+NODE_DIR = REPO / "benchmarks" / "node"
+NODE_MAJOR_MIN = 18  # socket.io 4 and node:util parseArgs
 
 
 # -- small helpers ------------------------------------------------------------------------
@@ -378,6 +402,17 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(5)
+
+
+async def shut_down(
+    server: RunningServer, clients: Sequence[Any], *sessions: aiohttp.ClientSession
+) -> None:
+    """Close ``clients`` (anything with ``async close()``) and ``sessions``, then stop
+    ``server``."""
+    await asyncio.gather(*(c.close() for c in clients))
+    for session in sessions:
+        await session.close()
+    await asyncio.to_thread(stop_server, server)
 
 
 def log_problems(path: Path) -> list[str]:
@@ -726,11 +761,8 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["errors"].append(f"{type(exc).__name__}: {exc}")
         print(f"[fanout] {spec.name} failed: {exc}", file=sys.stderr, flush=True)
     finally:
-        await asyncio.gather(*(c.close() for c in connected))
-        await session.close()
-        await http.close()
         alive = server.process.poll() is None
-        await asyncio.to_thread(stop_server, server)
+        await shut_down(server, connected, session, http)
         result["exit_code"] = server.process.returncode
         result["was_alive_at_end"] = alive
         result["log_problems"] = log_problems(server.log_path)
@@ -749,36 +781,54 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2)
 
 
+def dig(value: Any, *keys: str) -> Any:
+    """``value[k1][k2]...``, or None where a level is missing."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+# Figures compared between servers: name in results["ratios"] -> where each server has it.
+RATIO_FIGURES: dict[str, tuple[str, str]] = {
+    "broadcast_deliveries_per_s": ("broadcast", "deliveries_per_s"),
+    "per_user_deliveries_per_s": ("per_user", "deliveries_per_s"),
+    "kb_per_socket_rss": ("memory", "kb_per_socket_rss"),
+    "connected_rss_kb": ("memory", "connected_rss_kb"),
+    "broadcast_server_cpu_us_per_delivery": ("broadcast", "server_cpu_us_per_delivery"),
+    "per_user_server_cpu_us_per_delivery": ("per_user", "server_cpu_us_per_delivery"),
+    "connects_per_s": ("connect", "per_s"),
+}
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    hub, stock = results["servers"].get("notifyhub", {}), results["servers"].get("stock", {})
-
-    def get(server: dict[str, Any], *keys: str) -> Any:
-        value: Any = server
-        for key in keys:
-            if not isinstance(value, dict):
-                return None
-            value = value.get(key)
-        return value
-
+    """notifyhub's figures as ratios to each peer's (``vs_node``, ``vs_stock``) and the
+    targets of issue 12."""
+    servers = results["servers"]
+    hub = servers.get("notifyhub", {})
     ratios = {
-        "broadcast_deliveries_per_s": ratio(
-            get(hub, "broadcast", "deliveries_per_s"), get(stock, "broadcast", "deliveries_per_s")
-        ),
-        "per_user_deliveries_per_s": ratio(
-            get(hub, "per_user", "deliveries_per_s"), get(stock, "per_user", "deliveries_per_s")
-        ),
-        "kb_per_socket_rss": ratio(
-            get(hub, "memory", "kb_per_socket_rss"), get(stock, "memory", "kb_per_socket_rss")
-        ),
+        f"vs_{peer}": {
+            name: ratio(dig(hub, *keys), dig(servers.get(peer), *keys))
+            for name, keys in RATIO_FIGURES.items()
+        }
+        for peer in PEERS
     }
-    kb = get(hub, "memory", "kb_per_socket_rss")
+
+    def at_least(value: float | None, bound: float) -> bool | None:
+        return None if value is None else value >= bound
+
+    kb = dig(hub, "memory", "kb_per_socket_rss")
     targets = {
-        "broadcast_2x_stock": None
-        if ratios["broadcast_deliveries_per_s"] is None
-        else ratios["broadcast_deliveries_per_s"] >= TARGET_SPEEDUP,
-        "per_user_2x_stock": None
-        if ratios["per_user_deliveries_per_s"] is None
-        else ratios["per_user_deliveries_per_s"] >= TARGET_SPEEDUP,
+        "broadcast_1x_node": at_least(
+            ratios["vs_node"]["broadcast_deliveries_per_s"], TARGET_BROADCAST_VS_NODE
+        ),
+        "broadcast_5x_stock": at_least(
+            ratios["vs_stock"]["broadcast_deliveries_per_s"], TARGET_BROADCAST_VS_STOCK
+        ),
+        "per_user_2x_node": at_least(
+            ratios["vs_node"]["per_user_deliveries_per_s"], TARGET_PER_USER_VS_NODE
+        ),
         "idle_socket_at_most_20kb": None if kb is None else kb <= TARGET_KB_PER_SOCKET,
     }
     return {"ratios": ratios, "targets_met": targets}
@@ -794,92 +844,114 @@ def fmt(value: Any, unit: str = "") -> str:
     return f"{text}{unit}"
 
 
-def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+def table_header() -> list[str]:
+    return [
+        "metric",
+        *(SERVER_TITLES[name] for name in ("notifyhub", *PEERS)),
+        *(f"notifyhub / {SERVER_TITLES[peer].split()[0]}" for peer in PEERS),
+        "target (issue 12)",
+    ]
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    """One row per figure: each server's value, notifyhub's ratio to each peer, the target."""
     servers = results["servers"]
-    hub, stock = servers.get("notifyhub", {}), servers.get("stock", {})
-    ratios, met = results["ratios"], results["targets_met"]
+    summary = summarize(results)  # recomputed, so older results files render too
+    ratios, met = summary["ratios"], summary["targets_met"]
 
     def mark(ok: bool | None) -> str:
         return "n/a" if ok is None else ("met" if ok else "NOT met")
 
-    def pick(server: dict[str, Any], section: str, key: str) -> Any:
-        return (server.get(section) or {}).get(key)
+    def cell(name: str, show: Callable[[dict[str, Any]], str]) -> str:
+        server = servers.get(name)
+        if server is None:
+            return "not run"
+        if server.get("skipped"):
+            return "skipped"
+        return show(server)
 
-    def util(server: dict[str, Any], section: str) -> str:
-        cpu = pick(server, section, "server_cpu_util")
-        gen = pick(server, section, "loadgen_cpu_util")
-        other = pick(server, section, "other_cpu_util")
-        if cpu is None:
-            return "n/a"
-        return f"{cpu:.0%} / {gen:.0%} / {other or 0:.0%}"
+    def value(section: str, key: str, scale: float = 1.0) -> Callable[[dict[str, Any]], str]:
+        def show(server: dict[str, Any]) -> str:
+            found = dig(server, section, key)
+            return fmt(None if found is None else found * scale)
 
-    def rate(server: dict[str, Any], section: str) -> str:
-        median = fmt(pick(server, section, "deliveries_per_s"))
-        every = [v for v in pick(server, section, "deliveries_per_s_all") or [] if v is not None]
-        if len(every) < 2:
-            return median
-        return f"{median} ({fmt(min(every))}-{fmt(max(every))})"
+        return show
+
+    def util(section: str) -> Callable[[dict[str, Any]], str]:
+        def show(server: dict[str, Any]) -> str:
+            cpu = dig(server, section, "server_cpu_util")
+            gen = dig(server, section, "loadgen_cpu_util")
+            other = dig(server, section, "other_cpu_util")
+            if cpu is None:
+                return "n/a"
+            return f"{cpu:.0%} / {gen:.0%} / {other or 0:.0%}"
+
+        return show
+
+    def rate(section: str) -> Callable[[dict[str, Any]], str]:
+        def show(server: dict[str, Any]) -> str:
+            median = fmt(dig(server, section, "deliveries_per_s"))
+            every = [v for v in dig(server, section, "deliveries_per_s_all") or [] if v is not None]
+            if len(every) < 2:
+                return median
+            return f"{median} ({fmt(min(every))}-{fmt(max(every))})"
+
+        return show
+
+    def row(
+        label: str, show: Callable[[dict[str, Any]], str], figure: str, target: str
+    ) -> list[str]:
+        compared = [fmt(ratios[f"vs_{peer}"].get(figure), "x") if figure else "" for peer in PEERS]
+        return [label, *(cell(n, show) for n in ("notifyhub", *PEERS)), *compared, target]
 
     n = results["params"]["clients"]
     return [
-        (
+        row(
             f"broadcast to {n} sockets, deliveries/s (range)",
-            rate(hub, "broadcast"),
-            rate(stock, "broadcast"),
-            fmt(ratios["broadcast_deliveries_per_s"], "x"),
-            f">= 2x stock: {mark(met['broadcast_2x_stock'])}",
+            rate("broadcast"),
+            "broadcast_deliveries_per_s",
+            f">= 1x Node: {mark(met['broadcast_1x_node'])}; "
+            f">= 5x stock: {mark(met['broadcast_5x_stock'])}",
         ),
-        (
+        row(
             f"one stored notification per user ({n} users), deliveries/s (range)",
-            rate(hub, "per_user"),
-            rate(stock, "per_user"),
-            fmt(ratios["per_user_deliveries_per_s"], "x"),
-            f">= 2x stock: {mark(met['per_user_2x_stock'])}",
+            rate("per_user"),
+            "per_user_deliveries_per_s",
+            f">= 2x Node: {mark(met['per_user_2x_node'])}",
         ),
-        (
+        row(
             "idle memory per socket (RSS delta / N), KB",
-            fmt(pick(hub, "memory", "kb_per_socket_rss")),
-            fmt(pick(stock, "memory", "kb_per_socket_rss")),
-            fmt(ratios["kb_per_socket_rss"], "x"),
+            value("memory", "kb_per_socket_rss"),
+            "kb_per_socket_rss",
             f"<= 20 KB: {mark(met['idle_socket_at_most_20kb'])}",
         ),
-        (
+        row(
             "idle memory per socket (PSS delta / N), KB",
-            fmt(pick(hub, "memory", "kb_per_socket_pss")),
-            fmt(pick(stock, "memory", "kb_per_socket_pss")),
+            value("memory", "kb_per_socket_pss"),
             "",
             "",
         ),
-        (
-            "broadcast: CPU busy, server / load generator / other",
-            util(hub, "broadcast"),
-            util(stock, "broadcast"),
-            "",
-            "",
-        ),
-        (
-            "per user: CPU busy, server / load generator / other",
-            util(hub, "per_user"),
-            util(stock, "per_user"),
-            "",
+        row(
+            f"server RSS with {n} clients, MB",
+            value("memory", "connected_rss_kb", 1 / 1024),
+            "connected_rss_kb",
             "",
         ),
-        (
-            "server CPU per delivery, broadcast / per user (us)",
-            f"{fmt(pick(hub, 'broadcast', 'server_cpu_us_per_delivery'))} / "
-            f"{fmt(pick(hub, 'per_user', 'server_cpu_us_per_delivery'))}",
-            f"{fmt(pick(stock, 'broadcast', 'server_cpu_us_per_delivery'))} / "
-            f"{fmt(pick(stock, 'per_user', 'server_cpu_us_per_delivery'))}",
-            "",
-            "",
-        ),
-        (
-            "connects/s (JWT check + rooms)",
-            fmt(pick(hub, "connect", "per_s")),
-            fmt(pick(stock, "connect", "per_s")),
-            "",
+        row("broadcast: CPU busy, server / load generator / other", util("broadcast"), "", ""),
+        row("per user: CPU busy, server / load generator / other", util("per_user"), "", ""),
+        row(
+            "server CPU per delivery, broadcast (us)",
+            value("broadcast", "server_cpu_us_per_delivery"),
+            "broadcast_server_cpu_us_per_delivery",
             "",
         ),
+        row(
+            "server CPU per delivery, per user (us)",
+            value("per_user", "server_cpu_us_per_delivery"),
+            "per_user_server_cpu_us_per_delivery",
+            "",
+        ),
+        row("connects/s (JWT check + rooms)", value("connect", "per_s"), "connects_per_s", ""),
     ]
 
 
@@ -893,9 +965,18 @@ def run_facts(results: dict[str, Any]) -> tuple[str, str]:
     return (
         f"Run {results['date']} on {machine['nproc']} cores ({machine['cpu_model']}), "
         f"Python {machine['python']}, python-socketio {packages['python-socketio']}, "
-        f"python-engineio {packages['python-engineio']}, aiohttp {packages['aiohttp']}.",
+        f"python-engineio {packages['python-engineio']}, aiohttp {packages['aiohttp']}"
+        f"{node_facts_text(results.get('node'))}.",
         f"Hub at commit `{commit}`{dirty}.",
     )
+
+
+def node_facts_text(node: dict[str, Any] | None) -> str:
+    """ ", Node v20.1.0 (socket.io 4.8.4, ...)" for a doc header; empty without the Node peer."""
+    if not node or not node.get("version"):
+        return ""
+    packages = ", ".join(f"{name} {version}" for name, version in node["packages"].items())
+    return f", Node {node['version']} ({packages})"
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -909,13 +990,16 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"stock server loop: {params['stock_loop']}. {hub_commit} "
         f"Raw numbers: `{params['output']}`.",
         "",
-        "| metric | notifyhub | stock python-socketio | ratio | target |",
-        "|---|---|---|---|---|",
+        f"| {' | '.join(table_header())} |",
+        "|" + "---|" * len(table_header()),
     ]
     rows = [f"| {' | '.join(row)} |" for row in table_rows(results)]
     notes = [""]
     for name in SERVER_NAMES:
         server = results["servers"].get(name, {})
+        if server.get("skipped"):
+            notes.append(f"{SERVER_TITLES[name]} was skipped: {server['skipped']}.")
+            continue
         trouble = list(server.get("errors") or [])
         for section in ("broadcast", "per_user"):
             part = server.get(section) or {}
@@ -936,11 +1020,11 @@ def markdown_table(results: dict[str, Any]) -> str:
                     f"machine busy before {len(busy)} {section} run(s) ({busy} cores in use "
                     "by other processes): figures are pessimistic"
                 )
-        if checks.get("seq_out_of_order_in_sample") and name == "stock":
+        if checks.get("seq_out_of_order_in_sample") and name != "notifyhub":
             notes.append(
-                f"The stock server delivered {checks['seq_out_of_order_in_sample']} sampled "
-                "notifications out of order (concurrent creates interleave their per-user "
-                "emits); notifyhub keeps per-user seq order."
+                f"{SERVER_TITLES[name]} delivered {checks['seq_out_of_order_in_sample']} "
+                "sampled notifications out of per-user order (concurrent creates interleave "
+                "their per-user emits); notifyhub keeps per-user seq order."
             )
         if trouble:
             notes.append(f"Problems seen with {name}: " + "; ".join(trouble[:8]) + ".")
@@ -1035,8 +1119,8 @@ def update_doc(
 
 
 def print_table(results: dict[str, Any]) -> None:
-    rows = [("metric", "notifyhub", "stock", "ratio", "target"), *table_rows(results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    rows = [table_header(), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for number, row in enumerate(rows):
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
         if number == 0:
@@ -1081,8 +1165,37 @@ def server_specs(
     ]
     if redis_url:
         stock_command += ["--redis-url", redis_url]
+    node_command = [
+        shutil.which("node") or "node",
+        str(NODE_DIR / "server.js"),
+        "--port",
+        "{port}",
+        "--database-url",
+        stock_db,
+        "--channel",
+        f"bench-node-{run_id}",
+    ]
+    if redis_url:
+        node_command += ["--redis-url", redis_url]
     hub_command = [sys.executable, "-m", "hub", "serve", "--host", HOST, "--port", "{port}"]
+
+    def peer(name: str, command: list[str], loop: str) -> ServerSpec:
+        """A peer: the same trigger routes, and no per-user order promised (concurrent
+        creates may emit a user's rows out of order), so out-of-order frames are counted."""
+        env = {**inherited, "BENCH_JWT_SECRET": bench.secret}
+        return ServerSpec(
+            name=name,
+            command=command,
+            env=env,
+            broadcast_path="/bench/broadcast",
+            per_user_path="/bench/per-user",
+            loop=loop,
+            strict_seq=False,
+        )
+
     if args.profile:
+        # V8's profile (a .cpuprofile for Chrome's DevTools), not summarised like cProfile's.
+        node_command[1:1] = ["--cpu-prof", "--cpu-prof-dir", str(bench.workdir)]
         hub_command[1:1] = ["-m", "cProfile", "-o", str(bench.workdir / "notifyhub.prof")]
         stock_command[1:1] = ["-m", "cProfile", "-o", str(bench.workdir / "stock.prof")]
     return {
@@ -1095,22 +1208,98 @@ def server_specs(
             loop="uvloop (hub default)",
             strict_seq=True,
         ),
-        "stock": ServerSpec(
-            name="stock",
-            command=stock_command,
-            env={**inherited, "BENCH_JWT_SECRET": bench.secret},
-            broadcast_path="/bench/broadcast",
-            per_user_path="/bench/per-user",
-            loop=args.stock_loop,
-            strict_seq=False,
-        ),
+        "stock": peer("stock", stock_command, args.stock_loop),
+        "node": peer("node", node_command, "libuv"),
     }
+
+
+@contextlib.asynccontextmanager
+async def bench_servers(bench: Bench, prefix: str) -> AsyncIterator[dict[str, ServerSpec]]:
+    """The specs of every server on a fresh database named ``{prefix}_<random>``: migrated for
+    the hub, with the peers' table; dropped at the end, also on errors."""
+    args = bench.args
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    await create_database(args.pg_admin_url, name)
+    try:
+        peer_db = database_url(args.pg_admin_url, name, "postgresql")
+        specs = server_specs(
+            bench,
+            hub_db=database_url(args.pg_admin_url, name, "postgresql+asyncpg"),
+            stock_db=peer_db,
+            redis_url=args.redis_url if args.redis else None,
+        )
+        await asyncio.to_thread(migrate, specs["notifyhub"].env, bench.workdir)
+        await admin_execute(peer_db, PEER_TABLE)
+        yield specs
+    finally:
+        with contextlib.suppress(Exception):
+            await drop_database(args.pg_admin_url, name)
+
+
+def node_unavailable() -> str | None:
+    """Why the Node peer cannot run on this machine, or None when it can; installs its npm
+    packages (``npm ci`` in benchmarks/node) when they are missing."""
+    node = shutil.which("node")
+    if node is None:
+        return f"no `node` on PATH (Node.js >= {NODE_MAJOR_MIN} runs benchmarks/node/server.js)"
+    version = subprocess.run(  # noqa: S603 - node, fixed arguments
+        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.strip()
+    major = version.lstrip("v").split(".", 1)[0]
+    if not major.isdigit() or int(major) < NODE_MAJOR_MIN:
+        return f"node {version or '(no version)'} is older than {NODE_MAJOR_MIN}"
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if all((NODE_DIR / "node_modules" / name / "package.json").exists() for name in wanted):
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "benchmarks/node/node_modules is missing and there is no `npm` to install it"
+    print("[fanout] node: installing benchmarks/node's packages (npm ci) ...", flush=True)
+    installed = subprocess.run(  # noqa: S603 - npm, fixed arguments
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if installed.returncode != 0:
+        return f"npm ci in benchmarks/node failed: {installed.stderr.strip()[-300:]}"
+    return None
+
+
+def node_facts() -> dict[str, Any]:
+    """Node's version and the installed versions of the peer's packages."""
+    node = shutil.which("node")
+    if node is None:
+        return {}
+    version = subprocess.run(  # noqa: S603 - node, fixed arguments
+        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.strip()
+    packages: dict[str, str | None] = {}
+    for name in json.loads((NODE_DIR / "package.json").read_text())["dependencies"]:
+        manifest = NODE_DIR / "node_modules" / name / "package.json"
+        packages[name] = json.loads(manifest.read_text())["version"] if manifest.exists() else None
+    return {"version": version, "packages": packages}
+
+
+def runnable_servers(names: Sequence[str], results: dict[str, Any]) -> list[str]:
+    """``names`` less the Node peer when it cannot run here: then it says why, on stdout and
+    in ``results["servers"]["node"]["skipped"]``; with it, ``results["node"]`` is filled."""
+    runnable = list(names)
+    if "node" in runnable:
+        reason = node_unavailable()
+        if reason is None:
+            results["node"] = node_facts()
+        else:
+            print(f"[fanout] node: skipped: {reason}", flush=True)
+            results["servers"]["node"] = {"skipped": reason}
+            runnable.remove("node")
+    return runnable
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench.start(args, "fanout")
-    workdir = bench.workdir
-    db_name = f"notifyhub_bench_{secrets.token_hex(4)}"
     results: dict[str, Any] = {
         **results_header("fanout"),
         "params": {
@@ -1124,7 +1313,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "stock_loop": args.stock_loop,
             "quick": args.quick,
             "profile": args.profile,
-            "order": args.order,
+            "servers": args.servers,
             "output": args.output,
             "payload_bytes": {
                 "broadcast_request": len(json.dumps(broadcast_body(0))),
@@ -1133,20 +1322,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "servers": {},
-        "logs": str(workdir),
+        "logs": str(bench.workdir),
     }
-    await create_database(args.pg_admin_url, db_name)
-    try:
-        hub_db = database_url(args.pg_admin_url, db_name, "postgresql+asyncpg")
-        stock_db = database_url(args.pg_admin_url, db_name, "postgresql")
-        specs = server_specs(
-            bench,
-            hub_db=hub_db,
-            stock_db=stock_db,
-            redis_url=args.redis_url if args.redis else None,
-        )
-        migrate(specs["notifyhub"].env, workdir)
-        for name in args.order.split(","):
+    async with bench_servers(bench, "notifyhub_bench") as specs:
+        for name in runnable_servers(args.servers.split(","), results):
             spec = specs[name]
             print(f"[fanout] {name}: {args.clients} clients ...", flush=True)
             try:
@@ -1158,9 +1337,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print(f"[fanout] {name} failed: {exc}", file=sys.stderr, flush=True)
             await asyncio.sleep(1)
-    finally:
-        with contextlib.suppress(Exception):
-            await drop_database(args.pg_admin_url, db_name)
     results.update(summarize(results))
     return results
 
@@ -1168,8 +1344,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
-            "Socket.IO fan-out benchmark: notifyhub vs a stock python-socketio server "
-            "(broadcast and per-user deliveries/s, idle memory per socket). Loopback only."
+            "Socket.IO fan-out benchmark: notifyhub vs Node socket.io 4 and a stock "
+            "python-socketio server (broadcast and per-user deliveries/s, idle memory per "
+            "socket, connects/s). Loopback only."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -1184,18 +1361,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="measure each metric this many times; the median is reported",
     )
-    parser.add_argument(
-        "--redis",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="both servers use a Redis Socket.IO manager (cross-process fan-out)",
-    )
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14", help="Redis URL")
-    parser.add_argument(
-        "--pg-admin-url",
-        default="postgresql://postgres@127.0.0.1:5432/test",
-        help="PostgreSQL DSN allowed to CREATE/DROP DATABASE (a fresh one is used)",
-    )
+    add_rig_options(parser, connect_timeout=15.0)
     parser.add_argument("--output", help="results JSON (default benchmarks/results/fanout.json)")
     parser.add_argument(
         "--from-json",
@@ -1208,20 +1374,24 @@ def build_parser() -> argparse.ArgumentParser:
         "markdown file whose results section is rewritten",
         "rewrite the results table in --doc (default: yes, except with --quick)",
     )
-    parser.add_argument("--server-cpu", type=int, default=0, help="core of the server process")
-    parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generator")
     parser.add_argument(
         "--stock-loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
         help="event loop of the stock server (aiohttp's run_app default is asyncio)",
     )
-    parser.add_argument("--order", default="notifyhub,stock", help="servers to run, in this order")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 200 clients, 2 rounds, no doc update"
+        "--servers",
+        "--order",
+        default=",".join(("notifyhub", "stock", "node")),
+        help=f"servers to run, in this order (a subset of {','.join(SERVER_NAMES)}); "
+        "node is skipped, saying why, when Node.js or npm is missing",
     )
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="parallel connects")
-    parser.add_argument("--connect-timeout", type=float, default=15.0, help="seconds per connect")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 200 clients, 2 rounds, 2 s quiet wait, no doc update",
+    )
     parser.add_argument(
         "--wait-timeout", type=float, default=60.0, help="seconds to wait for one round"
     )
@@ -1247,7 +1417,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> None:
     """What --quick and --profile change, unless given explicitly."""
-    apply_quick(args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1})
+    # A short quiet wait too: a smoke run on a shared machine must still end within a minute.
+    apply_quick(
+        args, build_parser, {"clients": 200, "rounds": 2, "repeats": 1, "quiet_timeout": 2.0}
+    )
     if args.update_doc is None:
         args.update_doc = not (args.quick or args.profile)
     if args.output is None:
@@ -1301,9 +1474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_defaults(args)
     if args.from_json:
         return render_only(args)
-    names = [n for n in args.order.split(",") if n]
+    names = [n for n in args.servers.split(",") if n]
     if not names or any(n not in SERVER_NAMES for n in names):
-        print(f"--order takes a comma-separated subset of {SERVER_NAMES}", file=sys.stderr)
+        print(f"--servers takes a comma-separated subset of {SERVER_NAMES}", file=sys.stderr)
         return 2
     if min(args.clients, args.rounds, args.pipeline, args.repeats) < 1:
         print("--clients, --rounds, --pipeline and --repeats must be positive", file=sys.stderr)

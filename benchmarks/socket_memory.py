@@ -18,6 +18,7 @@ types (count and ``sys.getsizeof`` bytes, objgraph style) that grew, per socket.
 The servers, clients, database and warm-up are those of ``benchmarks/fanout.py``.
 
     .venv/bin/python benchmarks/socket_memory.py                 # 1k, 5k, 10k
+    .venv/bin/python benchmarks/socket_memory.py --quick         # smoke run: 200, 500
     .venv/bin/python benchmarks/socket_memory.py --breakdown --steps 2000
 """
 
@@ -45,6 +46,7 @@ sys.path.insert(0, str(_HERE.parent))
 import aiohttp  # noqa: E402
 
 from benchmarks import fanout  # noqa: E402
+from benchmarks.cli import apply_quick  # noqa: E402
 from benchmarks.machine import core_times, process_cpu_seconds  # noqa: E402
 from tests.harness.rawws import RawWebSocket, connect_socketio  # noqa: E402
 
@@ -208,7 +210,11 @@ def generator_clients(
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     steps = sorted({int(s) for s in args.steps.split(",")})
     fanout_args = fanout.build_parser().parse_args(
-        ["--clients", str(steps[-1]), "--connect-timeout", str(args.connect_timeout)]
+        [
+            *("--clients", str(steps[-1]), "--connect-timeout", str(args.connect_timeout)),
+            *("--pg-admin-url", args.pg_admin_url, "--redis-url", args.redis_url),
+            *([] if args.redis else ["--no-redis"]),
+        ]
     )
     tenant = f"mem-{secrets.token_hex(4)}"
     secret = secrets.token_hex(32)
@@ -220,7 +226,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         service_token=fanout.make_token(secret, tenant=tenant, user="bench", roles=["service"]),
         workdir=workdir,
     )
-    db_name = f"notifyhub_mem_{secrets.token_hex(4)}"
     results: dict[str, Any] = {
         **fanout.results_header("socket_memory"),
         "params": {
@@ -235,25 +240,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "steps": [],
         "logs": str(workdir),
     }
-    await fanout.create_database(args.pg_admin_url, db_name)
-    try:
-        specs = fanout.server_specs(
-            bench,
-            hub_db=fanout.database_url(args.pg_admin_url, db_name, "postgresql+asyncpg"),
-            stock_db=fanout.database_url(args.pg_admin_url, db_name, "postgresql"),
-            redis_url=args.redis_url if args.redis else None,
-        )
+    async with fanout.bench_servers(bench, "notifyhub_mem") as specs:
         spec = specs["notifyhub"]
-        fanout.migrate(spec.env, workdir)
         dump = workdir / "breakdown.json"
         if args.breakdown:
             serve_args = spec.command[spec.command.index("serve") :]
             spec.command = [sys.executable, str(Path(__file__)), "--serve-traced", str(dump)]
             spec.command += ["--", *serve_args]
         await run_steps(bench, spec, steps=steps, args=args, results=results, dump=dump)
-    finally:
-        with contextlib.suppress(Exception):
-            await fanout.drop_database(args.pg_admin_url, db_name)
     return results
 
 
@@ -336,10 +330,7 @@ async def run_steps(
                 await traced_snapshot(server.pid, dump), len(connected)
             )
     finally:
-        await asyncio.gather(*(c.close() for c in connected))
-        await session.close()
-        await http.close()
-        await asyncio.to_thread(fanout.stop_server, server)
+        await fanout.shut_down(server, connected, session, http)
         results["log_problems"] = fanout.log_problems(server.log_path)
 
 
@@ -378,6 +369,13 @@ OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
         },
     ),
     ("--output", {"default": str(OUTPUT), "help": "results JSON"}),
+    (
+        "--quick",
+        {
+            "action": "store_true",
+            "help": "smoke run: 200 and 500 sockets, 1 s settle, into socket_memory-quick.json",
+        },
+    ),
 )
 
 
@@ -400,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--serve-traced"]:
         return serve_traced(Path(argv[1]), argv[3:])
     args = build_parser().parse_args(argv)
+    quick_output = str(OUTPUT.with_name("socket_memory-quick.json"))
+    apply_quick(args, build_parser, {"steps": "200,500", "settle": 1.0, "output": quick_output})
     if args.client_cpu in os.sched_getaffinity(0):
         os.sched_setaffinity(0, {args.client_cpu})
     most = max(int(s) for s in args.steps.split(","))

@@ -36,8 +36,10 @@ from aiohttp import web
 NAMESPACE = "/notifications"
 APP_POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool", asyncpg.Pool)
 
+# The table of both peers (this server and benchmarks/node/server.js, which writes the same
+# rows); fanout.py creates it before it starts any server.
 CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS bench_stock_notifications (
+CREATE TABLE IF NOT EXISTS bench_peer_notifications (
     id bigserial PRIMARY KEY,
     tenant_id varchar(64) NOT NULL,
     user_id varchar(128) NOT NULL,
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS bench_stock_notifications (
 )
 """
 INSERT_ROWS = """
-INSERT INTO bench_stock_notifications (tenant_id, user_id, title, body, data)
+INSERT INTO bench_peer_notifications (tenant_id, user_id, title, body, data)
 SELECT $1, u, $3, $4, $5::jsonb FROM unnest($2::text[]) AS u
 RETURNING id, user_id, created_at
 """
