@@ -221,6 +221,11 @@ class Email(TenantScoped, Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     to_email: Mapped[str] = mapped_column(String(320))
+    # The recipient and category of an email made for a notification or event (null for a
+    # plain POST /api/emails/send/): preferences are checked again before it is sent, and a
+    # categorised one carries an unsubscribe link.
+    user_id: Mapped[str | None] = mapped_column(String(USER_ID_LENGTH))
+    category: Mapped[str | None] = mapped_column(String(64))
     subject: Mapped[str | None] = mapped_column(Text)
     template_key: Mapped[str] = mapped_column(String(200))
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -382,3 +387,28 @@ class ProcessedEvent(TenantScoped, Base):
     type: Mapped[str] = mapped_column(String(200))
     source: Mapped[str] = mapped_column(String(16))
     applied_at: Mapped[datetime] = mapped_column()
+
+
+class UserPreference(TenantScoped, Base):
+    """A user's own preferences (only what the user set; see :mod:`hub.preferences`)."""
+
+    __tablename__ = "user_preferences"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    channels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    categories: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    updated_at: Mapped[datetime] = mapped_column()
+
+
+class TenantPreference(TenantScoped, Base):
+    """A tenant's preference defaults; a category may lock channels on."""
+
+    __tablename__ = "tenant_preferences"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    categories: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    updated_at: Mapped[datetime] = mapped_column()

@@ -378,6 +378,71 @@ class NotReady(Out):
     checks: dict[str, str] = Field(description='Each configured dependency: "ok" or the error')
 
 
+# -- preferences ------------------------------------------------------------------------------
+
+_PREFERENCES_EXAMPLE: dict[str, Any] = {
+    "channels": {"in_app": True, "email": False, "push": True},
+    "categories": {
+        "deals": {"email": True},
+        "security": {"in_app": True, "email": True, "locked": ["in_app", "email"]},
+    },
+    "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+}
+
+
+class ChannelSwitches(Out):
+    in_app: bool
+    email: bool
+    push: bool
+
+
+class QuietHours(Out):
+    start: str = Field(description="`HH:MM`, local time")
+    end: str = Field(description="`HH:MM`, local time; before `start` spans midnight")
+    timezone: str = Field(description="IANA time zone name")
+
+
+class CategoryPreferences(Out):
+    """The channels someone decided for a category (absent: the channel switches decide)."""
+
+    in_app: bool | None = None
+    email: bool | None = None
+    push: bool | None = None
+    locked: list[Literal["in_app", "email", "push"]] | None = Field(
+        default=None, description="Channels the tenant locked on (shown on, whatever the user set)"
+    )
+
+
+class Preferences(Out):
+    """A user's effective preferences: ``GET``/``PATCH /api/preferences/`` and the
+    ``preferences:updated`` event."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_PREFERENCES_EXAMPLE]})
+
+    channels: ChannelSwitches = Field(description="Resolved for notifications of no category")
+    categories: dict[str, CategoryPreferences]
+    quiet_hours: QuietHours | None
+
+
+class TenantPreferences(Out):
+    """A tenant's defaults, as stored (channel defaults not set are on)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_PREFERENCES_EXAMPLE]})
+
+    channels: ChannelSwitches
+    categories: dict[str, CategoryPreferences]
+    quiet_hours: QuietHours | None
+
+
+class Unsubscribed(Out):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"unsubscribed": True, "category": "deals"}]}
+    )
+
+    unsubscribed: Literal[True]
+    category: str = Field(description="The category whose email is now off")
+
+
 # -- Socket.IO: server events and acks --------------------------------------------------------
 # What the hub emits on /notifications and /chat, and what it acks client events with. The
 # services build these payloads as dicts; the models are their published shape, which the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
@@ -20,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub import rules
+from hub import preferences, rules
 from hub.vapid import b64url_decode
 
 # Identifiers: no control characters (PostgreSQL refuses NUL; the rest only cause trouble).
@@ -396,3 +397,117 @@ class CreateWebhookIn(Strict):
         description="Any of notification.created, notification.read, email.sent, "
         "email.failed, push.failed, message.created",
     )
+
+
+# -- preferences (CONTRACT.md "Preferences (v2)") ---------------------------------------------
+
+CategoryName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=preferences.CATEGORY_MAX_CHARS, pattern=ID_PATTERN),
+]
+ClockTime = Annotated[
+    str,
+    StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"),
+    Field(description="24-hour local time, `HH:MM`", examples=["22:00"]),
+]
+
+
+def _known_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # ValueError: not a relative path (zoneinfo refuses "../x"); OSError: a directory of
+        # the zone database ("America") rather than a zone.
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Paris"
+        ) from None
+    return name
+
+
+TimeZoneName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$"),
+    AfterValidator(_known_time_zone),
+    Field(description="An IANA time zone name", examples=["Europe/Paris"]),
+]
+
+
+class QuietHoursIn(Strict):
+    """Stored and returned; ``start`` after ``end`` spans midnight."""
+
+    start: ClockTime
+    end: ClockTime
+    timezone: TimeZoneName
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.start == self.end:
+            raise ValueError("quiet hours must start and end at different times")
+        return self
+
+
+class ChannelSwitchesIn(Strict):
+    """Per channel: true (wanted), false (not wanted), null (forget the switch: the next rule
+    of the resolution order decides). A channel not named is left as it is."""
+
+    in_app: StrictBool | None = None
+    email: StrictBool | None = None
+    push: StrictBool | None = None
+
+
+class TenantCategoryIn(ChannelSwitchesIn):
+    locked: list[preferences.Channel] = Field(
+        default_factory=list,
+        max_length=len(preferences.CHANNELS),
+        description="Channels users cannot turn off for this category",
+    )
+
+
+class PreferencesPatchIn(Strict):
+    """``PATCH /api/preferences/``: any part of the preferences object, merged."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channels": {"email": False},
+                    "categories": {"deals": {"email": True}, "tasks": None},
+                    "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+                }
+            ]
+        }
+    )
+
+    channels: ChannelSwitchesIn | None = None
+    categories: dict[CategoryName, ChannelSwitchesIn | None] | None = Field(
+        default=None,
+        max_length=preferences.MAX_CATEGORIES,
+        description="Per category: switches merged into the user's override, or null to "
+        f"remove the override (at most {preferences.MAX_CATEGORIES} categories)",
+    )
+    quiet_hours: QuietHoursIn | None = Field(default=None, description="null removes them")
+
+
+class TenantPreferencesIn(Strict):
+    """``PUT /api/tenant/preferences/``: the tenant's defaults, replaced as a whole."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "channels": {"push": False},
+                    "categories": {
+                        "security": {"email": True, "locked": ["in_app", "email"]},
+                        "marketing": {"email": False},
+                    },
+                    "quiet_hours": None,
+                }
+            ]
+        }
+    )
+
+    channels: ChannelSwitchesIn = Field(default_factory=ChannelSwitchesIn)
+    categories: dict[CategoryName, TenantCategoryIn] = Field(
+        default_factory=dict, max_length=preferences.MAX_CATEGORIES
+    )
+    quiet_hours: QuietHoursIn | None = None
