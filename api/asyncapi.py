@@ -138,6 +138,14 @@ NAMESPACES: tuple[Namespace, ...] = (
                 "An announcement to every connected socket of the tenant",
                 "From `POST /api/broadcasts/`; not stored, never replayed.",
             ),
+            ServerEvent(
+                "preferences:updated",
+                out.Preferences,
+                "The user's notification preferences changed",
+                "To every `/notifications` socket of the user, on every node, after "
+                "`PATCH /api/preferences/` or an unsubscribe link: the new effective "
+                "preferences, the object `GET /api/preferences/` returns. Not replayed.",
+            ),
         ),
     ),
     Namespace(

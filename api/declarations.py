@@ -42,7 +42,7 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    method: Literal["GET", "POST", "PUT", "DELETE"]
+    method: Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
     path: str  # as documented, trailing slash included (the router accepts it without too)
     operation_id: str
     summary: str

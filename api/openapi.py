@@ -224,6 +224,7 @@ def build_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         ("push", "Devices of users and pushes (Web Push, FCM, APNs) to users not connected"),
         ("webhooks", "Standard Webhooks to the tenant's systems when things happen in the hub"),
         ("tenants", "The tenant's own settings (retention)"),
+        ("preferences", "Who wants which channel for which category; unsubscribe links"),
         ("operations", "Probes, metrics and this documentation"),
         ("realtime", "Realtime endpoints outside REST"),
     ]

@@ -17,6 +17,7 @@ from api import (
     legacy_ws,
     notifications,
     openapi,
+    preferences,
     tenant_settings,
     webhooks,
 )
@@ -547,6 +548,63 @@ ROUTES: tuple[Operation, ...] = (
         params=(WEBHOOK_ID, LIMIT, CURSOR),
         errors=(400, 401, 403, 404, 503),
         handler=webhooks.list_deliveries,
+    ),
+    Operation(
+        "GET",
+        "/api/preferences/",
+        "getPreferences",
+        "Read the caller's effective notification preferences",
+        "preferences",
+        "user",
+        {200: Reply("Resolved with the tenant's defaults and locks", out.Preferences)},
+        description="Channel switches resolved, categories that the caller or the tenant "
+        "decided anything about (a channel the tenant locked shows on, whatever the caller "
+        "stored), quiet hours.",
+        errors=(401, 503),
+        handler=preferences.get_preferences,
+    ),
+    Operation(
+        "PATCH",
+        "/api/preferences/",
+        "updatePreferences",
+        "Change the caller's notification preferences",
+        "preferences",
+        "user",
+        {200: Reply("The new effective preferences", out.Preferences)},
+        description="Merges any part of the preferences object: a channel set to `null` "
+        "forgets the caller's switch, a category set to `null` removes the caller's override "
+        "of it, `quiet_hours: null` removes them. Every `/notifications` socket of the caller "
+        "receives `preferences:updated` with the new effective preferences. Channels are "
+        "`in_app`, `email`, `push`; category names 1-64 characters.",
+        body=schemas.PreferencesPatchIn,
+        errors=(400, 401, 413, 503),
+        handler=preferences.patch_preferences,
+    ),
+    Operation(
+        "GET",
+        "/api/tenant/preferences/",
+        "getTenantPreferences",
+        "Read the tenant's preference defaults",
+        "preferences",
+        "service",
+        {200: Reply("The defaults of the token's tenant", out.TenantPreferences)},
+        description=SERVICE_NOTE,
+        errors=(401, 403, 503),
+        handler=preferences.get_tenant_preferences,
+    ),
+    Operation(
+        "PUT",
+        "/api/tenant/preferences/",
+        "replaceTenantPreferences",
+        "Replace the tenant's preference defaults and locks",
+        "preferences",
+        "service",
+        {200: Reply("The stored defaults", out.TenantPreferences)},
+        description="Defaults apply where a user decided nothing; a category's `locked` "
+        "channels are on for every user of the tenant, whatever they set. " + SERVICE_NOTE,
+        body=schemas.TenantPreferencesIn,
+        errors=(400, 401, 403, 413, 503),
+        handler=preferences.put_tenant_preferences,
     ),
     Operation(
         "GET",

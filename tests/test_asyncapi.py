@@ -24,7 +24,13 @@ from pydantic.json_schema import JsonSchemaMode
 
 from api.asyncapi import NAMESPACES, Topology, build_document, document_bytes, message_key
 from api.openapi import REF_TEMPLATE
-from hub.delivery.notifications import BROADCAST_EVENT, NEW_EVENT, READ_EVENT, UPDATED_EVENT
+from hub.delivery.notifications import (
+    BROADCAST_EVENT,
+    NEW_EVENT,
+    PREFERENCES_EVENT,
+    READ_EVENT,
+    UPDATED_EVENT,
+)
 from hub.intake.envelope import EventEnvelope
 from hub.keys import SETTINGS
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
@@ -200,6 +206,7 @@ def test_every_emitted_event_is_a_documented_operation() -> None:
         READ_EVENT,
         UPDATED_EVENT,
         BROADCAST_EVENT,
+        PREFERENCES_EVENT,
     }
     emitted: set[str] = set()
     for path in (HUB / "services").glob("*.py"):
@@ -288,6 +295,14 @@ async def test_live_payloads_and_acks_conform(
     assert status == 202
     (announcement,) = await center.wait_for(BROADCAST_EVENT)
     assert_conforms(document, "broadcastOut", announcement)
+    status, _ = await ApiClient.for_user(hub.url, tenant, "alice").request(
+        "PATCH",
+        "/api/preferences/",
+        json={"categories": {"deals": {"email": False}, "news": {"push": True}}},
+    )
+    assert status == 200
+    (preferences,) = await center.wait_for(PREFERENCES_EVENT)
+    assert_conforms(document, "preferencesUpdatedOut", preferences)
     ack = await center.call("auth:refresh", {"token": hs256_token(tenant=tenant, user="alice")})
     assert_conforms(document, "authRefreshAck", ack)
     for bad in ({}, {"ids": ["1"], "all": True}):

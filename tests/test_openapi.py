@@ -59,6 +59,10 @@ PUBLIC_ROUTES = {
     ("POST", "/api/events/"),
     ("POST", "/api/emails/send/"),
     ("GET", "/api/emails/{email_id}/"),
+    ("GET", "/api/preferences/"),
+    ("PATCH", "/api/preferences/"),
+    ("GET", "/api/tenant/preferences/"),
+    ("PUT", "/api/tenant/preferences/"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -68,6 +72,8 @@ PUBLIC_ROUTES = {
 SERVICE_ROUTES = {
     ("GET", "/api/tenant/settings/"),
     ("PUT", "/api/tenant/settings/"),
+    ("GET", "/api/tenant/preferences/"),
+    ("PUT", "/api/tenant/preferences/"),
     ("POST", "/api/notifications/"),
     ("POST", "/api/broadcasts/"),
     ("POST", "/api/events/"),
@@ -215,7 +221,15 @@ def test_document_shape_auth_errors_and_examples() -> None:
         if body is not None:
             name = body["schema"]["$ref"].rsplit("/", 1)[1]
             assert body.get("examples") or schemas[name].get("examples"), key
-    for name in ("Notification", "Message", "EmailStatus", "Error", "CreatedNotifications"):
+    for name in (
+        "Notification",
+        "Message",
+        "EmailStatus",
+        "Error",
+        "CreatedNotifications",
+        "Preferences",
+        "TenantPreferences",
+    ):
         assert schemas[name]["examples"], name
 
 

@@ -46,9 +46,14 @@ NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
 UPDATED_EVENT = "notification:updated"
 BROADCAST_EVENT = "broadcast"
+PREFERENCES_EVENT = "preferences:updated"
+# Events of the Socket.IO protocol only: legacy WebSockets keep the events of the protocol
+# they were written for.
+SOCKETIO_ONLY = frozenset({BROADCAST_EVENT, PREFERENCES_EVENT})
 REPLAY_PAGE_SIZE = 500
 _EMITTED = {
-    event: EMITS.labels(event) for event in (NEW_EVENT, READ_EVENT, UPDATED_EVENT, BROADCAST_EVENT)
+    event: EMITS.labels(event)
+    for event in (NEW_EVENT, READ_EVENT, UPDATED_EVENT, BROADCAST_EVENT, PREFERENCES_EVENT)
 }
 
 LAG_CHECK_CHUNK = 500
@@ -98,7 +103,8 @@ class Subscriber:
     user_id: str
     sink: Sink
     last_seq: int | None  # None: live only, nothing sent yet
-    wants_broadcasts: bool = True  # legacy WebSockets never had tenant announcements
+    # Legacy WebSockets never had tenant announcements, nor preferences:updated (SOCKETIO_ONLY).
+    wants_broadcasts: bool = True
     catching_up: bool = False
     counts_due: bool = False  # a replay's end still owes the client its counts
     # A seq known to be committed (with every lower one) before a catch-up started: a read
@@ -204,7 +210,8 @@ class NotificationDelivery:
         for name, data_json in events.events:
             outgoing = Outgoing(name, data_json)
             for subscriber in group:
-                await self._send(subscriber, outgoing)
+                if subscriber.wants_broadcasts or name not in SOCKETIO_ONLY:
+                    await self._send(subscriber, outgoing)
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None:
         # Announcements are not stored, so there is nothing to order or replay.

@@ -1,0 +1,247 @@
+"""Preferences: read and change a user's, read and replace a tenant's defaults, and load the
+preferences of a whole batch of recipients for the paths that create notifications and
+emails. The rules themselves are in :mod:`hub.preferences`; this module only stores.
+
+REST, the unsubscribe link and (through :func:`load_resolvers`) every create path call
+these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.base import JsonDocument
+from db.models import TenantPreference, UserPreference
+from hub import preferences
+from hub.delivery.bus import NotificationBus
+from hub.delivery.notifications import PREFERENCES_EVENT
+from hub.errors import InvalidInput, Unavailable
+from hub.preferences import EMPTY, Document
+from hub.services.common import insert_for, is_postgresql
+
+log = logging.getLogger(__name__)
+
+UserKey = tuple[str, str]  # (tenant_id, user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolver:
+    """The preferences of some users of one tenant, loaded at once."""
+
+    tenant: Document
+    users: Mapping[str, Document]
+
+    def wants(self, user_id: str, category: str | None, channel: str) -> bool:
+        return preferences.wants(self.tenant, self.users.get(user_id, EMPTY), category, channel)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolvers:
+    """The preferences of a batch's recipients, of any tenants."""
+
+    tenants: Mapping[str, Document]
+    users: Mapping[UserKey, Document]
+
+    def for_tenant(self, tenant_id: str) -> Resolver:
+        users = {user: doc for (tenant, user), doc in self.users.items() if tenant == tenant_id}
+        return Resolver(self.tenants.get(tenant_id, EMPTY), users)
+
+    def wants(self, tenant_id: str, user_id: str, category: str | None, channel: str) -> bool:
+        return preferences.wants(
+            self.tenants.get(tenant_id, EMPTY),
+            self.users.get((tenant_id, user_id), EMPTY),
+            category,
+            channel,
+        )
+
+
+# Constant SQL text whatever the batch size: the keys travel as one array (PostgreSQL) or
+# one JSON parameter (SQLite). An expanding IN list would be compiled anew for every size.
+_DOCUMENT = "p.channels, p.categories, p.quiet_hours"
+_PG_USERS = text(
+    f"""
+    SELECT p.tenant_id, p.user_id, {_DOCUMENT}
+    FROM user_preferences AS p
+    JOIN unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[])) AS k(tenant_id, user_id)
+      ON p.tenant_id = k.tenant_id AND p.user_id = k.user_id
+    """  # noqa: S608 - constant column list, no input
+)
+_SQLITE_USERS = text(
+    f"""
+    SELECT p.tenant_id, p.user_id, {_DOCUMENT}
+    FROM user_preferences AS p
+    JOIN json_each(:keys) AS k
+      ON p.tenant_id = json_extract(k.value, '$[0]') AND p.user_id = json_extract(k.value, '$[1]')
+    """  # noqa: S608 - constant column list, no input
+)
+_PG_TENANTS = text(
+    f"SELECT p.tenant_id, {_DOCUMENT} FROM tenant_preferences AS p "  # noqa: S608
+    "WHERE p.tenant_id = ANY(CAST(:tenant_ids AS text[]))"
+)
+_SQLITE_TENANTS = text(
+    f"SELECT p.tenant_id, {_DOCUMENT} FROM tenant_preferences AS p "  # noqa: S608
+    "WHERE p.tenant_id IN (SELECT value FROM json_each(:tenant_ids))"
+)
+_JSON_COLUMNS = {"channels": JsonDocument, "categories": JsonDocument, "quiet_hours": JsonDocument}
+
+
+async def load_resolvers(session: AsyncSession, keys: Collection[UserKey]) -> Resolvers:
+    """The preferences of every ``(tenant_id, user_id)`` of ``keys`` and of their tenants,
+    in two statements however many there are."""
+    if not keys:
+        return Resolvers({}, {})
+    tenant_ids = sorted({tenant for tenant, _ in keys})
+    if is_postgresql(session):
+        pairs = sorted(keys)
+        users = _PG_USERS.columns(**_JSON_COLUMNS)
+        user_params: dict[str, Any] = {
+            "tenant_ids": [tenant for tenant, _ in pairs],
+            "user_ids": [user for _, user in pairs],
+        }
+        tenants = _PG_TENANTS.columns(**_JSON_COLUMNS)
+        tenant_params: dict[str, Any] = {"tenant_ids": tenant_ids}
+    else:
+        users = _SQLITE_USERS.columns(**_JSON_COLUMNS)
+        user_params = {"keys": orjson.dumps(sorted(keys)).decode()}
+        tenants = _SQLITE_TENANTS.columns(**_JSON_COLUMNS)
+        tenant_params = {"tenant_ids": orjson.dumps(tenant_ids).decode()}
+    tenant_rows = await session.execute(tenants, tenant_params)
+    user_rows = await session.execute(users, user_params)
+    return Resolvers(
+        {row.tenant_id: _document(row) for row in tenant_rows},
+        {(row.tenant_id, row.user_id): _document(row) for row in user_rows},
+    )
+
+
+async def load_resolver(
+    session: AsyncSession, tenant_id: str, user_ids: Collection[str]
+) -> Resolver:
+    """:func:`load_resolvers` for users of one tenant."""
+    loaded = await load_resolvers(session, {(tenant_id, user) for user in user_ids})
+    return loaded.for_tenant(tenant_id)
+
+
+async def user_wants(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    user_id: str,
+    category: str | None,
+    channel: str,
+) -> bool:
+    """Whether one user wants ``channel`` for ``category`` now (the email task asks again
+    right before sending: preferences may have changed since the email was queued)."""
+    async with sessions() as session:
+        resolver = await load_resolver(session, tenant_id, [user_id])
+    return resolver.wants(user_id, category, channel)
+
+
+def _document(row: Any) -> Document:
+    return Document.from_stored(row.channels, row.categories, row.quiet_hours)
+
+
+async def _tenant_document(session: AsyncSession, tenant_id: str) -> Document:
+    row = await session.get(TenantPreference, tenant_id)
+    return EMPTY if row is None else _document(row)
+
+
+async def get_preferences(
+    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str
+) -> dict[str, Any]:
+    """The user's effective preferences (the object of ``GET /api/preferences/``)."""
+    async with sessions() as session:
+        resolver = await load_resolver(session, tenant_id, [user_id])
+    return preferences.effective(resolver.tenant, resolver.users.get(user_id, EMPTY))
+
+
+async def update_preferences(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    bus: NotificationBus,
+    tenant_id: str,
+    user_id: str,
+    patch: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Merge ``patch`` (the fields a client sent, see :func:`hub.preferences.merge`) into
+    the user's preferences; returns the new effective preferences, which every
+    ``/notifications`` socket of the user then receives as ``preferences:updated``."""
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        # The row exists before it is read for update, so that two concurrent changes of a
+        # user's preferences queue on its lock instead of one overwriting the other's merge.
+        await session.execute(
+            insert_for(session)(UserPreference)
+            .values(
+                tenant_id=tenant_id,
+                user_id=user_id,
+                channels={},
+                categories={},
+                quiet_hours=None,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        row = await session.scalar(
+            select(UserPreference)
+            .where(UserPreference.tenant_id == tenant_id, UserPreference.user_id == user_id)
+            .with_for_update()
+        )
+        if row is None:  # pragma: no cover - inserted just above, in this transaction
+            raise RuntimeError("preference row vanished")
+        try:
+            merged = preferences.merge(_document(row), patch)
+        except preferences.TooManyCategories as exc:
+            raise InvalidInput(str(exc)) from None
+        row.channels = dict(merged.channels)
+        row.categories = merged.stored_categories()
+        row.quiet_hours = dict(merged.quiet_hours) if merged.quiet_hours else None
+        row.updated_at = now
+        result = preferences.effective(await _tenant_document(session, tenant_id), merged)
+    try:
+        await bus.publish_user_events(
+            tenant_id=tenant_id, user_id=user_id, events=[(PREFERENCES_EVENT, dict(result))]
+        )
+    except Unavailable:
+        log.warning("preferences stored but not published live")
+    return result
+
+
+async def get_tenant_defaults(
+    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str
+) -> dict[str, Any]:
+    """The tenant's defaults (``GET /api/tenant/preferences/``)."""
+    async with sessions() as session:
+        return preferences.tenant_view(await _tenant_document(session, tenant_id))
+
+
+async def put_tenant_defaults(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: str,
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Replace the tenant's defaults with ``defaults`` (the validated PUT body)."""
+    document = Document.from_stored(
+        defaults.get("channels"), defaults.get("categories"), defaults.get("quiet_hours")
+    )
+    values = {
+        "channels": dict(document.channels),
+        "categories": document.stored_categories(),
+        "quiet_hours": dict(document.quiet_hours) if document.quiet_hours else None,
+        "updated_at": datetime.now(UTC),
+    }
+    async with sessions() as session, session.begin():
+        await session.execute(
+            insert_for(session)(TenantPreference)
+            .values(tenant_id=tenant_id, **values)
+            .on_conflict_do_update(index_elements=["tenant_id"], set_=values)
+        )
+    return preferences.tenant_view(document)
