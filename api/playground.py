@@ -25,12 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 import hub
 from api.errors import ApiError, json_response
+from api.pages import setup_templates
 from api.payloads import read_body
 from hub.auth import mint_token
 from hub.settings import HMAC_ALGORITHMS, Settings
 
 HUB_DIR = Path(hub.__file__).resolve().parent
-TEMPLATES_DIR = HUB_DIR / "templates"
 STATIC_DIR = HUB_DIR / "static"
 
 PAGE_PATH = "/"
@@ -134,14 +134,7 @@ def setup_playground(app: web.Application, settings: Settings) -> None:
 
     Call before the app starts, and only when the playground is enabled.
     """
-    aiohttp_jinja2.setup(
-        app,
-        app_key=PLAYGROUND_JINJA,
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=True,
-        default_helpers=False,
-        undefined=jinja2.StrictUndefined,
-    )
+    setup_templates(app, PLAYGROUND_JINJA)
     static = app.router.add_static(STATIC_PREFIX, STATIC_DIR, name=STATIC_ROUTE)
     if not isinstance(static, web.StaticResource):  # pragma: no cover - aiohttp's contract
         raise TypeError("add_static returned no StaticResource")

@@ -19,6 +19,7 @@ from api import (
     openapi,
     preferences,
     tenant_settings,
+    unsubscribe,
     webhooks,
 )
 from api.declarations import API_ROUTES, PUBLIC_PATHS, Operation, Param, Reply
@@ -116,6 +117,14 @@ EMAIL_ID = Param(
     "Email id, as returned by `POST /api/emails/send/`",
     required=True,
     example="3f2b9c0e5d7a4e8f9a1b2c3d4e5f6a7b",
+)
+UNSUBSCRIBE_TOKEN = Param(
+    "token",
+    "query",
+    {"type": "string", "minLength": 1},
+    "The signed token of the email's `List-Unsubscribe` link; altered, forged or signed with "
+    "a rotated secret is 400",
+    required=True,
 )
 LEGACY_PARAMS = (
     Param(
@@ -605,6 +614,46 @@ ROUTES: tuple[Operation, ...] = (
         body=schemas.TenantPreferencesIn,
         errors=(400, 401, 403, 413, 503),
         handler=preferences.put_tenant_preferences,
+    ),
+    Operation(
+        "GET",
+        "/api/unsubscribe/",
+        "unsubscribePage",
+        "The confirmation page of an email's unsubscribe link",
+        "preferences",
+        "public",
+        {
+            200: Reply(
+                "HTML with a button that does the POST",
+                content_type="text/html",
+                schema={"type": "string"},
+            )
+        },
+        description="Changes nothing (mail scanners fetch links): the page's button posts "
+        "to the same URL.",
+        params=(UNSUBSCRIBE_TOKEN,),
+        errors=(400, 503),
+        handler=unsubscribe.confirm_page,
+    ),
+    Operation(
+        "POST",
+        "/api/unsubscribe/",
+        "unsubscribe",
+        "One-click unsubscribe (RFC 8058): turn the link's category email off",
+        "preferences",
+        "public",
+        {
+            200: Reply(
+                "Unsubscribed (a page instead when the request accepts `text/html`)",
+                out.Unsubscribed,
+            )
+        },
+        description="No bearer token: the signed token names the tenant, the user and the "
+        "category. The body (`List-Unsubscribe=One-Click`, form-encoded) is not needed. "
+        "Every `/notifications` socket of the user receives `preferences:updated`.",
+        params=(UNSUBSCRIBE_TOKEN,),
+        errors=(400, 503),
+        handler=unsubscribe.unsubscribe_now,
     ),
     Operation(
         "GET",

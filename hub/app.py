@@ -24,6 +24,7 @@ from api.middleware import (
 from api.playground import setup_playground
 from api.routes import setup_routes
 from api.socketio_http import attach_socketio
+from api.unsubscribe import setup_pages
 from db.engine import engine_for, make_session_factory
 from db.migrate import SchemaCheck, upgrade_to_head
 from db.outage import DatabaseStatus
@@ -442,6 +443,7 @@ def create_app(
     app[LEGACY_SOCKETS] = set()
     app.on_shutdown.append(close_client_connections)
     setup_routes(app)
+    setup_pages(app)
     if settings.playground_enabled:
         setup_playground(app, settings)
     app.cleanup_ctx.extend(

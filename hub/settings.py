@@ -7,8 +7,11 @@ Kafka intake off). Production sets the URLs of the real services.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -118,6 +121,13 @@ class Settings(BaseSettings):
     jwks_min_refetch_seconds: float = Field(default=30.0, ge=0)
 
     auth_service_url: str | None = None
+
+    # Where users reach this hub from outside (``https://notify.example.com``): unsubscribe
+    # links in emails are built on it. Unset: emails carry no List-Unsubscribe header.
+    public_url: str | None = None
+    # HMAC key of unsubscribe links. Unset: derived from the JWT secret, so a fresh install
+    # needs nothing more; set it to rotate the links alone (every older link then is a 400).
+    unsubscribe_secret: SecretStr | None = None
 
     smtp_host: str | None = None
     smtp_port: int = 587
@@ -247,6 +257,26 @@ class Settings(BaseSettings):
     def _usable_vapid_subject(cls, value: str) -> str:
         return check_vapid_subject(value)
 
+    @field_validator("unsubscribe_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes `${NOTIFYHUB_UNSUBSCRIBE_SECRET:-}`: empty means "not set".
+        return None if value == "" else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_base_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://notify.example.com")
+        if parsed.query or parsed.fragment:
+            raise ValueError("must not have a query or fragment")
+        if not value.isascii():  # it goes into a mail header as it is
+            raise ValueError("must be ASCII (write an international host name in punycode)")
+        return value.rstrip("/")
+
     @field_validator("log_level")
     @classmethod
     def _known_log_level(cls, value: str) -> str:
@@ -321,6 +351,18 @@ class Settings(BaseSettings):
             return self.auto_migrate
         return self.is_sqlite
 
+    @property
+    def unsubscribe_key(self) -> bytes | None:
+        """The HMAC key of unsubscribe tokens; None when there is none safe to use (production
+        with neither an unsubscribe secret nor a JWT secret of its own)."""
+        if self.unsubscribe_secret is not None:
+            return self.unsubscribe_secret.get_secret_value().encode()
+        jwt_secret = self.jwt_secret.get_secret_value()
+        if self.is_production and jwt_secret == DEFAULT_JWT_SECRET:
+            return None  # the built-in secret is public: links signed with it could be forged
+        # A key of its own, not the JWT secret itself: a token can never pass for the other.
+        return hmac.new(jwt_secret.encode(), b"notifyhub unsubscribe v1", hashlib.sha256).digest()
+
     def check_for_production(self) -> None:
         """Refuse settings that are only safe on a developer's machine."""
         if not self.is_production:
@@ -335,6 +377,16 @@ class Settings(BaseSettings):
         if self.uses_hmac and len(self.jwt_secret.get_secret_value()) < 32:
             raise ConfigurationError(
                 "NOTIFYHUB_JWT_SECRET must be at least 32 characters in production"
+            )
+        secret = self.unsubscribe_secret
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ConfigurationError(
+                "NOTIFYHUB_UNSUBSCRIBE_SECRET must be at least 32 characters in production"
+            )
+        if self.public_url and self.unsubscribe_key is None:
+            raise ConfigurationError(
+                "NOTIFYHUB_PUBLIC_URL puts unsubscribe links in emails: set "
+                "NOTIFYHUB_UNSUBSCRIBE_SECRET (or NOTIFYHUB_JWT_SECRET) to a long random value"
             )
 
     def check_database_for_production(self) -> None:

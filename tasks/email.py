@@ -28,7 +28,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
 from hub.metrics import EMAILS, TASK_RETRIES
-from hub.services import emails, leases
+from hub.services import emails, leases, preferences, unsubscribe
 from hub.services.emails import Claim, EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
 from tasks.leases import LeaseLost
@@ -232,6 +232,7 @@ class _Sent:
 
 async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[], None]) -> _Sent:
     request = claim.request
+    await _check_still_wanted(resources, request)
     auth = resources.auth_service
     if auth is None:
         raise PermanentFailure("no auth service configured (NOTIFYHUB_AUTH_SERVICE_URL)")
@@ -247,6 +248,7 @@ async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[
         rendered=rendered,
         # The same on every attempt, so receivers can drop a copy of a repeated send.
         message_id=stable_message_id(claim.email_id, sender=config.from_email.strip()),
+        headers=_unsubscribe_headers(resources, request),
     )
     recovered: list[str] = []
     message_id = await resources.smtp.send(
@@ -256,6 +258,35 @@ async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[
         on_recovered=lambda: recovered.append(server_name(config)),
     )
     return _Sent(id=message_id, recovered_server=recovered[0] if recovered else None)
+
+
+async def _check_still_wanted(resources: EmailResources, request: EmailRequest) -> None:
+    """An email for a user is sent only if the user still wants it: preferences may have
+    changed (an unsubscribe, say) since it was queued."""
+    if request.user_id is None:
+        return
+    wanted = await preferences.user_wants(
+        sessions=resources.sessions,
+        tenant_id=request.tenant_id,
+        user_id=request.user_id,
+        category=request.category,
+        channel="email",
+    )
+    if not wanted:
+        what = f"category {request.category!r}" if request.category else "all categories"
+        raise PermanentFailure(f"not sent: the recipient turned email off for {what}")
+
+
+def _unsubscribe_headers(resources: EmailResources, request: EmailRequest) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe for an email of a category to a user."""
+    if request.user_id is None or request.category is None:
+        return {}
+    settings = resources.settings
+    return unsubscribe.list_unsubscribe_headers(
+        public_url=settings.public_url,
+        key=settings.unsubscribe_key,
+        target=unsubscribe.Target(request.tenant_id, request.user_id, request.category),
+    )
 
 
 async def _smtp_config(resources: EmailResources, tenant_id: str) -> SmtpConfig:

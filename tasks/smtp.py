@@ -18,10 +18,11 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.policy import Policy
 from types import TracebackType
 from typing import Any, Literal
 
@@ -193,6 +194,27 @@ def _header_text(value: str) -> str:
     return " ".join(value.split())
 
 
+class OneLineHeader(str):
+    """An ASCII header value written on one line as it is (up to RFC 5322's 998 characters).
+
+    The email package folds a long value without spaces into RFC 2047 encoded words, which
+    for a URL list such as ``List-Unsubscribe: <https://...>`` leaves no URL a mail client
+    could follow. A value with a ``name`` is stored as it is and written by its ``fold``.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> OneLineHeader:
+        if not value.isascii() or len(name) + len(value) + 2 > 998:
+            raise ValueError(f"{name} must be ASCII and fit on one line")
+        header = super().__new__(cls, value)
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
 _MESSAGE_ID_LEFT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
 
 
@@ -217,8 +239,10 @@ def build_message(
     to_email: str,
     rendered: RenderedEmail,
     message_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> EmailMessage:
-    """A ``multipart/alternative`` UTF-8 email (text part first, then HTML) for one recipient.
+    """A ``multipart/alternative`` UTF-8 email (text part first, then HTML) for one recipient,
+    with ``headers`` added (``List-Unsubscribe``, say).
 
     Raises :class:`SmtpPermanentError` for an invalid recipient or sender address.
     """
@@ -239,6 +263,8 @@ def build_message(
     message["Subject"] = _header_text(rendered.subject)
     message["Date"] = email.utils.formatdate(usegmt=True)
     message["Message-ID"] = message_id
+    for name, value in (headers or {}).items():
+        message[name] = OneLineHeader(name, _header_text(value))
     message.set_content(rendered.text, subtype="plain", charset="utf-8")
     message.add_alternative(rendered.html, subtype="html", charset="utf-8")
     return message

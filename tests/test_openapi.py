@@ -92,6 +92,8 @@ PUBLIC_ROUTES = {
     ("GET", "/api/docs"),
     ("GET", "/api/asyncapi.json"),
     ("GET", "/ws/notifications/{tenant_id}/{user_id}/"),
+    ("GET", "/api/unsubscribe/"),
+    ("POST", "/api/unsubscribe/"),
 }
 
 # Each run of the fuzzer: its budget per operation and a fixed seed, so CI is repeatable. To

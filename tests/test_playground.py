@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from api.playground import STATIC_DIR, TEMPLATES_DIR, setup_playground
+from api.pages import TEMPLATES_DIR
+from api.playground import STATIC_DIR, setup_playground
 from hub.app import CleanupContext, create_app
 from hub.auth import TokenVerifier
 from hub.settings import Settings

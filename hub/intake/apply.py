@@ -151,6 +151,8 @@ class EventApplier:
                 subject=event.email.subject,
                 template_key=event.email.template_key,
                 context=event.email.context,
+                user_id=recipient.user_id,
+                category=event.notification.category if event.notification else None,
             )
             await self.emails.record_in(session, email_id=email_id, request=request)
             recorded.append((email_id, request))

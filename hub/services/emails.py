@@ -56,6 +56,11 @@ class EmailRequest:
     subject: str | None
     template_key: str
     context: dict[str, Any]
+    # For an email made for a notification or event: whose preferences decide whether it
+    # is still sent, and which category its unsubscribe link turns off. Not task arguments:
+    # the worker reads them from the email's record.
+    user_id: str | None = None
+    category: str | None = None
 
 
 class EmailQueue(Protocol):
@@ -209,6 +214,8 @@ async def record_email_in(
             subject=request.subject,
             template_key=request.template_key,
             context=request.context,
+            user_id=request.user_id,
+            category=request.category,
             status=QUEUED,
             attempts=0,
             next_attempt_at=now + timedelta(seconds=sweep_after_seconds),
@@ -235,6 +242,8 @@ _CLAIMED = (
     Email.subject,
     Email.template_key,
     Email.context,
+    Email.user_id,
+    Email.category,
 )
 
 
@@ -244,7 +253,13 @@ def _claim_from_row(row: Any) -> Claim:
         attempt=int(row.attempts),
         created_at=as_utc(row.created_at),
         request=EmailRequest(
-            row.tenant_id, row.to_email, row.subject, row.template_key, row.context or {}
+            row.tenant_id,
+            row.to_email,
+            row.subject,
+            row.template_key,
+            row.context or {},
+            user_id=row.user_id,
+            category=row.category,
         ),
     )
 
