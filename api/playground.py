@@ -143,6 +143,7 @@ def setup_playground(app: web.Application, settings: Settings) -> None:
         for key, name in (
             ("css", "playground.css"),
             ("js", "playground.js"),
+            ("preferences", "preferences.js"),
             ("socketio", "socket.io.min.js"),
             ("push", "push.js"),
         )

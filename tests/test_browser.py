@@ -188,9 +188,14 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
     use the page."""
     from playwright.async_api import expect
 
+    service = ApiClient.for_service(playground_url, tenant)
+    # The tenant locks security emails on, before anyone signs in.
+    status, _ = await service.request(
+        "PUT", "/api/tenant/preferences/", json={"categories": {"security": {"locked": ["email"]}}}
+    )
+    assert status == 200
     await alice.sign_in(tenant)
     await bob.sign_in(tenant)
-    service = ApiClient.for_service(playground_url, tenant)
 
     # A notification created over REST appears live on Alice's page, unread, with its badge.
     await service.notify(
@@ -213,6 +218,8 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
     await expect(alice.testid("unread-badge")).to_have_text("2")
     await expect(bob.testid("notification-item")).to_have_count(0)
     await expect(bob.testid("unread-badge")).to_have_text("0")
+
+    await preferences_panel(playground_url, tenant, alice)
 
     # Bob writes to Alice: the message appears on her page and, as she sees it, he gets "Read".
     await alice.open_chat("bob")
@@ -299,3 +306,57 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
 
     assert alice.problems == [], alice.problems
     assert bob.problems == [], bob.problems
+
+
+async def preferences_panel(playground_url: str, tenant: str, alice: UserPage) -> None:
+    """The panel shows the channels, every category seen so far and the tenant's lock; Save
+    PATCHes what was changed; a change from elsewhere arrives as preferences:updated."""
+    from playwright.async_api import expect
+
+    await expect(alice.testid("preferences-status")).to_have_text("up to date")
+    for channel in ("in_app", "email", "push"):
+        await expect(alice.testid(f"channel-{channel}")).to_be_checked()
+    rows = alice.testid("category-row")
+    # billing and deals from the notifications, security from the tenant's lock; in order.
+    await expect(rows).to_have_count(3)
+    await expect(rows.nth(0)).to_have_attribute("data-category", "billing")
+    await expect(rows.nth(2)).to_have_attribute("data-category", "security")
+    locked = rows.filter(has_text="security").get_by_test_id("category-email")
+    await expect(locked).to_be_checked()
+    await expect(locked).to_be_disabled()
+
+    await rows.filter(has_text="deals").get_by_test_id("category-email").uncheck()
+    await alice.testid("channel-push").uncheck()
+    await alice.testid("quiet-enabled").check()
+    await alice.testid("quiet-start").fill("22:00")
+    await alice.testid("quiet-end").fill("07:30")
+    await alice.testid("quiet-timezone").fill("Europe/Paris")
+    await alice.testid("preferences-save").click()
+    log = alice.testid("event-log").locator("li")
+    # Logged when the PATCH answered (its preferences:updated may come before or after).
+    await expect(log.filter(has_text="preferences saved")).to_have_count(1)
+    own = ApiClient.for_user(playground_url, tenant, "alice")
+    assert await own.get("/api/preferences/") == (
+        200,
+        {
+            "channels": {"in_app": True, "email": True, "push": False},
+            "categories": {
+                "deals": {"email": False},
+                "security": {"email": True, "locked": ["email"]},
+            },
+            "quiet_hours": {"start": "22:00", "end": "07:30", "timezone": "Europe/Paris"},
+        },
+    )
+    await expect(rows.filter(has_text="deals").get_by_test_id("category-push")).not_to_be_checked()
+
+    # Another device of Alice's changes them: the panel follows.
+    status, _ = await own.request(
+        "PATCH", "/api/preferences/", json={"categories": {"billing": {"in_app": False}}}
+    )
+    assert status == 200
+    billing = rows.filter(has_text="billing").get_by_test_id("category-in_app")
+    await expect(billing).not_to_be_checked()
+    await expect(alice.testid("preferences-status")).to_have_text("up to date")
+    await expect(log.filter(has_text="preferences:updated")).to_have_count(2)
+    await alice.testid("preferences-panel").scroll_into_view_if_needed()
+    await alice.screenshot(ARTIFACTS / "playground-preferences.png")

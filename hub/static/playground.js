@@ -129,6 +129,15 @@
     log: byTestId("event-log"),
   };
 
+  // The preferences panel lives in preferences.js (loaded first); it reaches the hub through
+  // the identity's request function that start() hands it.
+  const preferences = window.NotifyHubPreferences.createPanel({
+    root: byTestId("preferences-panel"),
+    el,
+    log: (kind, data) => log(kind, data),
+    showError: (message) => showError(message),
+  });
+
   function showError(message) {
     ui.error.textContent = message;
     ui.error.hidden = !message;
@@ -243,6 +252,7 @@
     ui.tokenInput.value = token;
     renderIdentity(s);
     setControlsEnabled(true);
+    preferences.attach((method, path, body) => api(s, method, path, body));
     if (s.expiresAt) {
       const delay = s.expiresAt * 1000 - Date.now();
       s.expiryTimer = setTimeout(() => {
@@ -279,6 +289,7 @@
       clearTimeout(s.typingIdleTimer);
     }
     if (readObserver) readObserver.disconnect();
+    preferences.detach();
     ui.notifList.replaceChildren();
     ui.conversationList.replaceChildren();
     ui.messages.replaceChildren();
@@ -387,6 +398,10 @@
     socket.on("notification:updated", (change) => {
       log("notification:updated", change);
       if (session === s) applyUpdated(s, change);
+    });
+    socket.on("preferences:updated", (update) => {
+      log("preferences:updated", update);
+      if (session === s) preferences.show(update);
     });
     socket.on("broadcast", (announcement) => {
       log("broadcast", announcement);
@@ -508,6 +523,7 @@
   }
 
   function renderNotifications(s) {
+    for (const item of s.notifications.values()) preferences.seeCategory(item.category);
     const items = Array.from(s.notifications.values())
       .sort((a, b) => b.seq - a.seq)
       .slice(0, MAX_NOTIFICATIONS_SHOWN);
