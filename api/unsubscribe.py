@@ -15,10 +15,9 @@ from aiohttp import web
 from api.errors import json_response
 from api.pages import setup_templates
 from hub.errors import InvalidInput
-from hub.keys import DB_SESSIONS, NOTIFICATION_BUS, SETTINGS
+from hub.keys import PREFERENCES
 from hub.responses import Unsubscribed
 from hub.services import unsubscribe
-from hub.settings import Settings
 
 PAGES_JINJA = web.AppKey("pages_jinja", jinja2.Environment)
 TEMPLATE = "unsubscribe.html"
@@ -47,11 +46,6 @@ def _token(request: web.Request) -> str:
     return token
 
 
-def _key(request: web.Request) -> bytes | None:
-    settings: Settings = request.app[SETTINGS]
-    return settings.unsubscribe_key
-
-
 def _page(request: web.Request, context: dict[str, object]) -> web.Response:
     response = aiohttp_jinja2.render_template(TEMPLATE, request, context, app_key=PAGES_JINJA)
     response.headers.update(PAGE_HEADERS)
@@ -60,18 +54,13 @@ def _page(request: web.Request, context: dict[str, object]) -> web.Response:
 
 async def confirm_page(request: web.Request) -> web.Response:
     token = _token(request)
-    target = unsubscribe.verify(_key(request), token)
+    target = unsubscribe.verify(request.app[PREFERENCES].unsubscribe_key, token)
     action = unsubscribe.link("", token)  # same origin: the page's form posts back here
     return _page(request, {"category": target.category, "action": action, "done": False})
 
 
 async def unsubscribe_now(request: web.Request) -> web.Response:
-    target = await unsubscribe.unsubscribe(
-        sessions=request.app[DB_SESSIONS],
-        bus=request.app[NOTIFICATION_BUS],
-        key=_key(request),
-        token=_token(request),
-    )
+    target = await request.app[PREFERENCES].unsubscribe(_token(request))
     # A person who pressed the page's button gets a page; a mail provider's one-click POST
     # (and any API client) gets JSON, of which only the status matters to it.
     if "text/html" in request.headers.get("Accept", ""):

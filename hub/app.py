@@ -46,6 +46,7 @@ from hub.keys import (
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
     NOTIFICATIONS,
+    PREFERENCES,
     RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
@@ -283,6 +284,7 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     app[EMAILS] = services.emails
     app[DEVICES] = services.devices
     app[WEBHOOKS] = services.webhooks
+    app[PREFERENCES] = services.preferences
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).

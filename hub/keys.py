@@ -19,6 +19,7 @@ from hub.services.chat import ChatService
 from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
+from hub.services.preferences import PreferenceService
 from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import TypingRelay
 from hub.services.webhooks import WebhookService
@@ -42,6 +43,7 @@ EMAILS = web.AppKey("emails", EmailService)
 DEVICES = web.AppKey("devices", DeviceService)
 WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
+PREFERENCES = web.AppKey("preferences", PreferenceService)
 TYPING = web.AppKey("typing", TypingRelay)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.

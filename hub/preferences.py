@@ -11,9 +11,16 @@ so what a client is shown is what delivery does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
+
+from hub.records import (
+    CategoryPreferencesRecord,
+    ChannelSwitchesRecord,
+    PreferencesRecord,
+    QuietHoursRecord,
+)
 
 Channel = Literal["in_app", "email", "push"]
 CHANNELS: Final[tuple[Channel, ...]] = get_args(Channel)
@@ -87,40 +94,58 @@ def wants(tenant: Document, user: Document, category: str | None, channel: str) 
     return True
 
 
-def effective(tenant: Document, user: Document) -> dict[str, Any]:
+def effective(tenant: Document, user: Document) -> PreferencesRecord:
     """The effective preferences of ``user`` (the object ``GET /api/preferences/`` returns).
 
     Every channel switch is resolved. A category appears when the tenant or the user says
     anything about it; it names the channels someone decided (resolved, so a locked one
     shows on whatever the user stored) and ``locked`` when the tenant locked any.
     """
-    categories: dict[str, dict[str, Any]] = {}
+    categories: dict[str, CategoryPreferencesRecord] = {}
     for name in sorted(tenant.categories.keys() | tenant.locked.keys() | user.categories.keys()):
         locked = tenant.locked.get(name, frozenset())
         decided = locked.union(tenant.categories.get(name, {}), user.categories.get(name, {}))
-        entry: dict[str, Any] = {
-            channel: wants(tenant, user, name, channel)
-            for channel in CHANNELS
-            if channel in decided
-        }
+        entry: CategoryPreferencesRecord = {}
+        for channel in CHANNELS:
+            if channel in decided:
+                entry[channel] = wants(tenant, user, name, channel)
         if locked:
             entry["locked"] = sorted(locked)
         categories[name] = entry
     return {
-        "channels": {channel: wants(tenant, user, None, channel) for channel in CHANNELS},
+        "channels": _resolved_switches(lambda channel: wants(tenant, user, None, channel)),
         "categories": categories,
-        "quiet_hours": dict(user.quiet_hours or tenant.quiet_hours or {}) or None,
+        "quiet_hours": _quiet_hours(user.quiet_hours or tenant.quiet_hours),
     }
 
 
-def tenant_view(tenant: Document) -> dict[str, Any]:
+def tenant_view(tenant: Document) -> PreferencesRecord:
     """A tenant's defaults as ``GET /api/tenant/preferences/`` returns them: channel
     defaults resolved (one not set is on), categories as stored."""
+    categories: dict[str, CategoryPreferencesRecord] = {}
+    for name, stored in tenant.stored_categories().items():
+        entry: CategoryPreferencesRecord = {}
+        for channel in CHANNELS:
+            if channel in stored:
+                entry[channel] = stored[channel]
+        if "locked" in stored:
+            entry["locked"] = stored["locked"]
+        categories[name] = entry
     return {
-        "channels": {channel: tenant.channels.get(channel, True) for channel in CHANNELS},
-        "categories": tenant.stored_categories(),
-        "quiet_hours": dict(tenant.quiet_hours) if tenant.quiet_hours else None,
+        "channels": _resolved_switches(lambda channel: tenant.channels.get(channel, True)),
+        "categories": categories,
+        "quiet_hours": _quiet_hours(tenant.quiet_hours),
     }
+
+
+def _resolved_switches(resolve: Callable[[Channel], bool]) -> ChannelSwitchesRecord:
+    return {"in_app": resolve("in_app"), "email": resolve("email"), "push": resolve("push")}
+
+
+def _quiet_hours(stored: Mapping[str, str] | None) -> QuietHoursRecord | None:
+    if not stored:
+        return None
+    return {"start": stored["start"], "end": stored["end"], "timezone": stored["timezone"]}
 
 
 class TooManyCategories(ValueError):

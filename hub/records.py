@@ -123,3 +123,34 @@ class WebhookDeliveryRecord(TypedDict):
     attempts: list[WebhookAttemptRecord]
     created_at: str
     updated_at: str
+
+
+# Preferences (docs/protocol.md 5.4): ``GET``/``PATCH /api/preferences/``, ``preferences:updated``
+# and, with ``locked``, the tenant's defaults.
+
+
+class QuietHoursRecord(TypedDict):
+    start: str
+    end: str
+    timezone: str
+
+
+class ChannelSwitchesRecord(TypedDict):
+    in_app: bool
+    email: bool
+    push: bool
+
+
+class CategoryPreferencesRecord(TypedDict, total=False):
+    """Only the channels someone decided for the category; ``locked`` only when any is."""
+
+    in_app: bool
+    email: bool
+    push: bool
+    locked: list[str]
+
+
+class PreferencesRecord(TypedDict):
+    channels: ChannelSwitchesRecord
+    categories: dict[str, CategoryPreferencesRecord]
+    quiet_hours: QuietHoursRecord | None

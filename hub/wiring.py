@@ -14,6 +14,7 @@ from hub.rules import NotificationLimits
 from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
+from hub.services.preferences import PreferenceService
 from hub.services.pushes import PushService
 from hub.services.webhooks import WebhookService
 from hub.settings import Settings
@@ -28,6 +29,7 @@ class Services:
     emails: EmailService
     devices: DeviceService
     webhooks: WebhookService
+    preferences: PreferenceService
 
 
 def build_services(
@@ -59,4 +61,7 @@ def build_services(
         ),
         devices=DeviceService(sessions=sessions),
         webhooks=webhooks,
+        preferences=PreferenceService(
+            sessions=sessions, bus=bus, unsubscribe_key=settings.unsubscribe_key
+        ),
     )

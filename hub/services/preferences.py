@@ -2,8 +2,9 @@
 preferences of a whole batch of recipients for the paths that create notifications and
 emails. The rules themselves are in :mod:`hub.preferences`; this module only stores.
 
-REST, the unsubscribe link and (through :func:`load_resolvers`) every create path call
-these functions.
+REST and the unsubscribe link call :class:`PreferenceService`; every create path reads
+preferences with :func:`load_resolvers` inside its own transaction, the email task with
+:func:`user_wants`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import PREFERENCES_EVENT
 from hub.errors import InvalidInput, Unavailable
 from hub.preferences import EMPTY, Document
+from hub.records import PreferencesRecord
+from hub.services import unsubscribe
 from hub.services.common import insert_for, is_postgresql
+from hub.services.unsubscribe import Target
 
 log = logging.getLogger(__name__)
 
@@ -153,95 +157,114 @@ async def _tenant_document(session: AsyncSession, tenant_id: str) -> Document:
     return EMPTY if row is None else _document(row)
 
 
-async def get_preferences(
-    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str
-) -> dict[str, Any]:
-    """The user's effective preferences (the object of ``GET /api/preferences/``)."""
-    async with sessions() as session:
-        resolver = await load_resolver(session, tenant_id, [user_id])
-    return preferences.effective(resolver.tenant, resolver.users.get(user_id, EMPTY))
+class PreferenceService:
+    """A user's preferences and a tenant's defaults: read, change, and the unsubscribe link's
+    change. Built once per process; REST and the unsubscribe link call it."""
 
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        bus: NotificationBus,
+        unsubscribe_key: bytes | None,
+    ) -> None:
+        self.sessions = sessions
+        self.bus = bus
+        # None when no key is safe to use: then every unsubscribe token is refused.
+        self.unsubscribe_key = unsubscribe_key
 
-async def update_preferences(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    bus: NotificationBus,
-    tenant_id: str,
-    user_id: str,
-    patch: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Merge ``patch`` (the fields a client sent, see :func:`hub.preferences.merge`) into
-    the user's preferences; returns the new effective preferences, which every
-    ``/notifications`` socket of the user then receives as ``preferences:updated``."""
-    now = datetime.now(UTC)
-    async with sessions() as session, session.begin():
-        # The row exists before it is read for update, so that two concurrent changes of a
-        # user's preferences queue on its lock instead of one overwriting the other's merge.
-        await session.execute(
-            insert_for(session)(UserPreference)
-            .values(
-                tenant_id=tenant_id,
-                user_id=user_id,
-                channels={},
-                categories={},
-                quiet_hours=None,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing()
-        )
-        row = await session.scalar(
-            select(UserPreference)
-            .where(UserPreference.tenant_id == tenant_id, UserPreference.user_id == user_id)
-            .with_for_update()
-        )
-        if row is None:  # pragma: no cover - inserted just above, in this transaction
-            raise RuntimeError("preference row vanished")
+    async def effective(self, *, tenant_id: str, user_id: str) -> PreferencesRecord:
+        """The user's effective preferences (the object of ``GET /api/preferences/``)."""
+        async with self.sessions() as session:
+            resolver = await load_resolver(session, tenant_id, [user_id])
+        return preferences.effective(resolver.tenant, resolver.users.get(user_id, EMPTY))
+
+    async def update(
+        self, *, tenant_id: str, user_id: str, patch: Mapping[str, Any]
+    ) -> PreferencesRecord:
+        """Merge ``patch`` (the fields a client sent, see :func:`hub.preferences.merge`) into
+        the user's preferences; returns the new effective preferences, which every
+        ``/notifications`` socket of the user then receives as ``preferences:updated``."""
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            row = await _locked_user_row(session, tenant_id, user_id, now)
+            try:
+                merged = preferences.merge(_document(row), patch)
+            except preferences.TooManyCategories as exc:
+                raise InvalidInput(str(exc)) from None
+            row.channels = dict(merged.channels)
+            row.categories = merged.stored_categories()
+            row.quiet_hours = dict(merged.quiet_hours) if merged.quiet_hours else None
+            row.updated_at = now
+            result = preferences.effective(await _tenant_document(session, tenant_id), merged)
         try:
-            merged = preferences.merge(_document(row), patch)
-        except preferences.TooManyCategories as exc:
-            raise InvalidInput(str(exc)) from None
-        row.channels = dict(merged.channels)
-        row.categories = merged.stored_categories()
-        row.quiet_hours = dict(merged.quiet_hours) if merged.quiet_hours else None
-        row.updated_at = now
-        result = preferences.effective(await _tenant_document(session, tenant_id), merged)
-    try:
-        await bus.publish_user_events(
-            tenant_id=tenant_id, user_id=user_id, events=[(PREFERENCES_EVENT, dict(result))]
+            await self.bus.publish_user_events(
+                tenant_id=tenant_id, user_id=user_id, events=[(PREFERENCES_EVENT, dict(result))]
+            )
+        except Unavailable:
+            log.warning("preferences stored but not published live")
+        return result
+
+    async def unsubscribe(self, token: str) -> Target:
+        """Follow an email's unsubscribe link: the token's category email off for its user
+        (400 for a token this hub did not sign with its current key)."""
+        target = unsubscribe.verify(self.unsubscribe_key, token)
+        await self.update(
+            tenant_id=target.tenant_id,
+            user_id=target.user_id,
+            patch={"categories": {target.category: {"email": False}}},
         )
-    except Unavailable:
-        log.warning("preferences stored but not published live")
-    return result
+        return target
+
+    async def tenant_defaults(self, *, tenant_id: str) -> PreferencesRecord:
+        """The tenant's defaults (``GET /api/tenant/preferences/``)."""
+        async with self.sessions() as session:
+            return preferences.tenant_view(await _tenant_document(session, tenant_id))
+
+    async def replace_tenant_defaults(
+        self, *, tenant_id: str, defaults: Mapping[str, Any]
+    ) -> PreferencesRecord:
+        """Replace the tenant's defaults with ``defaults`` (the validated PUT body)."""
+        document = Document.from_stored(
+            defaults.get("channels"), defaults.get("categories"), defaults.get("quiet_hours")
+        )
+        values = {
+            "channels": dict(document.channels),
+            "categories": document.stored_categories(),
+            "quiet_hours": dict(document.quiet_hours) if document.quiet_hours else None,
+            "updated_at": datetime.now(UTC),
+        }
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                insert_for(session)(TenantPreference)
+                .values(tenant_id=tenant_id, **values)
+                .on_conflict_do_update(index_elements=["tenant_id"], set_=values)
+            )
+        return preferences.tenant_view(document)
 
 
-async def get_tenant_defaults(
-    *, sessions: async_sessionmaker[AsyncSession], tenant_id: str
-) -> dict[str, Any]:
-    """The tenant's defaults (``GET /api/tenant/preferences/``)."""
-    async with sessions() as session:
-        return preferences.tenant_view(await _tenant_document(session, tenant_id))
-
-
-async def put_tenant_defaults(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    tenant_id: str,
-    defaults: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Replace the tenant's defaults with ``defaults`` (the validated PUT body)."""
-    document = Document.from_stored(
-        defaults.get("channels"), defaults.get("categories"), defaults.get("quiet_hours")
+async def _locked_user_row(
+    session: AsyncSession, tenant_id: str, user_id: str, now: datetime
+) -> UserPreference:
+    """The user's row, locked for this transaction (made empty first if there is none), so
+    that two concurrent changes queue instead of one overwriting the other's merge."""
+    await session.execute(
+        insert_for(session)(UserPreference)
+        .values(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            channels={},
+            categories={},
+            quiet_hours=None,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing()
     )
-    values = {
-        "channels": dict(document.channels),
-        "categories": document.stored_categories(),
-        "quiet_hours": dict(document.quiet_hours) if document.quiet_hours else None,
-        "updated_at": datetime.now(UTC),
-    }
-    async with sessions() as session, session.begin():
-        await session.execute(
-            insert_for(session)(TenantPreference)
-            .values(tenant_id=tenant_id, **values)
-            .on_conflict_do_update(index_elements=["tenant_id"], set_=values)
-        )
-    return preferences.tenant_view(document)
+    row = await session.scalar(
+        select(UserPreference)
+        .where(UserPreference.tenant_id == tenant_id, UserPreference.user_id == user_id)
+        .with_for_update()
+    )
+    if row is None:  # pragma: no cover - inserted just above, in this transaction
+        raise RuntimeError("preference row vanished")
+    return row

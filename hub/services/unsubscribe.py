@@ -4,7 +4,7 @@ A token names a tenant, a user and a category and carries an HMAC-SHA256 of them
 ``Settings.unsubscribe_key``. It has no expiry (a link in an old email keeps working, as
 mail providers expect); rotating the key (``NOTIFYHUB_UNSUBSCRIBE_SECRET``) invalidates
 every earlier link at once. Following a link turns the category's email off through
-:func:`hub.services.preferences.update_preferences`, like a PATCH of the user would.
+:meth:`hub.services.preferences.PreferenceService.unsubscribe`, as a PATCH of the user would.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.delivery.bus import NotificationBus
 from hub.errors import InvalidInput
-from hub.services.preferences import update_preferences
 
 UNSUBSCRIBE_PATH = "/api/unsubscribe/"
 TOKEN_VERSION = 1
@@ -100,22 +97,3 @@ def list_unsubscribe_headers(
     if len(url) > HEADER_LINK_MAX_CHARS:
         return {}
     return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-
-
-async def unsubscribe(
-    *,
-    sessions: async_sessionmaker[AsyncSession],
-    bus: NotificationBus,
-    key: bytes | None,
-    token: str,
-) -> Target:
-    """Turn off the email of the token's category for the token's user."""
-    target = verify(key, token)
-    await update_preferences(
-        sessions=sessions,
-        bus=bus,
-        tenant_id=target.tenant_id,
-        user_id=target.user_id,
-        patch={"categories": {target.category: {"email": False}}},
-    )
-    return target
