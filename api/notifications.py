@@ -154,5 +154,5 @@ async def create_notifications(request: web.Request) -> web.Response:
         idempotency_key=payload.idempotency_key,
     )
     headers = {} if result.created else {"Idempotent-Replayed": "true"}
-    reply = CreatedNotifications(ids=result.ids)
+    reply = CreatedNotifications(ids=result.ids, suppressed=result.suppressed)
     return json_response(reply.model_dump(mode="json"), status=201, headers=headers)

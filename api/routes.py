@@ -200,14 +200,16 @@ ROUTES: tuple[Operation, ...] = (
         "service",
         {
             201: Reply(
-                "Created (or, for a repeated idempotency key, the first request's ids; "
+                "Created (or, for a repeated idempotency key, the first request's reply; "
                 "then `Idempotent-Replayed: true` is set)",
                 out.CreatedNotifications,
                 headers=("Idempotent-Replayed",),
             )
         },
         description="Stores one notification per distinct recipient of the caller's tenant "
-        "and emits `notification:new` to each recipient's sockets. " + SERVICE_NOTE,
+        "who wants `in_app` for its category (see `GET /api/preferences/`) and emits "
+        "`notification:new` to each one's sockets; the others are listed in `suppressed`. "
+        + SERVICE_NOTE,
         body=schemas.CreateNotificationsIn,
         errors=(400, 401, 403, 413, 503),
         handler=notifications.create_notifications,

@@ -123,6 +123,9 @@ class NotificationRequest(TenantScoped, Base):
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)
     notification_ids: Mapped[list[int]] = mapped_column(JsonDocument, default=list)
+    # Recipients left out by their preferences, so that a repeated key answers them too
+    # (null for requests stored before preferences existed).
+    suppressed_user_ids: Mapped[list[str] | None] = mapped_column(JsonDocument)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 

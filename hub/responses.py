@@ -148,11 +148,17 @@ class MarkReadResult(Out):
 
 
 class CreatedNotifications(Out):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"ids": ["1042", "1043"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"ids": ["1042", "1043"], "suppressed": ["u-44"]}]}
+    )
 
     ids: list[str] = Field(
-        description="One id per distinct recipient; the same ids again for a repeated "
-        "idempotency key"
+        description="One id per distinct recipient who wants it; the same ids again for a "
+        "repeated idempotency key"
+    )
+    suppressed: list[str] = Field(
+        description="Recipients who got nothing: their preferences turn `in_app` off for the "
+        "notification's category (or, without a category, turn `in_app` off)"
     )
 
 

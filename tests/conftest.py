@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.harness.postgres",
     "tests.harness.kafka",
     "tests.harness.push",
+    "tests.harness.statements",
 ]

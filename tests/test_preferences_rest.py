@@ -5,19 +5,18 @@ only), bad input refused with nothing stored, and the batch loader's statement c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import engine_for, make_session_factory
-from hub.services.preferences import load_resolvers
+from hub.services.preferences import load_preferences
 from hub.settings import Settings
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub, SettingsFactory
+from tests.harness.statements import StatementLog
 
 PREFERENCES = "/api/preferences/"
 TENANT_PREFERENCES = "/api/tenant/preferences/"
@@ -187,30 +186,11 @@ async def test_concurrent_patches_of_one_user_both_apply(hub: RunningHub, tenant
     assert len((await alice.get(PREFERENCES))[1]["categories"]) == 10
 
 
-@pytest.fixture
-def count_statements() -> Iterator[Callable[[AsyncEngine], list[str]]]:
-    listened: list[tuple[AsyncEngine, Any]] = []
-
-    def attach(engine: AsyncEngine) -> list[str]:
-        statements: list[str] = []
-
-        def record(*args: Any) -> None:
-            statements.append(args[2])
-
-        event.listen(engine.sync_engine, "before_cursor_execute", record)
-        listened.append((engine, record))
-        return statements
-
-    yield attach
-    for engine, record in listened:
-        event.remove(engine.sync_engine, "before_cursor_execute", record)
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 async def test_a_batch_of_1000_recipients_loads_in_two_statements(
     hub_factory: Callable[..., Any],
     hub_settings: SettingsFactory,
-    count_statements: Callable[[AsyncEngine], list[str]],
+    count_statements: StatementLog,
     tenant: str,
     tmp_path: Path,
     backend: str,
@@ -236,7 +216,7 @@ async def test_a_batch_of_1000_recipients_loads_in_two_statements(
     statements = count_statements(engine)
     try:
         async with make_session_factory(engine)() as session:
-            resolvers = await load_resolvers(
+            resolvers = await load_preferences(
                 session, [(tenant, user) for user in users] + [("other", "u1")]
             )
     finally:

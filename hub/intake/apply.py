@@ -23,7 +23,7 @@ from db.models import ProcessedEvent
 from hub.intake.envelope import EventEnvelope
 from hub.metrics import EVENTS
 from hub.services.emails import EmailRequest, EmailService
-from hub.services.notifications import NotificationService
+from hub.services.notifications import NotificationService, NotificationWrites
 
 # Email task ids for event recipients: stable, so redelivery finds the same email.
 EMAIL_ID_NAMESPACE = uuid.UUID("6f1d4b58-2c2e-4f63-9a55-8f0d0c7b2d11")
@@ -113,6 +113,10 @@ class EventApplier:
         async with self.notifications.writing() as writes:
             fresh_keys = await _claim(writes.session, list(unique.values()), self.source)
             fresh = [event for key, event in unique.items() if key in fresh_keys]
+            # Everyone this batch may notify or mail, read at once: two statements per batch.
+            await writes.read_preferences(
+                (event.tenant_id, r.user_id) for event in fresh for r in event.unique_recipients()
+            )
             items = []
             for event in fresh:
                 if event.notification is None:
@@ -121,7 +125,7 @@ class EventApplier:
                 items += [(event.tenant_id, r.user_id, content) for r in event.unique_recipients()]
             created = await writes.add(items)
             for event in fresh:
-                to_send += await self._record_emails(writes.session, event)
+                to_send += await self._record_emails(writes, event)
         await self.emails.kick(to_send)
         duplicates = frozenset(key for key in unique if key not in fresh_keys)
         EVENTS.labels(self.source, "applied").inc(len(fresh))
@@ -135,14 +139,18 @@ class EventApplier:
         )
 
     async def _record_emails(
-        self, session: AsyncSession, event: EventEnvelope
+        self, writes: NotificationWrites, event: EventEnvelope
     ) -> list[tuple[str, EmailRequest]]:
-        """Store the emails ``event`` asks for, in its transaction; what to queue after it."""
+        """Store the emails ``event`` asks for, in its transaction, for the recipients who
+        want email for its category; what to queue after it."""
         if event.email is None:
             return []
+        category = event.notification.category if event.notification else None
         recorded: list[tuple[str, EmailRequest]] = []
         for recipient in event.unique_recipients():
-            if recipient.email is None:
+            if recipient.email is None or not writes.wants(
+                event.tenant_id, recipient.user_id, category, "email"
+            ):
                 continue
             email_id = email_id_for(event, recipient.user_id)
             request = EmailRequest(
@@ -152,8 +160,8 @@ class EventApplier:
                 template_key=event.email.template_key,
                 context=event.email.context,
                 user_id=recipient.user_id,
-                category=event.notification.category if event.notification else None,
+                category=category,
             )
-            await self.emails.record_in(session, email_id=email_id, request=request)
+            await self.emails.record_in(writes.session, email_id=email_id, request=request)
             recorded.append((email_id, request))
         return recorded

@@ -8,7 +8,7 @@ through the notification bus, which every node listens to.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
 from hub.services import inbox
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
+from hub.services.preferences import PreferenceBook
 from hub.services.pushes import PushService
 from hub.services.webhooks import report_in
 
@@ -40,6 +41,8 @@ _CURSOR_PREFIX = "n1:"
 class CreateResult:
     ids: list[str]
     created: bool  # False when the idempotency key had been seen: nothing new was stored
+    # Recipients who got nothing: in_app is off for them for the notification's category.
+    suppressed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,20 +336,55 @@ def _parse_ids(ids: Sequence[object]) -> list[int]:
 @dataclass(slots=True)
 class NotificationWrites:
     """The notifications one transaction stores; :meth:`NotificationService.writing` publishes
-    them live once it has committed (and never if it rolled back)."""
+    them live once it has committed (and never if it rolled back).
+
+    Every notification goes through :meth:`add`, which stores it only for recipients whose
+    preferences want ``in_app`` for its category; the others are ``suppressed``. The
+    preferences are read in the same transaction, two statements for the whole batch
+    (:meth:`read_preferences` up front, or :meth:`add` for what was not read yet).
+    """
 
     session: AsyncSession
     created: list[NotificationRecord] = field(default_factory=list)
+    suppressed: list[Recipient] = field(default_factory=list)
+    preferences: PreferenceBook = field(default_factory=PreferenceBook)
+
+    async def read_preferences(self, recipients: Iterable[Recipient]) -> None:
+        """Read the preferences of a batch's recipients at once, before deciding for each
+        (a batch that also makes emails decides them from the same read)."""
+        await self.preferences.read(self.session, recipients)
+
+    def wants(self, tenant_id: str, user_id: str, category: str | None, channel: str) -> bool:
+        """Whether a recipient whose preferences were read wants ``channel`` for ``category``."""
+        return self.preferences.wants(tenant_id, user_id, category, channel)
 
     async def add(
         self, items: Sequence[tuple[str, str, NewNotification]]
     ) -> list[NotificationRecord]:
-        """Store ``(tenant_id, user_id, content)`` items; their records in ``items`` order."""
+        """Store ``(tenant_id, user_id, content)`` items for the recipients who want them in
+        the app; their records in ``items`` order (the others are added to ``suppressed``)."""
         if not items:
             return []
-        records = await store_notifications(self.session, items)
+        await self.read_preferences((tenant_id, user_id) for tenant_id, user_id, _ in items)
+        wanted = []
+        for tenant_id, user_id, content in items:
+            if self.wants(tenant_id, user_id, content.category, "in_app"):
+                wanted.append((tenant_id, user_id, content))
+            else:
+                self.suppressed.append((tenant_id, user_id))
+        if not wanted:
+            return []
+        records = await store_notifications(self.session, wanted)
         self.created += records
         return records
+
+    def pushed(self) -> list[NotificationRecord]:
+        """The stored notifications whose users want ``push`` for their category."""
+        return [
+            n
+            for n in self.created
+            if self.wants(n["tenant_id"], n["user_id"], n["category"], "push")
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +424,7 @@ class NotificationService:
             writes = NotificationWrites(session)
             yield writes
             if self.pushes is not None:
-                pushes = await self.pushes.record_in(session, writes.created)
+                pushes = await self.pushes.record_in(session, writes.pushed())
             if writes.created:
                 await report_in(
                     session,
@@ -419,9 +457,10 @@ class NotificationService:
             if idempotency_key is not None:
                 seen = await _claim_request(writes.session, tenant_id, idempotency_key)
                 if seen is not None:
-                    return CreateResult(ids=seen, created=False)
+                    return seen
             created = await writes.add([(tenant_id, user, notification) for user in recipients])
             ids = [int(item["id"]) for item in created]
+            suppressed = [user for _, user in writes.suppressed]
             if idempotency_key is not None:
                 await writes.session.execute(
                     update(NotificationRequest)
@@ -429,9 +468,9 @@ class NotificationService:
                         NotificationRequest.tenant_id == tenant_id,
                         NotificationRequest.idempotency_key == idempotency_key,
                     )
-                    .values(notification_ids=ids)
+                    .values(notification_ids=ids, suppressed_user_ids=suppressed)
                 )
-        return CreateResult(ids=[str(i) for i in ids], created=True)
+        return CreateResult(ids=[str(i) for i in ids], created=True, suppressed=suppressed)
 
     async def page(
         self,
@@ -621,8 +660,8 @@ async def counts_event(session: AsyncSession, tenant_id: str, user_id: str) -> s
 
 async def _claim_request(
     session: AsyncSession, tenant_id: str, idempotency_key: str
-) -> list[str] | None:
-    """Claim an idempotency key; ``None`` when it is new, else the ids it created before."""
+) -> CreateResult | None:
+    """Claim an idempotency key; ``None`` when it is new, else what it created before."""
     claimed = await session.execute(
         insert_for(session)(NotificationRequest)
         .values(tenant_id=tenant_id, idempotency_key=idempotency_key, notification_ids=[])
@@ -632,10 +671,18 @@ async def _claim_request(
     if claimed.first() is not None:
         return None
     # Seen before (or being created right now: the insert above waited for it).
-    stored = await session.scalar(
-        select(NotificationRequest.notification_ids).where(
-            NotificationRequest.tenant_id == tenant_id,
-            NotificationRequest.idempotency_key == idempotency_key,
+    stored = (
+        await session.execute(
+            select(
+                NotificationRequest.notification_ids, NotificationRequest.suppressed_user_ids
+            ).where(
+                NotificationRequest.tenant_id == tenant_id,
+                NotificationRequest.idempotency_key == idempotency_key,
+            )
         )
+    ).one()
+    return CreateResult(
+        ids=[str(i) for i in stored.notification_ids or []],
+        created=False,
+        suppressed=list(stored.suppressed_user_ids or []),
     )
-    return [str(i) for i in stored or []]

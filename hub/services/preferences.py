@@ -3,15 +3,15 @@ preferences of a whole batch of recipients for the paths that create notificatio
 emails. The rules themselves are in :mod:`hub.preferences`; this module only stores.
 
 REST and the unsubscribe link call :class:`PreferenceService`; every create path reads
-preferences with :func:`load_resolvers` inside its own transaction, the email task with
+preferences with :func:`load_preferences` inside its own transaction, the email task with
 :func:`user_wants`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,16 +47,30 @@ class Resolver:
         return preferences.wants(self.tenant, self.users.get(user_id, EMPTY), category, channel)
 
 
-@dataclass(frozen=True, slots=True)
-class Resolvers:
-    """The preferences of a batch's recipients, of any tenants."""
+@dataclass(slots=True)
+class PreferenceBook:
+    """The preferences of the recipients of a batch and of their tenants, read in as few
+    statements as possible: what every create path decides with (:meth:`wants`)."""
 
-    tenants: Mapping[str, Document]
-    users: Mapping[UserKey, Document]
+    tenants: dict[str, Document] = field(default_factory=dict)
+    users: dict[UserKey, Document] = field(default_factory=dict)
+    _read_users: set[UserKey] = field(default_factory=set)
+    _read_tenants: set[str] = field(default_factory=set)
 
-    def for_tenant(self, tenant_id: str) -> Resolver:
-        users = {user: doc for (tenant, user), doc in self.users.items() if tenant == tenant_id}
-        return Resolver(self.tenants.get(tenant_id, EMPTY), users)
+    async def read(self, session: AsyncSession, keys: Iterable[UserKey]) -> None:
+        """Read the preferences of those of ``keys`` not read yet, and of their tenants: two
+        statements however many there are (none when all were read)."""
+        users = set(keys) - self._read_users
+        if not users:
+            return
+        tenants = {tenant for tenant, _ in users} - self._read_tenants
+        if tenants:
+            for row in await session.execute(*_tenants_query(session, tenants)):
+                self.tenants[row.tenant_id] = _document(row)
+            self._read_tenants |= tenants
+        for row in await session.execute(*_users_query(session, users)):
+            self.users[(row.tenant_id, row.user_id)] = _document(row)
+        self._read_users |= users
 
     def wants(self, tenant_id: str, user_id: str, category: str | None, channel: str) -> bool:
         return preferences.wants(
@@ -65,6 +79,10 @@ class Resolvers:
             category,
             channel,
         )
+
+    def for_tenant(self, tenant_id: str) -> Resolver:
+        users = {user: doc for (tenant, user), doc in self.users.items() if tenant == tenant_id}
+        return Resolver(self.tenants.get(tenant_id, EMPTY), users)
 
 
 # Constant SQL text whatever the batch size: the keys travel as one array (PostgreSQL) or
@@ -97,39 +115,36 @@ _SQLITE_TENANTS = text(
 _JSON_COLUMNS = {"channels": JsonDocument, "categories": JsonDocument, "quiet_hours": JsonDocument}
 
 
-async def load_resolvers(session: AsyncSession, keys: Collection[UserKey]) -> Resolvers:
-    """The preferences of every ``(tenant_id, user_id)`` of ``keys`` and of their tenants,
-    in two statements however many there are."""
-    if not keys:
-        return Resolvers({}, {})
-    tenant_ids = sorted({tenant for tenant, _ in keys})
+def _users_query(session: AsyncSession, keys: Collection[UserKey]) -> tuple[Any, dict[str, Any]]:
+    pairs = sorted(keys)
     if is_postgresql(session):
-        pairs = sorted(keys)
-        users = _PG_USERS.columns(**_JSON_COLUMNS)
-        user_params: dict[str, Any] = {
+        return _PG_USERS.columns(**_JSON_COLUMNS), {
             "tenant_ids": [tenant for tenant, _ in pairs],
             "user_ids": [user for _, user in pairs],
         }
-        tenants = _PG_TENANTS.columns(**_JSON_COLUMNS)
-        tenant_params: dict[str, Any] = {"tenant_ids": tenant_ids}
-    else:
-        users = _SQLITE_USERS.columns(**_JSON_COLUMNS)
-        user_params = {"keys": orjson.dumps(sorted(keys)).decode()}
-        tenants = _SQLITE_TENANTS.columns(**_JSON_COLUMNS)
-        tenant_params = {"tenant_ids": orjson.dumps(tenant_ids).decode()}
-    tenant_rows = await session.execute(tenants, tenant_params)
-    user_rows = await session.execute(users, user_params)
-    return Resolvers(
-        {row.tenant_id: _document(row) for row in tenant_rows},
-        {(row.tenant_id, row.user_id): _document(row) for row in user_rows},
-    )
+    return _SQLITE_USERS.columns(**_JSON_COLUMNS), {"keys": orjson.dumps(pairs).decode()}
+
+
+def _tenants_query(session: AsyncSession, tenants: Collection[str]) -> tuple[Any, dict[str, Any]]:
+    ids = sorted(tenants)
+    if is_postgresql(session):
+        return _PG_TENANTS.columns(**_JSON_COLUMNS), {"tenant_ids": ids}
+    return _SQLITE_TENANTS.columns(**_JSON_COLUMNS), {"tenant_ids": orjson.dumps(ids).decode()}
+
+
+async def load_preferences(session: AsyncSession, keys: Collection[UserKey]) -> PreferenceBook:
+    """The preferences of every ``(tenant_id, user_id)`` of ``keys`` and of their tenants,
+    in two statements however many there are."""
+    book = PreferenceBook()
+    await book.read(session, keys)
+    return book
 
 
 async def load_resolver(
     session: AsyncSession, tenant_id: str, user_ids: Collection[str]
 ) -> Resolver:
-    """:func:`load_resolvers` for users of one tenant."""
-    loaded = await load_resolvers(session, {(tenant_id, user) for user in user_ids})
+    """:func:`load_preferences` for users of one tenant."""
+    loaded = await load_preferences(session, {(tenant_id, user) for user in user_ids})
     return loaded.for_tenant(tenant_id)
 
 

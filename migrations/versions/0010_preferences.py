@@ -9,7 +9,8 @@ one row per user and per tenant, keyed by their ids: event intake reads those of
 batch in two statements. ``emails.user_id`` and ``emails.category`` let the email task check
 the recipient's preferences again right before sending (they may have changed since the
 email was queued) and build the unsubscribe link; both are null for emails queued without
-a recipient user.
+a recipient user. ``notification_requests.suppressed_user_ids`` keeps whom a create request
+left out, so that a repeated idempotency key answers the same ``suppressed``.
 """
 
 from collections.abc import Sequence
@@ -52,9 +53,13 @@ def upgrade() -> None:
     with op.batch_alter_table("emails", schema=None) as batch_op:
         batch_op.add_column(sa.Column("user_id", sa.String(length=128), nullable=True))
         batch_op.add_column(sa.Column("category", sa.String(length=64), nullable=True))
+    with op.batch_alter_table("notification_requests", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("suppressed_user_ids", JSON, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("notification_requests", schema=None) as batch_op:
+        batch_op.drop_column("suppressed_user_ids")
     with op.batch_alter_table("emails", schema=None) as batch_op:
         batch_op.drop_column("category")
         batch_op.drop_column("user_id")
