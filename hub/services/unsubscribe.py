@@ -9,7 +9,6 @@ every earlier link at once. Following a link turns the category's email off thro
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -19,6 +18,7 @@ from urllib.parse import quote
 import orjson
 
 from hub.errors import InvalidInput
+from hub.vapid import b64url, b64url_decode
 
 UNSUBSCRIBE_PATH = "/api/unsubscribe/"
 TOKEN_VERSION = 1
@@ -39,14 +39,6 @@ class Target:
     category: str
 
 
-def _encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _mac(key: bytes, payload: str) -> bytes:
     return hmac.new(key, payload.encode(), hashlib.sha256).digest()
 
@@ -54,8 +46,8 @@ def _mac(key: bytes, payload: str) -> bytes:
 def sign(key: bytes, target: Target) -> str:
     """The token of ``target``: ``base64url(JSON payload) "." base64url(HMAC)``."""
     document = [TOKEN_VERSION, target.tenant_id, target.user_id, target.category]
-    payload = _encode(orjson.dumps(document))
-    return f"{payload}.{_encode(_mac(key, payload))}"
+    payload = b64url(orjson.dumps(document))
+    return f"{payload}.{b64url(_mac(key, payload))}"
 
 
 def verify(key: bytes | None, token: str) -> Target:
@@ -66,14 +58,14 @@ def verify(key: bytes | None, token: str) -> Target:
         raise invalid
     payload, mac = token.split(".")
     try:
-        given = _decode(mac)
+        given = b64url_decode(mac)
     except (binascii.Error, ValueError):
         raise invalid from None
     if not hmac.compare_digest(given, _mac(key, payload)):
         raise invalid
     # Signed by us, so well-formed; checked anyway, a key may have been shared with a bug.
     try:
-        version, tenant_id, user_id, category = orjson.loads(_decode(payload))
+        version, tenant_id, user_id, category = orjson.loads(b64url_decode(payload))
     except (binascii.Error, ValueError, TypeError):
         raise invalid from None
     if version != TOKEN_VERSION or not all(
