@@ -25,8 +25,10 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
 from hub.metrics import TASK_RETRIES
+from hub.quiet_hours import quiet_until
 from hub.services import leases, pushes
 from hub.services.devices import APNS, FCM, WEBPUSH, DeviceService
+from hub.services.preferences import quiet_hours_of
 from hub.services.pushes import PushClaim
 from hub.settings import Settings
 from tasks.apns import ApnsSender
@@ -150,6 +152,16 @@ async def attempt_push(resources: PushResources, claim: PushClaim, claimed_at: f
     settings = resources.settings
     if settings.push_policy == "offline" and await _connected(resources, claim):
         await pushes.finish(sessions=resources.sessions, claim=claim, status=pushes.SKIPPED)
+        return
+    quiet = await quiet_hours_of(resources.sessions, claim.tenant_id, claim.user_id)
+    if (until := quiet_until(quiet, datetime.now(UTC))) is not None:
+        await pushes.finish(
+            sessions=resources.sessions,
+            claim=claim,
+            status=leases.RETRYING,
+            error="waiting out the user's quiet hours",
+            retry_at=until,
+        )
         return
     if time.monotonic() + settings.push_timeout_seconds > claimed_at + resources.lease_seconds:
         return  # too late to send within the lease; the sweeper takes it over cleanly

@@ -10,8 +10,10 @@ import os
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import jwt
 import pytest
@@ -481,3 +483,35 @@ async def test_removing_a_device_ends_its_pending_pushes(
     assert await statuses(hub, tenant, notification_id) == ["queued"]
     assert (await ann.delete(f"/api/devices/{device}/"))[0] == 204
     assert await statuses(hub, tenant, notification_id) == ["gone"]
+
+
+async def test_pushes_wait_out_the_users_quiet_hours(
+    push_stack: PushStack, push_services: FakePushServices, tenant: str
+) -> None:
+    """A user in quiet hours (a window around now, in their zone) gets the notification in
+    the app at once; the push waits, due when the window ends."""
+    hub, _ = await push_stack()
+    ann = ApiClient.for_user(hub.url, tenant, "ann")
+    browser = BrowserSubscription(f"{push_services.url}/wp/quiet")
+    await register(ann, {"kind": "webpush", "subscription": browser.as_json()})
+    zone = ZoneInfo("Asia/Tokyo")
+    local = datetime.now(zone)
+    start = (local - timedelta(hours=1)).strftime("%H:%M")
+    end = (local + timedelta(hours=2)).strftime("%H:%M")
+    status, _ = await ann.request(
+        "PATCH",
+        "/api/preferences/",
+        json={"quiet_hours": {"start": start, "end": end, "timezone": "Asia/Tokyo"}},
+    )
+    assert status == 200
+    [notification_id] = await ApiClient.for_service(hub.url, tenant).notify(["ann"])
+
+    async def waiting() -> list[dict[str, Any]]:
+        found = await deliveries(hub, tenant, notification_id)
+        return [d for d in found if d["status"] == "retrying"]
+
+    await eventually(waiting, timeout=20)
+    [delivery] = await waiting()
+    assert delivery["last_error"] == "waiting out the user's quiet hours"
+    assert push_services.for_path("/wp/quiet") == []
+    assert (await ann.get("/api/notifications/"))[1]["items"][0]["id"] == notification_id

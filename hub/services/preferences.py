@@ -26,7 +26,7 @@ from hub.delivery.bus import NotificationBus
 from hub.delivery.notifications import PREFERENCES_EVENT
 from hub.errors import InvalidInput, Unavailable
 from hub.preferences import EMPTY, Document
-from hub.records import PreferencesRecord
+from hub.records import PreferencesRecord, QuietHoursRecord
 from hub.services import unsubscribe
 from hub.services.common import insert_for, is_postgresql
 from hub.services.unsubscribe import Target
@@ -283,3 +283,12 @@ async def _locked_user_row(
     if row is None:  # pragma: no cover - inserted just above, in this transaction
         raise RuntimeError("preference row vanished")
     return row
+
+
+async def quiet_hours_of(
+    sessions: async_sessionmaker[AsyncSession], tenant_id: str, user_id: str
+) -> QuietHoursRecord | None:
+    """The user's effective quiet hours (theirs, else the tenant's), for email and push."""
+    async with sessions() as session:
+        resolver = await load_resolver(session, tenant_id, [user_id])
+    return preferences.effective(resolver.tenant, resolver.users.get(user_id, EMPTY))["quiet_hours"]
