@@ -3,8 +3,8 @@
 A user's preferences and a tenant's defaults have one shape: channel switches, per-category
 switches and quiet hours; a tenant's category may also lock channels on. Documents are
 stored as JSON in that shape (``db.models.UserPreference``, ``db.models.TenantPreference``)
-and read back into the frozen objects below. The resolution order is the contract's
-(CONTRACT.md "Preferences (v2)"), written once in :func:`wants`; the effective object that
+and read back into the frozen objects below. The resolution order (docs/protocol.md 5.4)
+is written once, in :func:`wants`; the effective object that
 clients see (REST, ``preferences:updated``) is made by :func:`effective` from the same rule,
 so what a client is shown is what delivery does.
 """

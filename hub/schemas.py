@@ -399,7 +399,7 @@ class CreateWebhookIn(Strict):
     )
 
 
-# -- preferences (CONTRACT.md "Preferences (v2)") ---------------------------------------------
+# -- preferences (docs/protocol.md 5.4) --------------------------------------------------------
 
 CategoryName = Annotated[
     str,
