@@ -110,6 +110,14 @@ WEBHOOK_ID = Param(
     required=True,
     example="0b4f5e6a7c8d9e0f1a2b3c4d5e6f7a8b",
 )
+AFTER_SEQ = Param(
+    "after_seq",
+    "query",
+    {"type": "integer", "minimum": 0},
+    "Only the messages with a larger `seq`, oldest first (a client catching up); "
+    "`next_cursor` then continues in that order. Not a non-negative integer: 400",
+    example=41,
+)
 EMAIL_ID = Param(
     "email_id",
     "path",
@@ -357,8 +365,10 @@ ROUTES: tuple[Operation, ...] = (
         "List a conversation's messages",
         "chat",
         "user",
-        {200: Reply("Newest first", out.MessagePage)},
-        params=(CONVERSATION_ID, LIMIT, CURSOR),
+        {200: Reply("Newest first; with `after_seq`, oldest first", out.MessagePage)},
+        description="Deleted messages stay in the history as tombstones (`deleted_at` set, "
+        "`body` empty); edited ones carry `edited_at`.",
+        params=(CONVERSATION_ID, LIMIT, CURSOR, AFTER_SEQ),
         errors=(400, 401, 404, 503),
         handler=chat.list_messages,
     ),

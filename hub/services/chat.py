@@ -25,6 +25,8 @@ from hub.settings import Settings
 
 MESSAGES = Message.__table__
 NOT_FOUND_MESSAGE = "conversation not found"
+# Cursors of ``after_seq`` pages (oldest first) carry this prefix; newest-first ones none.
+AFTER_CURSOR = "a:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ class ChatLimits:
 
 @dataclass(frozen=True, slots=True)
 class MessageHistory:
-    items: list[MessageRecord]  # newest first
+    items: list[MessageRecord]  # newest first; oldest first after a given seq
     next_cursor: str | None
 
 
@@ -307,24 +309,35 @@ class ChatService:
         conversation_id: object,
         limit: int | None = None,
         cursor: str | None = None,
+        after_seq: int | None = None,
     ) -> MessageHistory:
-        """Newest first, keyset on ``seq``."""
+        """Newest first, keyset on ``seq``; with ``after_seq``, the messages after it, oldest
+        first (a client catching up), whose cursors continue in that direction."""
         size = clamp_limit(limit)
         target = _existing_id(conversation_id)
         query = select(MESSAGES).where(
             Message.tenant_id == tenant_id, Message.conversation_id == target
         )
-        if cursor:
-            (before,) = ids.decode_cursor(cursor, 1)
-            query = query.where(Message.seq < ids.cursor_id(before))
+        if after_seq is not None:
+            # A cursor of the other direction must not be taken for this one: the prefix.
+            start = (
+                ids.cursor_id(ids.decode_cursor(cursor, 1, prefix=AFTER_CURSOR)[0])
+                if cursor
+                else after_seq
+            )
+            query = query.where(Message.seq > start).order_by(Message.seq)
+        else:
+            if cursor:
+                (before,) = ids.decode_cursor(cursor, 1)
+                query = query.where(Message.seq < ids.cursor_id(before))
+            query = query.order_by(Message.seq.desc())
         async with self.sessions() as session:
             await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
-            rows = (
-                (await session.execute(query.order_by(Message.seq.desc()).limit(size + 1)))
-                .mappings()
-                .all()
-            )
-        next_cursor = ids.encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+            rows = (await session.execute(query.limit(size + 1))).mappings().all()
+        next_cursor = None
+        if len(rows) > size:
+            prefix = AFTER_CURSOR if after_seq is not None else ""
+            next_cursor = ids.encode_cursor(rows[size - 1]["seq"], prefix=prefix)
         return MessageHistory([serialize_message(row) for row in rows[:size]], next_cursor)
 
     async def conversations(
