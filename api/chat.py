@@ -10,7 +10,7 @@ from api.payloads import read_body
 from hub.ids import parse_id
 from hub.keys import CHAT, PRINCIPAL
 from hub.responses import ConversationPage, MessagePage, ReadReceiptResult, SentMessage
-from hub.schemas import RestReadIn, RestSendMessageIn
+from hub.schemas import RestEditMessageIn, RestReadIn, RestSendMessageIn
 
 
 def query_after_seq(request: web.Request) -> int | None:
@@ -73,3 +73,27 @@ async def mark_read(request: web.Request) -> web.Response:
         message_id=payload.message_id,
     )
     return json_response(ReadReceiptResult(ok=True, unread_count=unread).model_dump(mode="json"))
+
+
+async def edit_message(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    payload = await read_body(request, RestEditMessageIn)
+    message = await request.app[CHAT].edit(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        message_id=request.match_info["message_id"],
+        body=payload.body,
+    )
+    return json_response(SentMessage.model_validate({"message": message}).model_dump(mode="json"))
+
+
+async def delete_message(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    message = await request.app[CHAT].delete(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        message_id=request.match_info["message_id"],
+    )
+    return json_response(SentMessage.model_validate({"message": message}).model_dump(mode="json"))

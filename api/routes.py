@@ -118,6 +118,14 @@ AFTER_SEQ = Param(
     "`next_cursor` then continues in that order. Not a non-negative integer: 400",
     example=41,
 )
+MESSAGE_ID = Param(
+    "message_id",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Message id, in that conversation; one the caller cannot see is 404",
+    required=True,
+    example="5001",
+)
 EMAIL_ID = Param(
     "email_id",
     "path",
@@ -371,6 +379,37 @@ ROUTES: tuple[Operation, ...] = (
         params=(CONVERSATION_ID, LIMIT, CURSOR, AFTER_SEQ),
         errors=(400, 401, 404, 503),
         handler=chat.list_messages,
+    ),
+    Operation(
+        "PATCH",
+        "/api/conversations/{conversation_id}/messages/{message_id}/",
+        "editMessage",
+        "Edit one of the caller's messages",
+        "chat",
+        "user",
+        {200: Reply("Stored (with `edited_at`) and emitted as `message:updated`", out.SentMessage)},
+        description="Only its sender may edit a message (403 `not_sender`), a deleted one is "
+        "409 `deleted`, and past `NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS` after sending (when set) "
+        "403 `edit_window_closed`. Both participants receive `message:updated` on every device.",
+        params=(CONVERSATION_ID, MESSAGE_ID),
+        body=schemas.RestEditMessageIn,
+        errors=(400, 401, 403, 404, 409, 413, 503),
+        handler=chat.edit_message,
+    ),
+    Operation(
+        "DELETE",
+        "/api/conversations/{conversation_id}/messages/{message_id}/",
+        "deleteMessage",
+        "Delete one of the caller's messages",
+        "chat",
+        "user",
+        {200: Reply("The tombstone: `deleted_at` set, `body` empty", out.SentMessage)},
+        description="Only its sender may delete a message (403 `not_sender`); it stays in the "
+        "history as a tombstone and both participants receive `message:updated`. Deleting a "
+        "tombstone again answers it and emits nothing.",
+        params=(CONVERSATION_ID, MESSAGE_ID),
+        errors=(401, 403, 404, 503),
+        handler=chat.delete_message,
     ),
     Operation(
         "POST",

@@ -192,6 +192,8 @@ class Message(TenantScoped, Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column()
+    edited_at: Mapped[datetime | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = mapped_column()  # a tombstone: body emptied
 
 
 # The email statuses the sweeper may still have to act on (see hub/services/emails.py).

@@ -35,6 +35,8 @@ class MessageRecord(TypedDict):
     client_msg_id: str | None
     created_at: str
     seq: int
+    edited_at: str | None
+    deleted_at: str | None
 
 
 class ConversationRecord(TypedDict):
@@ -77,6 +79,10 @@ class MarkReadAck(OkAck):
 
 
 class MessageSentAck(OkAck):
+    message: MessageRecord
+
+
+class MessageUpdatedAck(OkAck):
     message: MessageRecord
 
 

@@ -185,6 +185,8 @@ class Message(Out):
                     "client_msg_id": "c-1f3a",
                     "created_at": "2025-03-01T09:30:00.123456Z",
                     "seq": 4,
+                    "edited_at": None,
+                    "deleted_at": None,
                 }
             ]
         }
@@ -197,6 +199,10 @@ class Message(Out):
     client_msg_id: str | None
     created_at: Timestamp
     seq: int = Field(ge=1, description="+1 per message of its conversation")
+    edited_at: Timestamp | None = Field(description="The last edit; null if never edited")
+    deleted_at: Timestamp | None = Field(
+        description="Set once the sender deleted it (a tombstone: `body` is empty)"
+    )
 
 
 class SentMessage(Out):

@@ -241,6 +241,28 @@ class RestSendMessageIn(Strict):
     )
 
 
+class RestEditMessageIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"body": "Hi Bob, sorry!"}]})
+
+    body: str = Field(
+        description="The new text: the same limits as a new message's",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
+
+
+class MessageEditIn(Strict):
+    """``message:edit``: the sender replaces a message's body."""
+
+    message_id: Id
+    body: str
+
+
+class MessageDeleteIn(Strict):
+    """``message:delete``: the sender leaves a tombstone in place of a message."""
+
+    message_id: Id
+
+
 class AuthRefreshIn(BaseModel):
     """``auth:refresh``: a new token for the same tenant and user (other fields are ignored)."""
 

@@ -30,6 +30,8 @@ async def test_send_history_conversations_and_read(hub: RunningHub, tenant: str)
         "client_msg_id",
         "created_at",
         "seq",
+        "edited_at",
+        "deleted_at",
     }
     assert (message["sender_id"], message["body"], message["seq"], message["client_msg_id"]) == (
         "alice",

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Conversation, ConversationMember, Message
 from hub import ids
-from hub.errors import InvalidInput, NotFound, TooLarge
+from hub.errors import Forbidden, HubError, InvalidInput, NotFound, TooLarge
 from hub.realtime import CHAT_NAMESPACE, Realtime
 from hub.records import ConversationRecord, MessageRecord
 from hub.services.common import clamp_limit, insert_for, iso_utc
@@ -25,6 +25,7 @@ from hub.settings import Settings
 
 MESSAGES = Message.__table__
 NOT_FOUND_MESSAGE = "conversation not found"
+MESSAGE_NOT_FOUND = "message not found"
 # Cursors of ``after_seq`` pages (oldest first) carry this prefix; newest-first ones none.
 AFTER_CURSOR = "a:"
 
@@ -32,10 +33,14 @@ AFTER_CURSOR = "a:"
 @dataclass(frozen=True, slots=True)
 class ChatLimits:
     body_max_chars: int = 4000
+    edit_window_seconds: float = 0  # 0: a sender may edit at any time
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatLimits:
-        return cls(body_max_chars=settings.chat_body_max_chars)
+        return cls(
+            body_max_chars=settings.chat_body_max_chars,
+            edit_window_seconds=settings.chat_edit_window_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ def serialize_message(row: Mapping[Any, Any]) -> MessageRecord:
         "client_msg_id": row["client_msg_id"],
         "created_at": iso_utc(row["created_at"]),
         "seq": row["seq"],
+        "edited_at": iso_utc(row["edited_at"]) if row["edited_at"] is not None else None,
+        "deleted_at": iso_utc(row["deleted_at"]) if row["deleted_at"] is not None else None,
     }
 
 
@@ -141,6 +148,43 @@ async def _peer_of(
     if peer is None:
         raise NotFound(NOT_FOUND_MESSAGE)
     return str(peer)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def _own_message(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    user_id: str,
+    message_id: object,
+    conversation_id: object,
+) -> tuple[Mapping[Any, Any], str]:
+    """The caller's message, locked for the change, and the other participant.
+
+    A message the caller cannot see (another conversation, tenant, or none) is 404, so ids
+    reveal nothing; the peer's message, which the caller does see, is 403.
+    """
+    wanted = ids.parse_id(message_id)
+    if wanted is None:
+        raise NotFound(MESSAGE_NOT_FOUND)
+    query = select(MESSAGES).where(Message.tenant_id == tenant_id, Message.id == wanted)
+    if conversation_id is not None:
+        query = query.where(Message.conversation_id == _existing_id(conversation_id))
+    row = (await session.execute(query.with_for_update())).mappings().first()
+    if row is None:
+        raise NotFound(MESSAGE_NOT_FOUND)
+    try:
+        peer = await _peer_of(
+            session, tenant_id=tenant_id, user_id=user_id, conversation_id=row["conversation_id"]
+        )
+    except NotFound:
+        raise NotFound(MESSAGE_NOT_FOUND) from None
+    if row["sender_id"] != user_id:
+        raise Forbidden("only its sender may change a message", code="not_sender")
+    return row, peer
 
 
 async def _existing_message(
@@ -300,6 +344,102 @@ class ChatService:
                 namespace=CHAT_NAMESPACE,
             )
         return SendResult(message=message, created=True)
+
+    async def edit(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        body: str,
+        conversation_id: object = None,
+    ) -> MessageRecord:
+        """Replace the body of the caller's own message (within the edit window, if one is
+        set) and emit ``message:updated`` to both participants after commit."""
+        _check_body(body, self.limits)
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            row, peer = await _own_message(
+                session,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                message_id=message_id,
+                conversation_id=conversation_id,
+            )
+            if row["deleted_at"] is not None:
+                raise HubError("a deleted message cannot be edited", code="deleted", status=409)
+            window = self.limits.edit_window_seconds
+            if window and (now - _as_utc(row["created_at"])).total_seconds() > window:
+                raise Forbidden(
+                    f"messages can be edited for {window:g} seconds after sending",
+                    code="edit_window_closed",
+                )
+            changed = await self._store_change(
+                session, tenant_id=tenant_id, row=row, values={"body": body, "edited_at": now}
+            )
+        await self._emit_updated(tenant_id=tenant_id, users=(user_id, peer), message=changed)
+        return changed
+
+    async def delete(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        conversation_id: object = None,
+    ) -> MessageRecord:
+        """Turn the caller's own message into a tombstone (``deleted_at``, empty body) and emit
+        ``message:updated``; deleting a tombstone again answers it and emits nothing."""
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            row, peer = await _own_message(
+                session,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                message_id=message_id,
+                conversation_id=conversation_id,
+            )
+            if row["deleted_at"] is not None:
+                return serialize_message(row)
+            changed = await self._store_change(
+                session, tenant_id=tenant_id, row=row, values={"body": "", "deleted_at": now}
+            )
+        await self._emit_updated(tenant_id=tenant_id, users=(user_id, peer), message=changed)
+        return changed
+
+    async def _store_change(
+        self,
+        session: AsyncSession,
+        *,
+        tenant_id: str,
+        row: Mapping[Any, Any],
+        values: dict[str, Any],
+    ) -> MessageRecord:
+        changed = (
+            (
+                await session.execute(
+                    update(Message)
+                    .where(Message.tenant_id == tenant_id, Message.id == row["id"])
+                    .values(**values)
+                    .returning(*MESSAGES.c)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return serialize_message(changed)
+
+    async def _emit_updated(
+        self, *, tenant_id: str, users: tuple[str, str], message: MessageRecord
+    ) -> None:
+        for participant in users:
+            await self.realtime.to_user(
+                tenant_id=tenant_id,
+                user_id=participant,
+                event="message:updated",
+                data=message,
+                namespace=CHAT_NAMESPACE,
+            )
 
     async def messages(
         self,

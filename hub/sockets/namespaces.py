@@ -11,8 +11,15 @@ from hub.errors import InvalidInput
 from hub.ids import parse_id
 from hub.keys import CHAT, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
-from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, OkAck
-from hub.schemas import MarkReadIn, MessageReadIn, SendMessageIn, TypingIn
+from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, MessageUpdatedAck, OkAck
+from hub.schemas import (
+    MarkReadIn,
+    MessageDeleteIn,
+    MessageEditIn,
+    MessageReadIn,
+    SendMessageIn,
+    TypingIn,
+)
 from hub.sockets.auth import AuthenticatedNamespace, refused
 from hub.sockets.sinks import SocketIOSink
 
@@ -100,6 +107,25 @@ class ChatNamespace(AuthenticatedNamespace):
             client_msg_id=request.client_msg_id,
         )
         return {"ok": True, "message": result.message}
+
+    async def on_message_edit(self, sid: str, payload: object = None) -> MessageUpdatedAck:
+        request = MessageEditIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        message = await self.app[CHAT].edit(
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            message_id=request.message_id,
+            body=request.body,
+        )
+        return {"ok": True, "message": message}
+
+    async def on_message_delete(self, sid: str, payload: object = None) -> MessageUpdatedAck:
+        request = MessageDeleteIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        message = await self.app[CHAT].delete(
+            tenant_id=principal.tenant_id, user_id=principal.user_id, message_id=request.message_id
+        )
+        return {"ok": True, "message": message}
 
     async def on_message_read(self, sid: str, payload: object = None) -> MessageReadAck:
         request = MessageReadIn.model_validate(_payload(payload))
