@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.auth import Principal
-from hub.delivery.notifications import Subscriber
+from hub.delivery.ordered import Subscriber
 from hub.errors import InvalidInput
 from hub.ids import parse_id
 from hub.keys import CHAT, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
@@ -47,7 +47,7 @@ class NotificationsNamespace(AuthenticatedNamespace):
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         last_seq = last_seq_from(auth)
         delivery = self.app[NOTIFICATION_DELIVERY]
-        subscriber = delivery.subscribe(
+        subscriber = delivery.subscribe_user(
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
             sink=SocketIOSink(self.server, sid, self.namespace),
