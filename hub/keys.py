@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.migrate import SchemaCheck
 from hub.auth import Principal, TokenVerifier
-from hub.delivery.bus import NotificationBus
+from hub.delivery.bus import ChatBus, NotificationBus
+from hub.delivery.chat import ChatDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
@@ -36,6 +37,9 @@ SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
 NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
 NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
+# The same bus as NOTIFICATION_BUS, seen by the chat service.
+CHAT_BUS = web.AppKey("chat_bus", ChatBus)
+CHAT_DELIVERY = web.AppKey("chat_delivery", ChatDelivery)
 # The services, built once at startup: every entry point (REST, sockets, intake) calls these.
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)

@@ -175,7 +175,7 @@ class SeqDelivery:
     async def deliver(self, tenant_id: str, stream_id: str, seq: int, outgoing: Outgoing) -> None:
         """Offer one stored item (``outgoing``, encoded once) to every subscriber of its stream."""
         for subscriber in self.subscribers(tenant_id, stream_id):
-            await self._offer(subscriber, seq, outgoing)
+            await self.offer(subscriber, seq, outgoing)
 
     async def replay_ended(self, subscriber: Subscriber) -> None:
         """Called once a replay from the client's resume point has been sent, before what
@@ -268,7 +268,9 @@ class SeqDelivery:
 
     # -- ordering ---------------------------------------------------------------------
 
-    async def _offer(self, subscriber: Subscriber, seq: int, outgoing: Outgoing) -> None:
+    async def offer(self, subscriber: Subscriber, seq: int, outgoing: Outgoing) -> None:
+        """Send item ``seq`` now if it is the next one, buffer it while catching up or when
+        one before it is missing (then fetched), drop it when it was sent already."""
         if subscriber.catching_up:
             subscriber.pending.append((seq, outgoing))
             return

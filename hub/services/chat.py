@@ -1,21 +1,25 @@
-"""1-on-1 chat within a tenant: conversations, messages, history, read receipts.
+"""1-on-1 chat within a tenant: conversations, messages, history, edits, read receipts.
 
-REST and the ``/chat`` namespace call one :class:`ChatService`. Emits happen after commit, to both
-participants' user rooms on every node (every device, the sender's other ones included).
+REST and the ``/chat`` namespace call one :class:`ChatService`. Emits happen after commit, to
+both participants on every node (every device, the sender's other ones included): new
+messages over the delivery bus (ordered per conversation, replayed on reconnect, see
+:mod:`hub.delivery.chat`), edits, deletes and read receipts to their user rooms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+import orjson
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import Conversation, ConversationMember, Message
 from hub import ids
+from hub.delivery.bus import ChatBus
 from hub.errors import Forbidden, HubError, InvalidInput, NotFound, TooLarge
 from hub.realtime import CHAT_NAMESPACE, Realtime
 from hub.records import ConversationRecord, MessageRecord
@@ -73,6 +77,57 @@ def serialize_message(row: Mapping[Any, Any]) -> MessageRecord:
         "edited_at": iso_utc(row["edited_at"]) if row["edited_at"] is not None else None,
         "deleted_at": iso_utc(row["deleted_at"]) if row["deleted_at"] is not None else None,
     }
+
+
+async def replay_page(
+    session: AsyncSession, tenant_id: str, conversation_id: str, after_seq: int, limit: int
+) -> list[tuple[int, str | None]]:
+    """``(seq, encoded message)`` pairs after ``after_seq``, oldest first: live delivery's
+    catch-up of one conversation."""
+    rows = await session.execute(
+        select(MESSAGES)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.conversation_id == int(conversation_id),
+            Message.seq > after_seq,
+        )
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return [(row["seq"], orjson.dumps(serialize_message(row)).decode()) for row in rows.mappings()]
+
+
+async def latest_seqs(
+    session: AsyncSession, conversations: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The latest ``seq`` of each ``(tenant_id, conversation id)``: the lag check's question."""
+    if not conversations:
+        return {}
+    rows = await session.execute(
+        select(Conversation.tenant_id, Conversation.id, Conversation.last_seq).where(
+            tuple_(Conversation.tenant_id, Conversation.id).in_(
+                [(tenant_id, int(conversation_id)) for tenant_id, conversation_id in conversations]
+            )
+        )
+    )
+    return {(tenant_id, str(id_)): int(seq) for tenant_id, id_, seq in rows}
+
+
+async def conversation_seqs(session: AsyncSession, tenant_id: str, user_id: str) -> dict[str, int]:
+    """The latest ``seq`` of each of the user's conversations: where a connecting socket's
+    streams start (or, below a client's ``last_seqs``, what it replays)."""
+    rows = await session.execute(
+        select(ConversationMember.conversation_id, Conversation.last_seq)
+        .join(
+            Conversation,
+            and_(
+                Conversation.tenant_id == ConversationMember.tenant_id,
+                Conversation.id == ConversationMember.conversation_id,
+            ),
+        )
+        .where(ConversationMember.tenant_id == tenant_id, ConversationMember.user_id == user_id)
+    )
+    return {str(conversation_id): int(seq) for conversation_id, seq in rows}
 
 
 def _existing_id(value: object) -> int:
@@ -216,11 +271,13 @@ class ChatService:
         *,
         sessions: async_sessionmaker[AsyncSession],
         realtime: Realtime,
+        bus: ChatBus,
         limiter: RateLimiter,
         limits: ChatLimits,
     ) -> None:
         self.sessions = sessions
         self.realtime = realtime
+        self.bus = bus
         self.limiter = limiter
         self.limits = limits
 
@@ -335,14 +392,11 @@ class ChatService:
                 .values(unread_count=ConversationMember.unread_count + 1)
             )
         message = serialize_message(inserted)
-        for participant in (sender_id, peer_id):
-            await self.realtime.to_user(
-                tenant_id=tenant_id,
-                user_id=participant,
-                event="message:new",
-                data=message,
-                namespace=CHAT_NAMESPACE,
-            )
+        # Over the delivery bus, not a room emit: each node orders a conversation's messages
+        # by seq for its sockets and replays what a reconnecting one missed.
+        await self.bus.publish_message(
+            tenant_id=tenant_id, participants=(sender_id, peer_id), message=message
+        )
         return SendResult(message=message, created=True)
 
     async def edit(

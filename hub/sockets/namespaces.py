@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.auth import Principal
+from hub.delivery.chat import ChatConnection
 from hub.delivery.ordered import Subscriber
 from hub.errors import InvalidInput
 from hub.ids import parse_id
-from hub.keys import CHAT, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
+from hub.keys import CHAT, CHAT_DELIVERY, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
 from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, MessageUpdatedAck, OkAck
 from hub.schemas import (
@@ -33,6 +34,31 @@ def last_seq_from(auth: object) -> int | None:
     if last_seq is None:
         raise refused("bad_request", "last_seq must be a non-negative integer")
     return last_seq
+
+
+MAX_LAST_SEQS = 1000
+
+
+def last_seqs_from(auth: object) -> dict[str, int]:
+    """The client's resume points per conversation, ``auth.last_seqs``
+    (``{"<conversation_id>": seq}``), if given. Ids that are not the user's conversations are
+    ignored (they never match one); a malformed object refuses the connection."""
+    if not isinstance(auth, Mapping) or auth.get("last_seqs") is None:
+        return {}
+    given = auth["last_seqs"]
+    if not isinstance(given, Mapping) or len(given) > MAX_LAST_SEQS:
+        raise refused(
+            "bad_request",
+            "last_seqs must be an object of at most "
+            f"{MAX_LAST_SEQS} conversation ids to non-negative integers",
+        )
+    resume: dict[str, int] = {}
+    for conversation_id, value in given.items():
+        seq = parse_id(value) if isinstance(value, int | str) else None
+        if seq is None:
+            raise refused("bad_request", "each of last_seqs must be a non-negative integer")
+        resume[str(conversation_id)] = seq
+    return resume
 
 
 class NotificationsNamespace(AuthenticatedNamespace):
@@ -91,8 +117,16 @@ class ChatNamespace(AuthenticatedNamespace):
         # Per socket: conversation -> (peer, typing stamp), to relay typing without a
         # database read per keystroke and to end typing when the socket goes away.
         self._typing: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self._connections: dict[str, ChatConnection] = {}
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
+        last_seqs = last_seqs_from(auth)
+        self._connections[sid] = self.app[CHAT_DELIVERY].connect(
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            sink=SocketIOSink(self.server, sid, self.namespace),
+            last_seqs=last_seqs,
+        )
         self._typing[sid] = {}
 
     async def on_message_send(self, sid: str, payload: object = None) -> MessageSentAck:
@@ -162,6 +196,9 @@ class ChatNamespace(AuthenticatedNamespace):
         return {"ok": True}
 
     async def after_disconnect(self, sid: str) -> None:
+        connection = self._connections.pop(sid, None)
+        if connection is not None:
+            self.app[CHAT_DELIVERY].disconnect(connection)
         conversations = self._typing.pop(sid, {})
         if not any(stamp for _, stamp in conversations.values()):
             return
