@@ -18,6 +18,7 @@ from api import (
     notifications,
     openapi,
     preferences,
+    presence,
     tenant_settings,
     unsubscribe,
     webhooks,
@@ -125,6 +126,14 @@ MESSAGE_ID = Param(
     "Message id, in that conversation; one the caller cannot see is 404",
     required=True,
     example="5001",
+)
+USER_IDS = Param(
+    "user_ids",
+    "query",
+    {"type": "string", "minLength": 1},
+    "Comma-separated user ids of the caller's tenant, 1 to 100",
+    required=True,
+    example="u-42,u-43",
 )
 EMAIL_ID = Param(
     "email_id",
@@ -425,6 +434,22 @@ ROUTES: tuple[Operation, ...] = (
         body=schemas.RestReadIn,
         errors=(400, 401, 404, 413, 503),
         handler=chat.mark_read,
+    ),
+    Operation(
+        "GET",
+        "/api/presence/",
+        "getPresence",
+        "Whether users are connected to chat",
+        "chat",
+        "user",
+        {200: Reply("Each user's status, in the order asked", out.PresencePage)},
+        description="Within the caller's tenant: `online` while any `/chat` socket of the user "
+        "is connected on any node, `offline` after `NOTIFYHUB_PRESENCE_GRACE_SECONDS` without "
+        "one (a node that died counts after its records expire). Users never seen are "
+        "`offline` with `last_seen_at` null.",
+        params=(USER_IDS,),
+        errors=(400, 401, 503),
+        handler=presence.get_presence,
     ),
     Operation(
         "POST",

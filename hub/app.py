@@ -51,6 +51,7 @@ from hub.keys import (
     NOTIFICATION_DELIVERY,
     NOTIFICATIONS,
     PREFERENCES,
+    PRESENCE,
     RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
@@ -64,10 +65,17 @@ from hub.keys import (
     WEBHOOKS,
 )
 from hub.metrics import register_pool, unregister
+from hub.presence import (
+    LocalPresenceStore,
+    PresenceStore,
+    PresenceTracker,
+    RedisPresenceStore,
+)
 from hub.realtime import Realtime
 from hub.services import chat
 from hub.services.chat import ChatLimits, ChatService
 from hub.services.notifications import counts_event, latest_seqs, replay_page
+from hub.services.presence import PresenceService
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.retention import Purge, PurgePolicy
 from hub.services.tenants import TenantSettingsService
@@ -290,6 +298,30 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
         await relay.close()
 
 
+async def presence_context(app: web.Application) -> AsyncIterator[None]:
+    """Who is connected to /chat on any node: in Redis when configured, else in-process."""
+    settings = app[SETTINGS]
+    redis = app.get(REDIS)
+    store: PresenceStore = (
+        LocalPresenceStore()
+        if redis is None
+        else RedisPresenceStore(redis, f"{settings.socketio_channel}:presence:chat:")
+    )
+    tracker = PresenceTracker(
+        store,
+        grace_seconds=settings.presence_grace_seconds,
+        node_ttl_seconds=settings.presence_node_ttl_seconds,
+    )
+    app[PRESENCE] = PresenceService(
+        sessions=app[DB_SESSIONS], realtime=app[REALTIME], tracker=tracker
+    )
+    tracker.start()
+    try:
+        yield
+    finally:
+        await tracker.close()
+
+
 async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     """The email task broker. On the embedded defaults tasks also run here, in-process;
     with Redis, serve only queues them for ``notifyhub worker`` processes."""
@@ -433,6 +465,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         notification_delivery_context,
         retention_context,
         chat_context,
+        presence_context,
         task_broker_context,
         kafka_intake_context,
         rabbitmq_intake_context,

@@ -21,6 +21,7 @@ from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.preferences import PreferenceService
+from hub.services.presence import PresenceService
 from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import TypingRelay
 from hub.services.webhooks import WebhookService
@@ -49,6 +50,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
 PREFERENCES = web.AppKey("preferences", PreferenceService)
 TYPING = web.AppKey("typing", TypingRelay)
+PRESENCE = web.AppKey("presence", PresenceService)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.
 KAFKA_INTAKE = web.AppKey("kafka_intake", EventSource)

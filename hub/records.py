@@ -46,6 +46,12 @@ class ConversationRecord(TypedDict):
     unread_count: int
 
 
+class PresenceRecord(TypedDict):
+    user_id: str
+    status: str  # "online" or "offline"
+    last_seen_at: str | None  # null while online
+
+
 class EmailStatusChange(TypedDict):
     status: str
     attempt: int

@@ -226,6 +226,31 @@ class MessagePage(Out):
     next_cursor: Cursor
 
 
+class Presence(Out):
+    """``presence``, and an item of ``GET /api/presence/``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u-43", "status": "offline", "last_seen_at": "2025-03-01T09:41:07Z"}
+            ]
+        }
+    )
+
+    user_id: str
+    status: Literal["online", "offline"] = Field(
+        description="`online` while any of the user's `/chat` sockets is connected on any "
+        "node; `offline` after `NOTIFYHUB_PRESENCE_GRACE_SECONDS` without one"
+    )
+    last_seen_at: Timestamp | None = Field(
+        description="When the user was last connected; null while online or never seen"
+    )
+
+
+class PresencePage(Out):
+    items: list[Presence] = Field(description="One per user asked for, in that order")
+
+
 class ReadReceiptResult(Out):
     model_config = ConfigDict(json_schema_extra={"examples": [{"ok": True, "unread_count": 0}]})
 

@@ -10,7 +10,14 @@ from hub.delivery.chat import ChatConnection
 from hub.delivery.ordered import Subscriber
 from hub.errors import InvalidInput
 from hub.ids import parse_id
-from hub.keys import CHAT, CHAT_DELIVERY, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
+from hub.keys import (
+    CHAT,
+    CHAT_DELIVERY,
+    NOTIFICATION_DELIVERY,
+    NOTIFICATIONS,
+    PRESENCE,
+    TYPING,
+)
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
 from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, MessageUpdatedAck, OkAck
 from hub.schemas import (
@@ -128,6 +135,7 @@ class ChatNamespace(AuthenticatedNamespace):
             last_seqs=last_seqs,
         )
         self._typing[sid] = {}
+        self.app[PRESENCE].connected(tenant_id=principal.tenant_id, user_id=principal.user_id)
 
     async def on_message_send(self, sid: str, payload: object = None) -> MessageSentAck:
         request = SendMessageIn.model_validate(_payload(payload))
@@ -199,10 +207,11 @@ class ChatNamespace(AuthenticatedNamespace):
         connection = self._connections.pop(sid, None)
         if connection is not None:
             self.app[CHAT_DELIVERY].disconnect(connection)
+        principal = await self.principal(sid)
+        self.app[PRESENCE].disconnected(tenant_id=principal.tenant_id, user_id=principal.user_id)
         conversations = self._typing.pop(sid, {})
         if not any(stamp for _, stamp in conversations.values()):
             return
-        principal = await self.principal(sid)
         for conversation, (peer, stamp) in conversations.items():
             if stamp is not None:
                 await self.app[TYPING].stop(
