@@ -599,6 +599,10 @@ class SendMessageAck(Ack):
     )
 
 
+class MessageChangedAck(Ack):
+    message: Message = Field(description="The message as it is now")
+
+
 class TokenRefreshed(Ack):
     model_config = _example({"ok": True, "expires_at": 1764589000})
 
