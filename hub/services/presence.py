@@ -4,6 +4,7 @@ this service decides who is told and shapes what they receive."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from hub.services.common import iso_utc
 
 PRESENCE_EVENT = "presence"
 MAX_PRESENCE_USERS = 100
+EMITS_IN_FLIGHT = 32
 
 
 def _record(user_id: str, online: bool, last_seen: float | None) -> PresenceRecord:
@@ -64,22 +66,36 @@ class PresenceService:
 
     async def on_presence(self, changes: Sequence[PresenceChange]) -> None:
         """Tell each change to the users who have a conversation with that user: one query
-        per tenant for the peers, one emit per change to all their rooms at once."""
+        per tenant for the peers, one emit per change to all their rooms at once, the emits
+        of a batch in flight together (a reconnect storm is hundreds of changes at once)."""
         by_tenant: dict[str, list[PresenceChange]] = defaultdict(list)
         for change in changes:
             by_tenant[change.tenant_id].append(change)
+        emits: list[tuple[str, list[str], PresenceRecord]] = []
         for tenant_id, among in by_tenant.items():
             peers = await self._peers(tenant_id, [change.user_id for change in among])
-            for change in among:
-                if not peers.get(change.user_id):
-                    continue
-                await self.realtime.to_users(
-                    tenant_id=tenant_id,
-                    user_ids=sorted(peers[change.user_id]),
-                    event=PRESENCE_EVENT,
-                    data=_record(change.user_id, change.status == ONLINE, change.last_seen_at),
-                    namespace=CHAT_NAMESPACE,
+            emits += [
+                (
+                    tenant_id,
+                    sorted(peers[change.user_id]),
+                    _record(change.user_id, change.status == ONLINE, change.last_seen_at),
                 )
+                for change in among
+                if peers.get(change.user_id)
+            ]
+        for start in range(0, len(emits), EMITS_IN_FLIGHT):
+            await asyncio.gather(
+                *(
+                    self.realtime.to_users(
+                        tenant_id=tenant_id,
+                        user_ids=user_ids,
+                        event=PRESENCE_EVENT,
+                        data=record,
+                        namespace=CHAT_NAMESPACE,
+                    )
+                    for tenant_id, user_ids, record in emits[start : start + EMITS_IN_FLIGHT]
+                )
+            )
 
     async def _peers(self, tenant_id: str, user_ids: list[str]) -> dict[str, set[str]]:
         peers: dict[str, set[str]] = defaultdict(set)
