@@ -8,7 +8,7 @@ messages over the delivery bus (ordered per conversation, replayed on reconnect,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -411,28 +411,25 @@ class ChatService:
         """Replace the body of the caller's own message (within the edit window, if one is
         set) and emit ``message:updated`` to both participants after commit."""
         _check_body(body, self.limits)
-        now = datetime.now(UTC)
-        async with self.sessions() as session, session.begin():
-            row, peer = await _own_message(
-                session,
-                tenant_id=tenant_id,
-                user_id=user_id,
-                message_id=message_id,
-                conversation_id=conversation_id,
-            )
+        window = self.limits.edit_window_seconds
+
+        def edited(row: Mapping[Any, Any], now: datetime) -> dict[str, Any]:
             if row["deleted_at"] is not None:
                 raise HubError("a deleted message cannot be edited", code="deleted", status=409)
-            window = self.limits.edit_window_seconds
             if window and (now - _as_utc(row["created_at"])).total_seconds() > window:
                 raise Forbidden(
                     f"messages can be edited for {window:g} seconds after sending",
                     code="edit_window_closed",
                 )
-            changed = await self._store_change(
-                session, tenant_id=tenant_id, row=row, values={"body": body, "edited_at": now}
-            )
-        await self._emit_updated(tenant_id=tenant_id, users=(user_id, peer), message=changed)
-        return changed
+            return {"body": body, "edited_at": now}
+
+        return await self._change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            change=edited,
+        )
 
     async def delete(
         self,
@@ -444,6 +441,29 @@ class ChatService:
     ) -> MessageRecord:
         """Turn the caller's own message into a tombstone (``deleted_at``, empty body) and emit
         ``message:updated``; deleting a tombstone again answers it and emits nothing."""
+
+        def deleted(row: Mapping[Any, Any], now: datetime) -> dict[str, Any] | None:
+            return None if row["deleted_at"] is not None else {"body": "", "deleted_at": now}
+
+        return await self._change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            change=deleted,
+        )
+
+    async def _change(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        conversation_id: object,
+        change: Callable[[Mapping[Any, Any], datetime], dict[str, Any] | None],
+    ) -> MessageRecord:
+        """The one path of edits and deletes: the caller's message, locked; ``change`` says
+        what to set (or raises, or None: nothing to do); ``message:updated`` after commit."""
         now = datetime.now(UTC)
         async with self.sessions() as session, session.begin():
             row, peer = await _own_message(
@@ -453,40 +473,23 @@ class ChatService:
                 message_id=message_id,
                 conversation_id=conversation_id,
             )
-            if row["deleted_at"] is not None:
+            values = change(row, now)
+            if values is None:
                 return serialize_message(row)
-            changed = await self._store_change(
-                session, tenant_id=tenant_id, row=row, values={"body": "", "deleted_at": now}
-            )
-        await self._emit_updated(tenant_id=tenant_id, users=(user_id, peer), message=changed)
-        return changed
-
-    async def _store_change(
-        self,
-        session: AsyncSession,
-        *,
-        tenant_id: str,
-        row: Mapping[Any, Any],
-        values: dict[str, Any],
-    ) -> MessageRecord:
-        changed = (
-            (
-                await session.execute(
-                    update(Message)
-                    .where(Message.tenant_id == tenant_id, Message.id == row["id"])
-                    .values(**values)
-                    .returning(*MESSAGES.c)
+            changed = (
+                (
+                    await session.execute(
+                        update(Message)
+                        .where(Message.tenant_id == tenant_id, Message.id == row["id"])
+                        .values(**values)
+                        .returning(*MESSAGES.c)
+                    )
                 )
+                .mappings()
+                .one()
             )
-            .mappings()
-            .one()
-        )
-        return serialize_message(changed)
-
-    async def _emit_updated(
-        self, *, tenant_id: str, users: tuple[str, str], message: MessageRecord
-    ) -> None:
-        for participant in users:
+        message = serialize_message(changed)
+        for participant in (user_id, peer):
             await self.realtime.to_user(
                 tenant_id=tenant_id,
                 user_id=participant,
@@ -494,6 +497,7 @@ class ChatService:
                 data=message,
                 namespace=CHAT_NAMESPACE,
             )
+        return message
 
     async def messages(
         self,
