@@ -6,7 +6,8 @@ Each conversation is one stream of :mod:`hub.delivery.ordered` (its messages are
 
 1. At connect the socket is registered under its user *before* the database is read, so
    every message committed from then on reaches it over the bus (buffered meanwhile).
-2. One query reads the latest ``seq`` of each of the user's conversations. A conversation
+2. One query reads the latest ``seq`` of each of the user's conversations (one for all the
+   sockets connecting at the same moment). A conversation
    named in ``auth.last_seqs`` below that is replayed from the database; every other one
    starts live at its latest ``seq``; a conversation the query did not see was created
    after it, so all its messages come over the bus and it starts at 0.
@@ -20,8 +21,9 @@ query only returns the user's own, within the tenant.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,9 +47,11 @@ SETUP_LOG = ThrottledLog(log)
 
 NEW_MESSAGE_EVENT = "message:new"
 
-# (session, tenant_id, user_id) -> {conversation id: latest seq} of each of the user's
-# conversations
-ConversationSeqs = Callable[[AsyncSession, str, str], Awaitable[dict[str, int]]]
+# (session, users) -> per user, {conversation id: latest seq} of each of their conversations
+ConversationSeqs = Callable[
+    [AsyncSession, Sequence[StreamKey]], Awaitable[dict[StreamKey, dict[str, int]]]
+]
+SETUP_CHUNK = 500
 
 
 @dataclass(eq=False, slots=True)
@@ -85,18 +89,22 @@ class ChatDelivery:
         self._conversation_seqs = conversation_seqs
         self._by_user: dict[StreamKey, set[ChatConnection]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._awaiting_setup: list[ChatConnection] = []
+        self._setting_up = False
 
     def connect(
         self, *, tenant_id: str, user_id: str, sink: Sink, last_seqs: Mapping[str, int]
     ) -> ChatConnection:
         """Register now (nothing committed from here on is missed) and set the streams up in
         a task, which runs once the CONNECT answer is queued: replayed messages then reach a
-        connected client."""
+        connected client. Sockets connecting at once are set up with one query."""
         connection = ChatConnection(tenant_id, user_id, sink, last_seqs)
         self._by_user.setdefault((tenant_id, user_id), set()).add(connection)
-        task = asyncio.ensure_future(self._set_up(connection))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._awaiting_setup.append(connection)
+        if len(self._awaiting_setup) == 1 and not self._setting_up:
+            task = asyncio.ensure_future(self._set_up_waiting())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return connection
 
     def disconnect(self, connection: ChatConnection) -> None:
@@ -111,25 +119,46 @@ class ChatDelivery:
             if not group:
                 del self._by_user[key]
 
-    async def _set_up(self, connection: ChatConnection) -> None:
-        while not connection.closed:
+    async def _set_up_waiting(self) -> None:
+        self._setting_up = True
+        try:
+            while self._awaiting_setup:
+                batch = [c for c in self._awaiting_setup[:SETUP_CHUNK] if not c.closed]
+                del self._awaiting_setup[:SETUP_CHUNK]
+                latest = await self._read_conversations(batch)
+                for connection in batch:
+                    if latest is None:
+                        await self._drop(connection)
+                    elif not connection.closed:
+                        key = (connection.tenant_id, connection.user_id)
+                        await self._set_up(connection, latest.get(key, {}))
+        finally:
+            self._setting_up = False
+
+    async def _read_conversations(
+        self, batch: list[ChatConnection]
+    ) -> dict[StreamKey, dict[str, int]] | None:
+        """The batch's users' conversations; None after an error that is not an outage."""
+        users = list({(c.tenant_id, c.user_id) for c in batch})
+        while any(not c.closed for c in batch):
             try:
                 async with self._sessions() as session:
-                    latest = await self._conversation_seqs(
-                        session, connection.tenant_id, connection.user_id
-                    )
-                break
+                    return await self._conversation_seqs(session, users)
             except Exception as exc:
                 if not is_unavailable(exc):
-                    log.exception("chat connection setup failed; closing it")
-                    self.disconnect(connection)
-                    await connection.sink.close()
-                    return
-                # The database is away: keep the socket and what it was sent, try again.
+                    log.exception("chat connection setup failed; closing the connections")
+                    return None
+                # The database is away: keep the sockets and what they were sent, try again.
                 SETUP_LOG.warning("setup", "chat setup waits for the database: %s", exc)
                 await asyncio.sleep(DATABASE_RETRY_SECONDS)
-        if connection.closed:
-            return
+        return {}
+
+    async def _drop(self, connection: ChatConnection) -> None:
+        self.disconnect(connection)
+        with contextlib.suppress(Exception):
+            await connection.sink.close()
+
+    async def _set_up(self, connection: ChatConnection, latest: dict[str, int]) -> None:
         live: list[Subscriber] = []
         for conversation_id, stored in latest.items():
             resume = connection.last_seqs.get(conversation_id)

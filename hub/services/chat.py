@@ -113,11 +113,21 @@ async def latest_seqs(
     return {(tenant_id, str(id_)): int(seq) for tenant_id, id_, seq in rows}
 
 
-async def conversation_seqs(session: AsyncSession, tenant_id: str, user_id: str) -> dict[str, int]:
-    """The latest ``seq`` of each of the user's conversations: where a connecting socket's
-    streams start (or, below a client's ``last_seqs``, what it replays)."""
+async def conversation_seqs(
+    session: AsyncSession, users: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, int]]:
+    """For each ``(tenant_id, user_id)``, the latest ``seq`` of each of the user's
+    conversations: where connecting sockets' streams start (or, below a client's
+    ``last_seqs``, what they replay). One statement for every socket connecting at once."""
+    if not users:
+        return {}
     rows = await session.execute(
-        select(ConversationMember.conversation_id, Conversation.last_seq)
+        select(
+            ConversationMember.tenant_id,
+            ConversationMember.user_id,
+            ConversationMember.conversation_id,
+            Conversation.last_seq,
+        )
         .join(
             Conversation,
             and_(
@@ -125,9 +135,12 @@ async def conversation_seqs(session: AsyncSession, tenant_id: str, user_id: str)
                 Conversation.id == ConversationMember.conversation_id,
             ),
         )
-        .where(ConversationMember.tenant_id == tenant_id, ConversationMember.user_id == user_id)
+        .where(tuple_(ConversationMember.tenant_id, ConversationMember.user_id).in_(users))
     )
-    return {str(conversation_id): int(seq) for conversation_id, seq in rows}
+    found: dict[tuple[str, str], dict[str, int]] = {user: {} for user in users}
+    for tenant_id, user_id, conversation_id, seq in rows:
+        found[(tenant_id, user_id)][str(conversation_id)] = int(seq)
+    return found
 
 
 def _existing_id(value: object) -> int:
