@@ -189,6 +189,8 @@ class ChatDelivery:
     async def _offer(
         self, connection: ChatConnection, item: PublishedMessage, outgoing: Outgoing
     ) -> None:
+        if connection.closed:  # it went away while earlier messages were being sent
+            return
         subscriber = connection.streams.get(item.conversation_id)
         if subscriber is None:
             # Created after the setup read the user's conversations: every message of it
