@@ -21,7 +21,7 @@ from tests.harness.hub import (
 )
 from tests.harness.tokens import hs256_token
 
-GRACE, TTL = 1.0, 1.5
+GRACE, TTL = 1.5, 1.5
 QUICK = {"presence_grace_seconds": GRACE, "presence_node_ttl_seconds": TTL}
 
 
@@ -90,7 +90,7 @@ async def test_online_offline_across_two_nodes_without_flapping(
     assert offline["last_seen_at"] is not None
     seen = offline["last_seen_at"]
     assert (await rest_status(node_b.url, tenant, "alice", "bob"))["last_seen_at"] == seen
-    assert abs(_unix(seen) - left) < 1.0
+    assert abs(_unix(seen) - left) < 2.0
     assert carol.received("presence") == []
 
 
