@@ -35,10 +35,8 @@ import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
-import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -56,6 +54,7 @@ from benchmarks.machine import (  # noqa: E402
     machine_info,
     wait_for_quiet,
 )
+from benchmarks.private_hub import private_services  # noqa: E402
 from benchmarks.processes import log_tail, pin, spawn_pinned  # noqa: E402
 from benchmarks.report import replace_section, update_doc_if_asked, write_results  # noqa: E402
 from benchmarks.socketio_client import (  # noqa: E402
@@ -67,8 +66,7 @@ from benchmarks.socketio_client import (  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from tests.harness.hub import settings_environment  # noqa: E402
 from tests.harness.ports import wait_for_port_async  # noqa: E402
-from tests.harness.services import PrivateRedis, migrated_database  # noqa: E402
-from tests.harness.tokens import TEST_JWT_SECRET, hs256_token  # noqa: E402
+from tests.harness.tokens import hs256_token  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "presence.json"
 TENANT = "bench-presence"
@@ -283,31 +281,10 @@ async def phase_churn(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    private = PrivateRedis(binary)
-    await private.start()
-    dsn = make_url(args.database_url).set(drivername="postgresql")
-    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=5)
-    logs = Path(args.log_dir)
-    try:
-        async with migrated_database(admin, args.database_url, prefix="notifyhub_bench") as url:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                env="test",
-                database_url=url,
-                redis_url=private.url,
-                socketio_channel=f"bench-{uuid.uuid4().hex[:8]}",
-                jwt_secret=TEST_JWT_SECRET,
-                auto_migrate=False,
-                presence_grace_seconds=args.grace,
-                log_level="WARNING",
-            )
-            return await scenario(args, settings, private.url, logs)
-    finally:
-        private.kill()
-        await admin.close()
+    async with private_services(
+        args.database_url, presence_grace_seconds=args.grace, log_level="WARNING"
+    ) as (settings, redis):
+        return await scenario(args, settings, redis.url, Path(args.log_dir))
 
 
 async def scenario(
