@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 STORE_LOG = ThrottledLog(log)
 
 UserKey = tuple[str, str]  # (tenant_id, user_id)
+STOP_SECONDS = 5.0
 ONLINE = "online"
 OFFLINE = "offline"
 
@@ -306,7 +307,10 @@ class PresenceTracker:
         the grace period unless they reconnected to another node."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # Bounded: shutdown must not hang on a store that does not answer.
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_SECONDS)
+            if not done:
+                log.warning("presence loop did not stop in %s s", STOP_SECONDS)
         if self._held or self._leaving:
             try:
                 now = self._clock()
@@ -318,8 +322,12 @@ class PresenceTracker:
         tick = max(0.05, min(1.0, self._grace / 4, self._ttl / 3))
         next_heartbeat = 0.0
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stops this loop when it races the wake-up, and the loop
+            # then never ends (a hung shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+                async with asyncio.timeout(tick):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()
