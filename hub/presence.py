@@ -30,6 +30,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from db.outage import is_unavailable
 from hub.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -381,5 +382,10 @@ class PresenceTracker:
         if changes and self.listener is not None:
             try:
                 await self.listener.on_presence(changes)
-            except Exception:  # a failed announcement must not stop the bookkeeping
-                log.exception("presence change could not be announced")
+            except Exception as exc:  # a failed announcement must not stop the bookkeeping
+                if is_unavailable(exc) or isinstance(exc, RedisError | OSError):
+                    # The database or Redis is away: the change stays true in the store
+                    # (GET /api/presence/ answers it); only this announcement is lost.
+                    STORE_LOG.warning("announce", "presence change not announced: %s", exc)
+                else:
+                    log.exception("presence change could not be announced")

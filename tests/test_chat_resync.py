@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 
+from hub.delivery.bus import LocalBus
+from hub.keys import DB_SESSIONS, REALTIME
 from hub.realtime import CHAT_NAMESPACE
+from hub.services.chat import ChatLimits, ChatService
+from hub.services.ratelimit import LocalTokenBucket
 from tests.harness.api import ApiClient
 from tests.harness.hub import (
     ConnectRefused,
@@ -206,3 +210,44 @@ async def test_foreign_and_unknown_conversations_in_last_seqs_are_ignored(
     await asyncio.sleep(0.5)
     assert client.received("message:new") == []
     assert client.client.connected
+
+
+async def test_a_message_whose_bus_message_was_lost_still_arrives_without_a_reconnect(
+    hub: RunningHub, tenant: str, sio_connect: SioConnect
+) -> None:
+    """A message stored whose bus message never comes (its node died between commit and
+    publish, or Redis was away) reaches the connected sockets through every node's lag
+    check, as notifications do: once, in order, without a reconnect."""
+    conversation = await start_conversation(hub.url, tenant)
+    bob = await sio_connect(hub.url, CHAT_NAMESPACE, auth=resume_auth(tenant, conversation, 1))
+    await asyncio.sleep(0.3)  # set up and live
+    # A chat service like the hub's, but whose publishes go nowhere.
+    deaf = ChatService(
+        sessions=hub.app[DB_SESSIONS],
+        realtime=hub.app[REALTIME],
+        bus=LocalBus(),
+        limiter=LocalTokenBucket(rate_per_second=100, burst=100),
+        limits=ChatLimits(),
+    )
+    await deaf.send(
+        tenant_id=tenant, sender_id="alice", conversation_id=conversation, body="never published"
+    )
+    await wait_for_seq(bob, conversation, 2, timeout=6)
+    await ApiClient.for_user(hub.url, tenant, "alice").post(
+        "/api/messages/send/", {"to_user_id": "bob", "body": "published"}
+    )
+    await wait_for_seq(bob, conversation, 3, timeout=6)
+    await asyncio.sleep(0.3)
+    assert seqs_of(bob, conversation) == [2, 3]
+    assert bob.client.connected
+
+
+async def test_sending_while_redis_is_away_is_503(
+    hub_factory: Any, hub_settings: SettingsFactory, private_redis: Any, tenant: str
+) -> None:
+    hub = await hub_factory(hub_settings(redis_url=private_redis.url))
+    private_redis.kill()
+    status, body = await ApiClient.for_user(hub.url, tenant, "alice").post(
+        "/api/messages/send/", {"to_user_id": "bob", "body": "x"}
+    )
+    assert (status, body["error"]["code"]) == (503, "unavailable")
