@@ -271,6 +271,7 @@ class PresenceTracker:
         self._held: set[UserKey] = set()  # users the store has on this node
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         # Store calls made for socket transitions, and for heartbeats and sweeps (benchmark).
         self.round_trips = 0
         self.heartbeat_round_trips = 0
@@ -306,6 +307,10 @@ class PresenceTracker:
     async def close(self) -> None:
         """Stop; this node's records expire at once, so the users it held go offline after
         the grace period unless they reconnected to another node."""
+        # A flag as well as the cancel: a client library that turns the cancellation of a call
+        # in flight into an error of its own (a Redis or database driver closing the
+        # connection) would otherwise leave the loop running, and the process never exits.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             # Bounded: shutdown must not hang on a store that does not answer.
@@ -322,7 +327,7 @@ class PresenceTracker:
     async def _run(self) -> None:
         tick = max(0.05, min(1.0, self._grace / 4, self._ttl / 3))
         next_heartbeat = 0.0
-        while True:
+        while not self._stopping:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancellation that stops this loop when it races the wake-up, and the loop
             # then never ends (a hung shutdown).
