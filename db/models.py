@@ -112,6 +112,7 @@ class TenantSettings(TenantScoped, Base):
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     retention_days: Mapped[int | None] = mapped_column()
     chat_retention_days: Mapped[int | None] = mapped_column()
+    chat_edit_window_seconds: Mapped[int | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column()
 
 

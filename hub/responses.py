@@ -125,7 +125,11 @@ class InboxChangeResult(Out):
 
 class TenantSettings(Out):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"retention_days": 90, "chat_retention_days": 30}]}
+        json_schema_extra={
+            "examples": [
+                {"retention_days": 90, "chat_retention_days": 30, "chat_edit_window_seconds": 900}
+            ]
+        }
     )
 
     retention_days: int | None = Field(
@@ -134,6 +138,10 @@ class TenantSettings(Out):
     )
     chat_retention_days: int | None = Field(
         description="Chat messages older than this are purged; null: kept"
+    )
+    chat_edit_window_seconds: int | None = Field(
+        description="How long after sending a message may be edited (the shorter of this and "
+        "the hub's NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS applies); null: the hub's"
     )
 
 

@@ -176,3 +176,27 @@ async def test_edit_window(
     assert ack["error"]["code"] == "edit_window_closed"
     # Deleting is never limited.
     assert (await socket.call("message:delete", {"message_id": sent["id"]}))["ok"]
+
+
+async def test_a_tenant_may_set_a_shorter_edit_window(
+    hub: RunningHub, tenant: str, sio_connect: SioConnect
+) -> None:
+    other = tenant + "-o"
+    status, body = await ApiClient.for_service(hub.url, tenant).request(
+        "PUT", "/api/tenant/settings/", json={"chat_edit_window_seconds": 1}
+    )
+    assert status == 200 and body["chat_edit_window_seconds"] == 1, body
+    sockets = [
+        await sio_connect(hub.url, CHAT_NAMESPACE, token=hs256_token(tenant=t, user="alice"))
+        for t in (tenant, other)
+    ]
+    sent = [
+        (await s.call("message:send", {"to_user_id": "bob", "body": "a"}))["message"]
+        for s in sockets
+    ]
+    assert (await sockets[0].call("message:edit", {"message_id": sent[0]["id"], "body": "b"}))["ok"]
+    await asyncio.sleep(1.2)
+    late = await sockets[0].call("message:edit", {"message_id": sent[0]["id"], "body": "c"})
+    assert late["error"]["code"] == "edit_window_closed"
+    # Another tenant (no window of its own, none for the hub) is not limited.
+    assert (await sockets[1].call("message:edit", {"message_id": sent[1]["id"], "body": "c"}))["ok"]

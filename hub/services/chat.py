@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.models import Conversation, ConversationMember, Message
+from db.models import Conversation, ConversationMember, Message, TenantSettings
 from hub import ids
 from hub.delivery.bus import ChatBus
 from hub.errors import Forbidden, HubError, InvalidInput, NotFound, TooLarge, Unavailable
@@ -431,7 +431,7 @@ class ChatService:
         """Replace the body of the caller's own message (within the edit window, if one is
         set) and emit ``message:updated`` to both participants after commit."""
         _check_body(body, self.limits)
-        window = self.limits.edit_window_seconds
+        window = await self._edit_window(tenant_id)
 
         def edited(row: Mapping[Any, Any], now: datetime) -> dict[str, Any]:
             if row["deleted_at"] is not None:
@@ -472,6 +472,18 @@ class ChatService:
             conversation_id=conversation_id,
             change=deleted,
         )
+
+    async def _edit_window(self, tenant_id: str) -> float:
+        """Seconds a sender of the tenant may edit for (0: no limit): the shorter of the hub's
+        NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS and the tenant's own ``chat_edit_window_seconds``."""
+        async with self.sessions() as session:
+            own = await session.scalar(
+                select(TenantSettings.chat_edit_window_seconds).where(
+                    TenantSettings.tenant_id == tenant_id
+                )
+            )
+        limits = [w for w in (self.limits.edit_window_seconds, own) if w]
+        return float(min(limits)) if limits else 0.0
 
     async def _change(
         self,
