@@ -1,7 +1,7 @@
 """message edits and tombstones, and a tenant's edit window
 
-Revision ID: 0010_message_edits
-Revises: 0009_webhooks
+Revision ID: 0011_message_edits
+Revises: 0010_preferences
 Create Date: 2026-12-01 15:30:00
 
 ``edited_at`` is set by each edit; ``deleted_at`` marks a tombstone (its ``body`` emptied in
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_message_edits"
-down_revision: str | None = "0009_webhooks"
+revision: str = "0011_message_edits"
+down_revision: str | None = "0010_preferences"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
