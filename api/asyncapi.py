@@ -153,8 +153,12 @@ NAMESPACES: tuple[Namespace, ...] = (
         CHAT_NAMESPACE,
         "1-on-1 chat",
         "Chat between two users of one tenant; a conversation is created by the first message "
-        'between them. Connect `auth`: `{"token": "<jwt>"}`. Events are live only: after a '
-        "reconnect, read missed messages over REST.",
+        'between them. Connect `auth`: `{"token": "<jwt>", "last_seqs": {"77": 41}}` '
+        "(`last_seqs` optional: for each of the user's conversations named, every message with "
+        "a larger `seq` is sent first as `message:new`, in `seq` order, before any live one, "
+        "with no gap and no duplicate; ids that are not the user's conversations are ignored; "
+        "a `last_seqs` that is not an object of at most 1,000 non-negative integers refuses "
+        "the connection with `bad_request`).",
         receives=(
             ClientEvent(
                 "message:send",
@@ -165,6 +169,26 @@ NAMESPACES: tuple[Namespace, ...] = (
                 "of the sender stores and emits nothing and acks the first message. Errors: "
                 "`validation_error`, `self_message`, `payload_too_large`, `not_found`, "
                 "`rate_limited` (`details.retry_after` in seconds).",
+            ),
+            ClientEvent(
+                "message:edit",
+                schemas.MessageEditIn,
+                out.MessageChangedAck,
+                "Replace the body of one of the user's messages",
+                "Sender only (`not_sender`); the body has the limits of a new one "
+                "(`validation_error`, `payload_too_large`); a deleted message is `deleted`; "
+                "past `NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS` after sending (when set) "
+                "`edit_window_closed`; a message the user cannot see is `not_found`. Both "
+                "participants then receive `message:updated`.",
+            ),
+            ClientEvent(
+                "message:delete",
+                schemas.MessageDeleteIn,
+                out.MessageChangedAck,
+                "Delete one of the user's messages (it becomes a tombstone)",
+                "Sender only (`not_sender`); the message keeps its place and `seq` with "
+                "`deleted_at` set and an empty `body`. Deleting a tombstone again acks it and "
+                "emits nothing.",
             ),
             ClientEvent(
                 "message:read",
@@ -188,8 +212,26 @@ NAMESPACES: tuple[Namespace, ...] = (
             ServerEvent(
                 "message:new",
                 out.Message,
-                "A new message",
-                "To both participants, every connection (the sending socket included).",
+                "A new message, in `seq` order per conversation",
+                "To both participants, every connection (the sending socket included). On one "
+                "connection each `seq` of a conversation arrives once, in order and without "
+                "gaps (after a replay, from its `last_seqs` entry + 1).",
+            ),
+            ServerEvent(
+                "message:updated",
+                out.Message,
+                "A message was edited or deleted",
+                "The whole message as it is now: `edited_at` after an edit, `deleted_at` and "
+                "an empty `body` after a delete. To both participants, every connection.",
+            ),
+            ServerEvent(
+                "presence",
+                out.Presence,
+                "A user who shares a conversation with this one came online or went offline",
+                "Sent on each change only: `online` when the user's first socket connects on "
+                "any node, `offline` `NOTIFYHUB_PRESENCE_GRACE_SECONDS` after the last one "
+                "closed (or its node died), so reconnects do not flap. Ask "
+                "`GET /api/presence/` for the state at connect.",
             ),
             ServerEvent(
                 "message:read",

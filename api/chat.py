@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.errors import json_response
+from api.errors import ApiError, json_response
 from api.notifications import query_limit
 from api.payloads import read_body
+from hub.ids import parse_id
 from hub.keys import CHAT, PRINCIPAL
 from hub.responses import ConversationPage, MessagePage, ReadReceiptResult, SentMessage
-from hub.schemas import RestReadIn, RestSendMessageIn
+from hub.schemas import RestEditMessageIn, RestReadIn, RestSendMessageIn
+
+
+def query_after_seq(request: web.Request) -> int | None:
+    raw = request.query.get("after_seq")
+    if raw is None:
+        return None
+    value = parse_id(raw)
+    if value is None:
+        raise ApiError(400, "validation_error", "'after_seq' must be a non-negative integer")
+    return value
 
 
 async def send_message(request: web.Request) -> web.Response:
@@ -46,6 +57,7 @@ async def list_messages(request: web.Request) -> web.Response:
         conversation_id=request.match_info["conversation_id"],
         limit=query_limit(request),
         cursor=request.query.get("cursor") or None,
+        after_seq=query_after_seq(request),
     )
     reply = MessagePage.model_validate({"items": history.items, "next_cursor": history.next_cursor})
     return json_response(reply.model_dump(mode="json"))
@@ -61,3 +73,27 @@ async def mark_read(request: web.Request) -> web.Response:
         message_id=payload.message_id,
     )
     return json_response(ReadReceiptResult(ok=True, unread_count=unread).model_dump(mode="json"))
+
+
+async def edit_message(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    payload = await read_body(request, RestEditMessageIn)
+    message = await request.app[CHAT].edit(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        message_id=request.match_info["message_id"],
+        body=payload.body,
+    )
+    return json_response(SentMessage.model_validate({"message": message}).model_dump(mode="json"))
+
+
+async def delete_message(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    message = await request.app[CHAT].delete(
+        tenant_id=principal.tenant_id,
+        user_id=principal.user_id,
+        conversation_id=request.match_info["conversation_id"],
+        message_id=request.match_info["message_id"],
+    )
+    return json_response(SentMessage.model_validate({"message": message}).model_dump(mode="json"))

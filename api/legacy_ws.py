@@ -40,7 +40,7 @@ async def legacy_notifications(request: web.Request) -> web.WebSocketResponse:
 
     delivery = request.app[NOTIFICATION_DELIVERY]
     sink = WebSocketSink(socket, max_buffer_bytes=request.app[SETTINGS].socket_max_buffer_bytes)
-    subscriber = delivery.subscribe(
+    subscriber = delivery.subscribe_user(
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         sink=sink,

@@ -49,12 +49,18 @@ _ERRORS: dict[int, tuple[str, str, tuple[str, ...]]] = {
     403: (
         "Forbidden",
         "Valid token, not allowed: the `service` role is missing, or another tenant is named "
-        "(`forbidden`)",
+        "(`forbidden`); a chat message of the other participant (`not_sender`) or past the "
+        "edit window (`edit_window_closed`)",
         (),
     ),
     404: (
         "NotFound",
         "Not found, or not the caller's: existence is never revealed (`not_found`)",
+        (),
+    ),
+    409: (
+        "Conflict",
+        "The resource's state does not allow it: a deleted message cannot be edited (`deleted`)",
         (),
     ),
     413: (

@@ -18,6 +18,7 @@ from api import (
     notifications,
     openapi,
     preferences,
+    presence,
     tenant_settings,
     unsubscribe,
     webhooks,
@@ -109,6 +110,30 @@ WEBHOOK_ID = Param(
     "Webhook id, as returned by `POST /api/webhooks/`; another tenant's is 404",
     required=True,
     example="0b4f5e6a7c8d9e0f1a2b3c4d5e6f7a8b",
+)
+AFTER_SEQ = Param(
+    "after_seq",
+    "query",
+    {"type": "integer", "minimum": 0},
+    "Only the messages with a larger `seq`, oldest first (a client catching up); "
+    "`next_cursor` then continues in that order. Not a non-negative integer: 400",
+    example=41,
+)
+MESSAGE_ID = Param(
+    "message_id",
+    "path",
+    {"type": "string", "minLength": 1},
+    "Message id, in that conversation; one the caller cannot see is 404",
+    required=True,
+    example="5001",
+)
+USER_IDS = Param(
+    "user_ids",
+    "query",
+    {"type": "string", "minLength": 1},
+    "Comma-separated user ids of the caller's tenant, 1 to 100",
+    required=True,
+    example="u-42,u-43",
 )
 EMAIL_ID = Param(
     "email_id",
@@ -357,10 +382,43 @@ ROUTES: tuple[Operation, ...] = (
         "List a conversation's messages",
         "chat",
         "user",
-        {200: Reply("Newest first", out.MessagePage)},
-        params=(CONVERSATION_ID, LIMIT, CURSOR),
+        {200: Reply("Newest first; with `after_seq`, oldest first", out.MessagePage)},
+        description="Deleted messages stay in the history as tombstones (`deleted_at` set, "
+        "`body` empty); edited ones carry `edited_at`.",
+        params=(CONVERSATION_ID, LIMIT, CURSOR, AFTER_SEQ),
         errors=(400, 401, 404, 503),
         handler=chat.list_messages,
+    ),
+    Operation(
+        "PATCH",
+        "/api/conversations/{conversation_id}/messages/{message_id}/",
+        "editMessage",
+        "Edit one of the caller's messages",
+        "chat",
+        "user",
+        {200: Reply("Stored (with `edited_at`) and emitted as `message:updated`", out.SentMessage)},
+        description="Only its sender may edit a message (403 `not_sender`), a deleted one is "
+        "409 `deleted`, and past `NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS` after sending (when set) "
+        "403 `edit_window_closed`. Both participants receive `message:updated` on every device.",
+        params=(CONVERSATION_ID, MESSAGE_ID),
+        body=schemas.RestEditMessageIn,
+        errors=(400, 401, 403, 404, 409, 413, 503),
+        handler=chat.edit_message,
+    ),
+    Operation(
+        "DELETE",
+        "/api/conversations/{conversation_id}/messages/{message_id}/",
+        "deleteMessage",
+        "Delete one of the caller's messages",
+        "chat",
+        "user",
+        {200: Reply("The tombstone: `deleted_at` set, `body` empty", out.SentMessage)},
+        description="Only its sender may delete a message (403 `not_sender`); it stays in the "
+        "history as a tombstone and both participants receive `message:updated`. Deleting a "
+        "tombstone again answers it and emits nothing.",
+        params=(CONVERSATION_ID, MESSAGE_ID),
+        errors=(401, 403, 404, 503),
+        handler=chat.delete_message,
     ),
     Operation(
         "POST",
@@ -376,6 +434,22 @@ ROUTES: tuple[Operation, ...] = (
         body=schemas.RestReadIn,
         errors=(400, 401, 404, 413, 503),
         handler=chat.mark_read,
+    ),
+    Operation(
+        "GET",
+        "/api/presence/",
+        "getPresence",
+        "Whether users are connected to chat",
+        "chat",
+        "user",
+        {200: Reply("Each user's status, in the order asked", out.PresencePage)},
+        description="Within the caller's tenant: `online` while any `/chat` socket of the user "
+        "is connected on any node, `offline` after `NOTIFYHUB_PRESENCE_GRACE_SECONDS` without "
+        "one (a node that died counts after its records expire). Users never seen are "
+        "`offline` with `last_seen_at` null.",
+        params=(USER_IDS,),
+        errors=(400, 401, 503),
+        handler=presence.get_presence,
     ),
     Operation(
         "POST",

@@ -9,13 +9,14 @@ from api.payloads import read_body, require_service
 from hub.keys import TENANT_SETTINGS
 from hub.responses import TenantSettings
 from hub.schemas import TenantSettingsIn
-from hub.services.tenants import Retention
+from hub.services.tenants import TenantPolicy
 
 
-def _reply(retention: Retention) -> web.Response:
+def _reply(policy: TenantPolicy) -> web.Response:
     reply = TenantSettings(
-        retention_days=retention.retention_days,
-        chat_retention_days=retention.chat_retention_days,
+        retention_days=policy.retention_days,
+        chat_retention_days=policy.chat_retention_days,
+        chat_edit_window_seconds=policy.chat_edit_window_seconds,
     )
     return json_response(reply.model_dump(mode="json"))
 
@@ -30,6 +31,8 @@ async def put_settings(request: web.Request) -> web.Response:
     payload = await read_body(request, TenantSettingsIn)
     stored = await request.app[TENANT_SETTINGS].put(
         tenant_id=principal.tenant_id,
-        settings=Retention(payload.retention_days, payload.chat_retention_days),
+        settings=TenantPolicy(
+            payload.retention_days, payload.chat_retention_days, payload.chat_edit_window_seconds
+        ),
     )
     return _reply(stored)

@@ -33,25 +33,21 @@ import asyncio  # noqa: E402
 import datetime as dt  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 from typing import Any  # noqa: E402
 
-import asyncpg  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-
 from benchmarks.machine import code_version, cpu_model  # noqa: E402
+from benchmarks.private_hub import private_services  # noqa: E402
 from hub.settings import Settings  # noqa: E402
 from tests.harness.api import ApiClient  # noqa: E402
 from tests.harness.failover import FailoverClient  # noqa: E402
 from tests.harness.hub import settings_environment  # noqa: E402
 from tests.harness.ports import free_port, wait_for_port_async  # noqa: E402
-from tests.harness.services import PrivateRedis, migrated_database  # noqa: E402
-from tests.harness.tokens import TEST_JWT_SECRET, hs256_token  # noqa: E402
+from tests.harness.services import PrivateRedis  # noqa: E402
+from tests.harness.tokens import hs256_token  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "delivery_faults.json"
 TENANT = "bench-faults"
@@ -76,29 +72,8 @@ def start_serve(settings: Settings, port: int, log: Path) -> subprocess.Popen[by
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed")
-    redis = PrivateRedis(binary)
-    await redis.start()
-    dsn = make_url(args.database_url).set(drivername="postgresql")
-    admin = await asyncpg.connect(dsn.render_as_string(hide_password=False), timeout=5)
-    logs = Path(args.log_dir)
-    try:
-        async with migrated_database(admin, args.database_url, prefix="notifyhub_bench") as url:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                env="test",
-                database_url=url,
-                redis_url=redis.url,
-                socketio_channel=f"bench-{uuid.uuid4().hex[:8]}",
-                jwt_secret=TEST_JWT_SECRET,
-                auto_migrate=False,
-            )
-            return await scenario(args, settings, redis, logs)
-    finally:
-        redis.kill()
-        await admin.close()
+    async with private_services(args.database_url) as (settings, redis):
+        return await scenario(args, settings, redis, Path(args.log_dir))
 
 
 async def scenario(

@@ -112,6 +112,7 @@ class TenantSettings(TenantScoped, Base):
     tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     retention_days: Mapped[int | None] = mapped_column()
     chat_retention_days: Mapped[int | None] = mapped_column()
+    chat_edit_window_seconds: Mapped[int | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column()
 
 
@@ -192,6 +193,8 @@ class Message(TenantScoped, Base):
     body: Mapped[str] = mapped_column(Text)
     client_msg_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column()
+    edited_at: Mapped[datetime | None] = mapped_column()
+    deleted_at: Mapped[datetime | None] = mapped_column()  # a tombstone: body emptied
 
 
 # The email statuses the sweeper may still have to act on (see hub/services/emails.py).

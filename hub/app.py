@@ -30,12 +30,16 @@ from db.migrate import SchemaCheck, upgrade_to_head
 from db.outage import DatabaseStatus
 from hub.auth import JwksCache, TokenVerifier
 from hub.delivery.bus import LocalBus, RedisBus, notification_channel
+from hub.delivery.chat import ChatDelivery
+from hub.delivery.node import NodeDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
 from hub.keys import (
     CHAT,
+    CHAT_BUS,
+    CHAT_DELIVERY,
     DB_ENGINE,
     DB_SESSIONS,
     DEVICES,
@@ -47,6 +51,7 @@ from hub.keys import (
     NOTIFICATION_DELIVERY,
     NOTIFICATIONS,
     PREFERENCES,
+    PRESENCE,
     RABBITMQ_INTAKE,
     REALTIME,
     REDIS,
@@ -60,9 +65,17 @@ from hub.keys import (
     WEBHOOKS,
 )
 from hub.metrics import register_pool, unregister
+from hub.presence import (
+    LocalPresenceStore,
+    PresenceStore,
+    PresenceTracker,
+    RedisPresenceStore,
+)
 from hub.realtime import Realtime
+from hub.services import chat
 from hub.services.chat import ChatLimits, ChatService
 from hub.services.notifications import counts_event, latest_seqs, replay_page
+from hub.services.presence import PresenceService
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
 from hub.services.retention import Purge, PurgePolicy
 from hub.services.tenants import TenantSettingsService
@@ -171,24 +184,33 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:
-    """The notification bus (Redis pub/sub or in-process) and this node's live delivery."""
+    """The delivery bus (Redis pub/sub or in-process) and this node's live delivery of
+    notifications and chat messages."""
     settings = app[SETTINGS]
-    delivery = NotificationDelivery(
-        sessions=app[DB_SESSIONS],
-        fetch_after=replay_page,
-        latest_seqs=latest_seqs,
-        counts_event=counts_event,
+    delivery = NodeDelivery(
+        NotificationDelivery(
+            sessions=app[DB_SESSIONS],
+            fetch_after=replay_page,
+            latest_seqs=latest_seqs,
+            counts_event=counts_event,
+        ),
+        ChatDelivery(
+            sessions=app[DB_SESSIONS],
+            fetch_after=chat.replay_page,
+            latest_seqs=chat.latest_seqs,
+            conversation_seqs=chat.conversation_seqs,
+        ),
     )
-    app[NOTIFICATION_DELIVERY] = delivery
+    app[NOTIFICATION_DELIVERY] = delivery.notifications
+    app[CHAT_DELIVERY] = delivery.chat
     listening: asyncio.Task[None] | None = None
     redis = app.get(REDIS)
+    bus: LocalBus | RedisBus
     if redis is None:
-        local = LocalBus()
-        local.listener = delivery
-        app[NOTIFICATION_BUS] = local
+        bus = LocalBus()
+        bus.listener = delivery
     else:
         bus = RedisBus(redis, notification_channel(settings))
-        app[NOTIFICATION_BUS] = bus
         subscribed = asyncio.Event()
         listening = asyncio.create_task(bus.run(delivery, subscribed=subscribed))
         try:
@@ -197,6 +219,8 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
             await asyncio.wait_for(subscribed.wait(), timeout=5)
         except TimeoutError:
             log.warning("notification bus not subscribed yet; continuing")
+    app[NOTIFICATION_BUS] = bus
+    app[CHAT_BUS] = bus
     # With a bus that can lose messages (Redis away, a publisher dead after its commit),
     # the database is checked for what never came.
     watching = (
@@ -260,6 +284,7 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
     app[CHAT] = ChatService(
         sessions=app[DB_SESSIONS],
         realtime=app[REALTIME],
+        bus=app[CHAT_BUS],
         limiter=limiter,
         limits=ChatLimits.from_settings(settings),
     )
@@ -271,6 +296,30 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await relay.close()
+
+
+async def presence_context(app: web.Application) -> AsyncIterator[None]:
+    """Who is connected to /chat on any node: in Redis when configured, else in-process."""
+    settings = app[SETTINGS]
+    redis = app.get(REDIS)
+    store: PresenceStore = (
+        LocalPresenceStore()
+        if redis is None
+        else RedisPresenceStore(redis, f"{settings.socketio_channel}:presence:chat:")
+    )
+    tracker = PresenceTracker(
+        store,
+        grace_seconds=settings.presence_grace_seconds,
+        node_ttl_seconds=settings.presence_node_ttl_seconds,
+    )
+    app[PRESENCE] = PresenceService(
+        sessions=app[DB_SESSIONS], realtime=app[REALTIME], tracker=tracker
+    )
+    tracker.start()
+    try:
+        yield
+    finally:
+        await tracker.close()
 
 
 async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
@@ -416,6 +465,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         notification_delivery_context,
         retention_context,
         chat_context,
+        presence_context,
         task_broker_context,
         kafka_intake_context,
         rabbitmq_intake_context,

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.migrate import SchemaCheck
 from hub.auth import Principal, TokenVerifier
-from hub.delivery.bus import NotificationBus
+from hub.delivery.bus import ChatBus, NotificationBus
+from hub.delivery.chat import ChatDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
@@ -20,6 +21,7 @@ from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.preferences import PreferenceService
+from hub.services.presence import PresenceService
 from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import TypingRelay
 from hub.services.webhooks import WebhookService
@@ -36,6 +38,9 @@ SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
 NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
 NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
+# The same bus as NOTIFICATION_BUS, seen by the chat service.
+CHAT_BUS = web.AppKey("chat_bus", ChatBus)
+CHAT_DELIVERY = web.AppKey("chat_delivery", ChatDelivery)
 # The services, built once at startup: every entry point (REST, sockets, intake) calls these.
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)
@@ -45,6 +50,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
 PREFERENCES = web.AppKey("preferences", PreferenceService)
 TYPING = web.AppKey("typing", TypingRelay)
+PRESENCE = web.AppKey("presence", PresenceService)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
 # does not load the Kafka and AMQP clients.
 KAFKA_INTAKE = web.AppKey("kafka_intake", EventSource)

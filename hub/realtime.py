@@ -21,7 +21,12 @@ class Emitter(Protocol):
     """What both ``socketio.AsyncServer`` and a write-only ``AsyncRedisManager`` offer."""
 
     async def emit(
-        self, event: str, data: Any = None, *, to: str | None = None, namespace: str | None = None
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        to: str | list[str] | None = None,
+        namespace: str | None = None,
     ) -> None: ...
 
 
@@ -33,4 +38,12 @@ class Realtime:
         self, *, tenant_id: str, user_id: str, event: str, data: Any, namespace: str
     ) -> None:
         await self._emitter.emit(event, data, to=user_room(tenant_id, user_id), namespace=namespace)
+        EMITS.labels(event).inc()
+
+    async def to_users(
+        self, *, tenant_id: str, user_ids: list[str], event: str, data: Any, namespace: str
+    ) -> None:
+        """One emit (one bus message) for the rooms of several users of a tenant."""
+        rooms = [user_room(tenant_id, user_id) for user_id in user_ids]
+        await self._emitter.emit(event, data, to=rooms, namespace=namespace)
         EMITS.labels(event).inc()

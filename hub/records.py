@@ -35,6 +35,8 @@ class MessageRecord(TypedDict):
     client_msg_id: str | None
     created_at: str
     seq: int
+    edited_at: str | None
+    deleted_at: str | None
 
 
 class ConversationRecord(TypedDict):
@@ -42,6 +44,12 @@ class ConversationRecord(TypedDict):
     participants: list[str]
     last_message: MessageRecord | None
     unread_count: int
+
+
+class PresenceRecord(TypedDict):
+    user_id: str
+    status: str  # "online" or "offline"
+    last_seen_at: str | None  # null while online
 
 
 class EmailStatusChange(TypedDict):
@@ -77,6 +85,10 @@ class MarkReadAck(OkAck):
 
 
 class MessageSentAck(OkAck):
+    message: MessageRecord
+
+
+class MessageUpdatedAck(OkAck):
     message: MessageRecord
 
 

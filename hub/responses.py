@@ -125,7 +125,11 @@ class InboxChangeResult(Out):
 
 class TenantSettings(Out):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"retention_days": 90, "chat_retention_days": 30}]}
+        json_schema_extra={
+            "examples": [
+                {"retention_days": 90, "chat_retention_days": 30, "chat_edit_window_seconds": 900}
+            ]
+        }
     )
 
     retention_days: int | None = Field(
@@ -134,6 +138,10 @@ class TenantSettings(Out):
     )
     chat_retention_days: int | None = Field(
         description="Chat messages older than this are purged; null: kept"
+    )
+    chat_edit_window_seconds: int | None = Field(
+        description="How long after sending a message may be edited (the shorter of this and "
+        "the hub's NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS applies); null: the hub's"
     )
 
 
@@ -185,6 +193,8 @@ class Message(Out):
                     "client_msg_id": "c-1f3a",
                     "created_at": "2025-03-01T09:30:00.123456Z",
                     "seq": 4,
+                    "edited_at": None,
+                    "deleted_at": None,
                 }
             ]
         }
@@ -197,6 +207,10 @@ class Message(Out):
     client_msg_id: str | None
     created_at: Timestamp
     seq: int = Field(ge=1, description="+1 per message of its conversation")
+    edited_at: Timestamp | None = Field(description="The last edit; null if never edited")
+    deleted_at: Timestamp | None = Field(
+        description="Set once the sender deleted it (a tombstone: `body` is empty)"
+    )
 
 
 class SentMessage(Out):
@@ -218,6 +232,31 @@ class ConversationPage(Out):
 class MessagePage(Out):
     items: list[Message] = Field(description="Newest first")
     next_cursor: Cursor
+
+
+class Presence(Out):
+    """``presence``, and an item of ``GET /api/presence/``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"user_id": "u-43", "status": "offline", "last_seen_at": "2025-03-01T09:41:07Z"}
+            ]
+        }
+    )
+
+    user_id: str
+    status: Literal["online", "offline"] = Field(
+        description="`online` while any of the user's `/chat` sockets is connected on any "
+        "node; `offline` after `NOTIFYHUB_PRESENCE_GRACE_SECONDS` without one"
+    )
+    last_seen_at: Timestamp | None = Field(
+        description="When the user was last connected; null while online or never seen"
+    )
+
+
+class PresencePage(Out):
+    items: list[Presence] = Field(description="One per user asked for, in that order")
 
 
 class ReadReceiptResult(Out):
@@ -566,6 +605,10 @@ class SendMessageAck(Ack):
     message: Message = Field(
         description="The stored message (the first one, for a repeated `client_msg_id`)"
     )
+
+
+class MessageChangedAck(Ack):
+    message: Message = Field(description="The message as it is now")
 
 
 class TokenRefreshed(Ack):

@@ -124,7 +124,11 @@ TTL_SECONDS = Field(
 
 class TenantSettingsIn(Strict):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"retention_days": 90, "chat_retention_days": 30}]}
+        json_schema_extra={
+            "examples": [
+                {"retention_days": 90, "chat_retention_days": 30, "chat_edit_window_seconds": 900}
+            ]
+        }
     )
 
     retention_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(
@@ -134,6 +138,11 @@ class TenantSettingsIn(Strict):
     )
     chat_retention_days: Annotated[int, Field(ge=1, le=36500)] | None = Field(
         default=None, description="Purge chat messages older than this many days; null: keep"
+    )
+    chat_edit_window_seconds: Annotated[int, Field(ge=1, le=315_360_000)] | None = Field(
+        default=None,
+        description="Senders may edit a message this many seconds after sending it (at most "
+        "the hub's NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS when that is set); null: the hub's",
     )
 
 
@@ -239,6 +248,28 @@ class RestSendMessageIn(Strict):
         description="The client's id for retries: a repeat from the same sender returns the "
         "first message with 200",
     )
+
+
+class RestEditMessageIn(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"body": "Hi Bob, sorry!"}]})
+
+    body: str = Field(
+        description="The new text: the same limits as a new message's",
+        json_schema_extra={"minLength": 1, "pattern": r"\S"},
+    )
+
+
+class MessageEditIn(Strict):
+    """``message:edit``: the sender replaces a message's body."""
+
+    message_id: Id
+    body: str
+
+
+class MessageDeleteIn(Strict):
+    """``message:delete``: the sender leaves a tombstone in place of a message."""
+
+    message_id: Id
 
 
 class AuthRefreshIn(BaseModel):

@@ -143,6 +143,14 @@ class Settings(BaseSettings):
     notification_max_recipients: int = Field(default=rules.MAX_RECIPIENTS, ge=1)
 
     chat_body_max_chars: int = Field(default=4000, ge=1)
+    # How long after sending its sender may edit a message; 0: no limit. Deletes are never
+    # limited (taking something back must stay possible).
+    chat_edit_window_seconds: float = Field(default=0, ge=0)
+    # A user is offline this long after their last /chat socket closed, so a reconnect (to
+    # any node) does not flap; a node's presence records expire this long after its last
+    # heartbeat (it refreshes them every third of it), so a crashed node's users go offline.
+    presence_grace_seconds: float = Field(default=10, ge=0)
+    presence_node_ttl_seconds: float = Field(default=15, gt=0)
     # Token bucket per user for sending messages: a burst, then this many per second.
     chat_send_rate_per_second: float = Field(default=5.0, gt=0)
     chat_send_burst: int = Field(default=20, ge=1)

@@ -24,6 +24,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from api.asyncapi import NAMESPACES, Topology, build_document, document_bytes, message_key
 from api.openapi import REF_TEMPLATE
+from hub.delivery.chat import NEW_MESSAGE_EVENT
 from hub.delivery.notifications import (
     BROADCAST_EVENT,
     NEW_EVENT,
@@ -34,6 +35,7 @@ from hub.delivery.notifications import (
 from hub.intake.envelope import EventEnvelope
 from hub.keys import SETTINGS
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
+from hub.services.presence import PRESENCE_EVENT
 from hub.settings import Settings
 from hub.sockets.auth import LIFECYCLE_EVENTS
 from hub.sockets.namespaces import NAMESPACE_CLASSES
@@ -212,6 +214,8 @@ def test_every_emitted_event_is_a_documented_operation() -> None:
     for path in (HUB / "services").glob("*.py"):
         emitted |= set(re.findall(r'\bevent="([^"]+)"', path.read_text()))
     assert emitted, "no chat emits found: the pattern is out of date"
+    # And those the chat delivery and the presence service emit under their constants.
+    emitted |= {NEW_MESSAGE_EVENT, PRESENCE_EVENT}
     assert _operations_on(document, CHAT_NAMESPACE, "send") == emitted
 
 
@@ -332,3 +336,18 @@ async def test_live_payloads_and_acks_conform(
     assert_conforms(document, "typingOut", typing)
     refused = await alice.call("message:send", {"to_user_id": "alice", "body": "me"})
     assert_conforms(document, "ackError", refused)
+    edited = await alice.call("message:edit", {"message_id": message["id"], "body": "hi!"})
+    assert_conforms(document, "messageEditAck", edited)
+    (updated,) = await bob.wait_for("message:updated")
+    assert_conforms(document, "messageUpdatedOut", updated)
+    deleted = await alice.call("message:delete", {"message_id": message["id"]})
+    assert_conforms(document, "messageDeleteAck", deleted)
+    assert_conforms(document, "messageUpdatedOut", (await bob.wait_for("message:updated", 2))[1])
+    assert_conforms(document, "ackError", await bob.call("message:delete", {"message_id": "1"}))
+    # Presence: a user with a conversation with alice comes online.
+    await ApiClient.for_user(hub.url, tenant, "carol").post(
+        "/api/messages/send/", {"to_user_id": "alice", "body": "hey"}
+    )
+    await sio_connect(hub.url, CHAT_NAMESPACE, token=hs256_token(tenant=tenant, user="carol"))
+    (presence,) = await alice.wait_for("presence")
+    assert_conforms(document, "presenceOut", presence)

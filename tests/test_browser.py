@@ -82,7 +82,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def playground_url(hub_settings: SettingsFactory) -> AsyncIterator[str]:
     """A hub on Postgres + Redis with the playground page."""
-    url, runner = await serve(with_playground(hub_settings()))
+    # A short presence grace period, so the peer's dot goes grey within the test.
+    url, runner = await serve(with_playground(hub_settings(presence_grace_seconds=1)))
     try:
         yield url
     finally:
@@ -129,8 +130,10 @@ class UserPage:
         await self.testid("send-button").click()
 
     def own_message_status(self, text: str) -> Locator:
-        mine = self.page.locator('[data-testid="message"][data-from="me"]').filter(has_text=text)
-        return mine.get_by_test_id("message-status")
+        return self.own_message(text).get_by_test_id("message-status")
+
+    def own_message(self, text: str) -> Locator:
+        return self.page.locator('[data-testid="message"][data-from="me"]').filter(has_text=text)
 
     def message(self, text: str) -> Locator:
         return self.testid("message").filter(has_text=text)
@@ -244,6 +247,28 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
     await expect(alice.own_message_status("3 pm works")).to_have_text(re.compile("Read"))
     await expect(alice.testid("conversation-item").filter(has_text="bob")).to_have_count(1)
 
+    # Presence: each sees the other online (asked when the chat opened, then kept by events).
+    await expect(alice.testid("peer-presence")).to_have_attribute("data-status", "online")
+    await expect(bob.testid("peer-presence")).to_have_text("online")
+
+    # Alice corrects her message: Bob's page shows the new text, marked edited.
+    await alice.own_message("I'll send an invite").get_by_test_id("message-edit").click()
+    await expect(alice.testid("composer-input")).to_have_value(
+        "Sure, 3 pm works. I'll send an invite."
+    )
+    await alice.testid("composer-input").fill("Sure, 3 pm works. Invite sent.")
+    await alice.testid("send-button").click()
+    await expect(bob.message("Invite sent.")).to_have_count(1)
+    await expect(bob.message("Invite sent.").get_by_test_id("message-edited")).to_have_count(1)
+    await expect(bob.message("I'll send an invite")).to_have_count(0)
+    # Bob takes a message back: a tombstone on both pages.
+    await bob.send("Oops, wrong chat")
+    await expect(alice.message("Oops, wrong chat")).to_have_count(1)
+    await bob.own_message("Oops, wrong chat").get_by_test_id("message-delete").click()
+    await expect(alice.message("Oops, wrong chat")).to_have_count(0)
+    await expect(alice.message("Message deleted")).to_have_count(1)
+    await expect(bob.message("Message deleted")).to_have_count(1)
+
     # Bob starts another message: the screenshots show every part at work.
     await bob.testid("composer-input").press_sequentially("Great, see you", delay=15)
     await expect(alice.testid("typing-indicator")).to_be_visible()
@@ -303,6 +328,12 @@ async def scenario(playground_url: str, tenant: str, alice: UserPage, bob: UserP
         "/api/notifications/", archived="true"
     )
     assert [item["title"] for item in archived[1]["items"]] == ["Deal won: ACME renewal"]
+
+    # Bob leaves: after the grace period Alice's page shows him offline, with when.
+    await expect(alice.testid("peer-presence")).to_have_attribute("data-status", "online")
+    await bob.page.goto("about:blank")
+    await expect(alice.testid("peer-presence")).to_have_attribute("data-status", "offline")
+    await expect(alice.testid("peer-presence")).to_have_text(re.compile("last seen"))
 
     assert alice.problems == [], alice.problems
     assert bob.problems == [], bob.problems

@@ -11,6 +11,7 @@ import pytest
 
 from hub.realtime import CHAT_NAMESPACE
 from tests.harness.api import ApiClient
+from tests.harness.chat import two_users_on_two_nodes
 from tests.harness.hub import RunningHub, ServeStarter, SettingsFactory, SioConnect
 from tests.harness.tokens import hs256_token
 
@@ -18,15 +19,8 @@ from tests.harness.tokens import hs256_token
 async def test_message_reaches_all_four_devices_across_two_processes(
     hub_settings: SettingsFactory, serve_process: ServeStarter, sio_connect: SioConnect, tenant: str
 ) -> None:
-    node_a, node_b = await asyncio.gather(
-        serve_process(hub_settings()), serve_process(hub_settings())
-    )
-    alice_token = hs256_token(tenant=tenant, user="alice")
-    bob_token = hs256_token(tenant=tenant, user="bob")
-    alice_phone = await sio_connect(node_a.url, CHAT_NAMESPACE, token=alice_token)
-    alice_laptop = await sio_connect(node_b.url, CHAT_NAMESPACE, token=alice_token)
-    bob_phone = await sio_connect(node_a.url, CHAT_NAMESPACE, token=bob_token)
-    bob_laptop = await sio_connect(node_b.url, CHAT_NAMESPACE, token=bob_token)
+    setup = await two_users_on_two_nodes(hub_settings, serve_process, sio_connect, tenant)
+    alice_phone, alice_laptop, bob_phone, bob_laptop = setup.devices
 
     ack = await alice_phone.call(
         "message:send", {"to_user_id": "bob", "body": "hello", "client_msg_id": "m-1"}

@@ -30,6 +30,8 @@ async def test_send_history_conversations_and_read(hub: RunningHub, tenant: str)
         "client_msg_id",
         "created_at",
         "seq",
+        "edited_at",
+        "deleted_at",
     }
     assert (message["sender_id"], message["body"], message["seq"], message["client_msg_id"]) == (
         "alice",
@@ -90,6 +92,45 @@ async def test_message_history_pages_with_a_cursor(hub: RunningHub, tenant: str)
         if (cursor := page["next_cursor"]) is None:
             break
     assert seen == ["m4", "m3", "m2", "m1", "m0"]
+
+
+async def test_history_after_a_seq_is_oldest_first_and_pages_on(
+    hub: RunningHub, tenant: str
+) -> None:
+    alice = ApiClient.for_user(hub.url, tenant, "alice")
+    for i in range(7):
+        _, sent = await send(alice, "bob", f"m{i}")
+    path = f"/api/conversations/{sent['message']['conversation_id']}/messages/"
+    seen, cursor = [], None
+    while True:
+        params = {"after_seq": "2", "limit": "2"} | ({"cursor": cursor} if cursor else {})
+        status, page = await alice.get(path, **params)
+        assert status == 200, page
+        seen += [m["seq"] for m in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == [3, 4, 5, 6, 7]
+    assert (await alice.get(path, after_seq="7"))[1] == {"items": [], "next_cursor": None}
+    assert [m["seq"] for m in (await alice.get(path, after_seq="0"))[1]["items"]] == list(
+        range(1, 8)
+    )
+    # A newest-first cursor is not one of this direction (and the other way round).
+    _, newest = await alice.get(path, limit="2")
+    status, answer = await alice.get(path, after_seq="0", cursor=newest["next_cursor"])
+    assert (status, answer["error"]["code"]) == (400, "invalid_cursor")
+    _, oldest = await alice.get(path, after_seq="0", limit="2")
+    status, answer = await alice.get(path, cursor=oldest["next_cursor"])
+    assert (status, answer["error"]["code"]) == (400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.5", "", "9" * 19, "²"])
+async def test_bad_after_seq_is_400(hub: RunningHub, tenant: str, value: str) -> None:
+    alice = ApiClient.for_user(hub.url, tenant, "alice")
+    _, sent = await send(alice, "bob", "hello")
+    status, answer = await alice.get(
+        f"/api/conversations/{sent['message']['conversation_id']}/messages/", after_seq=value
+    )
+    assert (status, answer["error"]["code"]) == (400, "validation_error"), answer
 
 
 async def test_conversations_are_ordered_by_activity_and_paged(

@@ -23,7 +23,7 @@ from hub.rules import NewNotification, NotificationLimits
 from hub.services.inbox import Action
 from hub.services.notifications import NotificationService
 from hub.services.retention import Purge, PurgePolicy
-from hub.services.tenants import Retention, TenantSettingsService
+from hub.services.tenants import TenantPolicy, TenantSettingsService
 from hub.settings import Settings
 from tests.harness.api import ApiClient
 from tests.harness.hub import RunningHub
@@ -139,7 +139,7 @@ async def test_tenant_retention_is_shorter_only_for_that_tenant(
     short, default = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     service = NotificationService(sessions=sessions, bus=LocalBus(), limits=NotificationLimits())
     tenants = TenantSettingsService(sessions=sessions, max_retention_days=365)
-    await tenants.put(tenant_id=short, settings=Retention(retention_days=30))
+    await tenants.put(tenant_id=short, settings=TenantPolicy(retention_days=30))
     for tenant in (short, default):
         for title in ("old", "new"):
             await service.create(
@@ -161,15 +161,21 @@ async def test_tenant_retention_is_shorter_only_for_that_tenant(
 async def test_tenant_settings_over_rest(hub: RunningHub, tenant: str) -> None:
     service = ApiClient.for_service(hub.url, tenant)
     path = "/api/tenant/settings/"
-    assert await service.get(path) == (200, {"retention_days": None, "chat_retention_days": None})
-    body = {"retention_days": 90, "chat_retention_days": 7}
+    nothing = {
+        "retention_days": None,
+        "chat_retention_days": None,
+        "chat_edit_window_seconds": None,
+    }
+    assert await service.get(path) == (200, nothing)
+    body = {"retention_days": 90, "chat_retention_days": 7, "chat_edit_window_seconds": 900}
     assert await service.request("PUT", path, json=body) == (200, body)
     assert await service.get(path) == (200, body)
     assert await service.request("PUT", path, json={"chat_retention_days": 3}) == (
         200,
-        {"retention_days": None, "chat_retention_days": 3},
+        nothing | {"chat_retention_days": 3},
     )
     for bad in (
+        {"chat_edit_window_seconds": 0},
         {"retention_days": 366},
         {"retention_days": 0},
         {"retention_days": -1},

@@ -1,4 +1,7 @@
-"""The notification bus: after a commit, the creating process publishes; every node listens.
+"""The delivery bus: after a commit, the writing process publishes; every node listens.
+
+It carries what is delivered in ``seq`` order with replay (notifications, chat messages) and
+what goes with them (read marks, announcements).
 
 With Redis configured it is a pub/sub channel shared by all processes of the hub (serve,
 worker, consume); without, the embedded profile delivers in-process. Each notification is
@@ -18,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hub.errors import Unavailable
-from hub.records import NotificationRecord
+from hub.records import MessageRecord, NotificationRecord
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,21 @@ class TenantBroadcast:
     json: str  # the ``broadcast`` payload
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedMessage:
+    tenant_id: str
+    conversation_id: str
+    seq: int
+    participants: tuple[str, ...]  # both users of the conversation
+    json: str  # the message object, encoded once
+
+
 class BusListener(Protocol):
     async def on_new(self, items: Sequence[PublishedNotification]) -> None: ...
 
     async def on_user_events(self, events: UserEvents) -> None: ...
+
+    async def on_message(self, item: PublishedMessage) -> None: ...
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None: ...
 
@@ -69,6 +83,12 @@ class NotificationBus(Protocol):
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None: ...
 
 
+class ChatBus(Protocol):
+    async def publish_message(
+        self, *, tenant_id: str, participants: tuple[str, str], message: MessageRecord
+    ) -> None: ...
+
+
 def notification_channel(settings: Settings) -> str:
     """One channel per hub, next to the Socket.IO manager's."""
     return f"{settings.socketio_channel}:notifications"
@@ -83,6 +103,18 @@ def encode_new(notifications: Sequence[NotificationRecord]) -> list[PublishedNot
         PublishedNotification(n["tenant_id"], n["user_id"], n["seq"], orjson.dumps(n).decode())
         for n in notifications
     ]
+
+
+def encode_message(
+    tenant_id: str, participants: tuple[str, str], message: MessageRecord
+) -> PublishedMessage:
+    return PublishedMessage(
+        tenant_id,
+        message["conversation_id"],
+        message["seq"],
+        participants,
+        orjson.dumps(message).decode(),
+    )
 
 
 class LocalBus:
@@ -109,6 +141,12 @@ class LocalBus:
                 TenantBroadcast(tenant_id, orjson.dumps(payload).decode())
             )
 
+    async def publish_message(
+        self, *, tenant_id: str, participants: tuple[str, str], message: MessageRecord
+    ) -> None:
+        if self.listener is not None:
+            await self.listener.on_message(encode_message(tenant_id, participants, message))
+
 
 class RedisBus:
     """Redis pub/sub: publishing works from any process; ``run`` listens (serve nodes)."""
@@ -134,6 +172,21 @@ class RedisBus:
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
         await self._publish({"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()})
+
+    async def publish_message(
+        self, *, tenant_id: str, participants: tuple[str, str], message: MessageRecord
+    ) -> None:
+        item = encode_message(tenant_id, participants, message)
+        await self._publish(
+            {
+                "k": "msg",
+                "t": item.tenant_id,
+                "c": item.conversation_id,
+                "s": item.seq,
+                "p": item.participants,
+                "j": item.json,
+            }
+        )
 
     async def _publish(self, message: dict[str, Any]) -> None:
         try:
@@ -189,5 +242,11 @@ class RedisBus:
                 await listener.on_user_events(UserEvents(message["t"], message["u"], events))
             elif message["k"] == "bc":
                 await listener.on_broadcast(TenantBroadcast(message["t"], message["j"]))
+            elif message["k"] == "msg":
+                await listener.on_message(
+                    PublishedMessage(
+                        message["t"], message["c"], message["s"], tuple(message["p"]), message["j"]
+                    )
+                )
         except Exception:  # one bad message must not stop delivery for everyone
             log.exception("notification bus message could not be delivered")

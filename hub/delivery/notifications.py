@@ -1,46 +1,27 @@
-"""Per-node delivery of ``notification:new``, ``:read`` and ``:updated`` to local connections.
+"""Per-node delivery of ``notification:new``, ``:read``, ``:updated`` and ``broadcast`` to
+local connections (``/notifications`` sockets and legacy WebSockets).
 
-Each connection (a ``/notifications`` socket or a legacy WebSocket) is a :class:`Subscriber`
-that remembers the last ``seq`` it was sent. Delivery keeps four promises:
-
-- **in order, no duplicate**: a notification whose ``seq`` is not above the last one sent is
-  dropped; one that arrives ahead of a missing ``seq`` (two creators publishing in the other
-  order, or a bus message lost while Redis was away) triggers a catch-up from the database;
-- **no gap on (re)connect**: a client that connects with ``last_seq`` is registered *before*
-  the database is read, so anything committed later arrives over the bus and is buffered
-  until the replay has been sent;
-- **one slow client hurts nobody**: a send only appends the frame to the connection's
-  buffer (a connection that stops reading is dropped at its limit); catch-ups run as tasks
-  of their own and share a few database slots;
-- **nothing stored is missed for long**, even when its bus message never comes (Redis was
-  away when it was published, or the node that stored it died between commit and publish):
-  every ``NOTIFYHUB_DELIVERY_LAG_CHECK_SECONDS`` the node reads the latest ``seq`` of each
-  user it serves, and a subscriber still behind a ``seq`` that was committed a whole check
-  earlier catches up from the database. A live-only subscriber (no ``last_seq``) starts
-  from the user's latest ``seq`` at connect, so it is covered too.
-
-A higher ``seq`` committed implies every lower one is committed: seqs of a user are
-allocated under the lock of its counter row, which is held until commit.
+A user's notifications are one stream of :mod:`hub.delivery.ordered`: in ``seq`` order, no
+duplicate, replayed from ``last_seq`` without a gap, the replay ended by the user's current
+counts. Read marks, other changes and tenant announcements are not numbered and go out as
+they come.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.outage import is_unavailable
 from hub.delivery.bus import PublishedNotification, TenantBroadcast, UserEvents
-from hub.logs import ThrottledLog
-from hub.metrics import CATCH_UPS, EMITS
-
-log = logging.getLogger(__name__)
-LAG_CHECK_LOG = ThrottledLog(log)
+from hub.delivery.ordered import (
+    FetchAfter,
+    LatestSeqs,
+    Outgoing,
+    SeqDelivery,
+    Sink,
+    Subscriber,
+)
 
 NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
@@ -50,72 +31,17 @@ PREFERENCES_EVENT = "preferences:updated"
 # Events of the Socket.IO protocol only: legacy WebSockets keep the events of the protocol
 # they were written for.
 SOCKETIO_ONLY = frozenset({BROADCAST_EVENT, PREFERENCES_EVENT})
-REPLAY_PAGE_SIZE = 500
-_EMITTED = {
-    event: EMITS.labels(event)
-    for event in (NEW_EVENT, READ_EVENT, UPDATED_EVENT, BROADCAST_EVENT, PREFERENCES_EVENT)
-}
 
-LAG_CHECK_CHUNK = 500
-DATABASE_SLOTS = 4
-DATABASE_RETRY_SECONDS = 1.0
-UserKey = tuple[str, str]  # (tenant_id, user_id)
-
-# (session, tenant_id, user_id, after_seq, limit) -> (seq, encoded notification), oldest first
-# (an expired notification comes as (seq, None): skipped, but the subscriber is past it)
-FetchAfter = Callable[[AsyncSession, str, str, int, int], Awaitable[list[tuple[int, str | None]]]]
-# (session, users) -> the latest stored seq of each of those users that has any
-LatestSeqs = Callable[[AsyncSession, Sequence[UserKey]], Awaitable[dict[UserKey, int]]]
 # (session, tenant_id, user_id) -> the encoded ``notification:updated`` payload that ends a
 # replay: the user's current counts (what changed while the client was away is not replayed)
 CountsEvent = Callable[[AsyncSession, str, str], Awaitable[str]]
 
-
-class Sink(Protocol):
-    """Where a subscriber's frames go: a Socket.IO socket or a legacy WebSocket.
-
-    ``send`` buffers the frame and returns without waiting for the network, so frames leave
-    in the order they were sent and a slow client never holds up delivery to others. It
-    returns False when the connection is gone (or was just dropped for not reading).
-    """
-
-    async def send(self, outgoing: Outgoing) -> bool: ...
-
-    async def close(self) -> None: ...
+__all__ = ["NotificationDelivery", "Outgoing", "Sink", "Subscriber"]
 
 
-class Outgoing:
-    """One event for many connections. Each wire format (a Socket.IO frame per namespace,
-    a legacy WebSocket frame) is encoded once, by the first sink that needs it, and the
-    same bytes are written to every other connection."""
-
-    __slots__ = ("data_json", "encoded", "event")
-
-    def __init__(self, event: str, data_json: str) -> None:
-        self.event = event
-        self.data_json = data_json
-        self.encoded: dict[str, Any] = {}
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    tenant_id: str
-    user_id: str
-    sink: Sink
-    last_seq: int | None  # None: live only, nothing sent yet
-    # Legacy WebSockets never had tenant announcements, nor preferences:updated (SOCKETIO_ONLY).
-    wants_broadcasts: bool = True
-    catching_up: bool = False
-    counts_due: bool = False  # a replay's end still owes the client its counts
-    # A seq known to be committed (with every lower one) before a catch-up started: a read
-    # that finds nothing up to it means the rest were deleted, so the subscriber is past it.
-    settled_seq: int = 0
-    pending: list[tuple[int, Outgoing]] = field(default_factory=list)
-    closed: bool = False
-
-
-class NotificationDelivery:
-    """The registry of this node's subscribers and the ordering rules above."""
+class NotificationDelivery(SeqDelivery):
+    """Each user's notifications as a stream (the stream id is the user id), plus the
+    tenant's subscribers for announcements."""
 
     def __init__(
         self,
@@ -125,37 +51,27 @@ class NotificationDelivery:
         latest_seqs: LatestSeqs,
         counts_event: CountsEvent,
     ) -> None:
-        self._sessions = sessions
-        self._fetch_after = fetch_after
-        self._latest_seqs = latest_seqs
+        super().__init__(
+            event=NEW_EVENT, sessions=sessions, fetch_after=fetch_after, latest_seqs=latest_seqs
+        )
         self._counts_event = counts_event
-        self._by_user: dict[tuple[str, str], set[Subscriber]] = {}
         self._by_tenant: dict[str, set[Subscriber]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._awaiting_baseline: list[Subscriber] = []
-        self._resolving_baselines = False
-        # Catch-ups of many subscribers at once (a bus that came back, a reconnect storm)
-        # share the pool with requests: bounded, so they queue here rather than time out there.
-        self._database_slots = asyncio.Semaphore(DATABASE_SLOTS)
 
-    # -- registry ---------------------------------------------------------------------
-
-    def subscribe(
+    def subscribe_user(
         self,
         *,
         tenant_id: str,
         user_id: str,
         sink: Sink,
         last_seq: int | None,
+        # Legacy WebSockets never had tenant announcements, nor preferences:updated
+        # (SOCKETIO_ONLY).
         wants_broadcasts: bool = True,
     ) -> Subscriber:
         """Register before replaying: from now on, live notifications are not missed."""
-        # Catching up until start_replay has run: even a live-only client must not receive
-        # anything before its connection is fully established.
-        subscriber = Subscriber(
-            tenant_id, user_id, sink, last_seq, wants_broadcasts, catching_up=True
+        subscriber = self.subscribe(
+            tenant_id=tenant_id, stream_id=user_id, sink=sink, last_seq=last_seq
         )
-        self._by_user.setdefault((tenant_id, user_id), set()).add(subscriber)
         if wants_broadcasts:
             self._by_tenant.setdefault(tenant_id, set()).add(subscriber)
         return subscriber
@@ -163,288 +79,45 @@ class NotificationDelivery:
     async def is_connected(self, tenant_id: str, user_id: str) -> bool:
         """Whether the user has a connection on this node: the presence answer of a
         single-process hub (push's ``offline`` policy on the embedded profile)."""
-        return bool(self._by_user.get((tenant_id, user_id)))
-
-    def start_replay(self, subscriber: Subscriber) -> None:
-        """Send what the subscriber missed since its ``last_seq``, then switch to live."""
-        CATCH_UPS.labels("connect").inc()
-        if subscriber.last_seq is not None:
-            subscriber.counts_due = True
-            self._spawn(self._catch_up(subscriber, read_database=True))
-            return
-        # Live-only: its baseline is read with those of every other socket connecting now,
-        # in one query (a reconnect storm of thousands costs a few statements, not thousands).
-        self._awaiting_baseline.append(subscriber)
-        if len(self._awaiting_baseline) == 1 and not self._resolving_baselines:
-            self._spawn(self._resolve_baselines())
+        return bool(self.subscribers(tenant_id, user_id))
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        subscriber.closed = True
-        key = (subscriber.tenant_id, subscriber.user_id)
-        group = self._by_user.get(key)
-        if group is not None:
-            group.discard(subscriber)
-            if not group:
-                del self._by_user[key]
+        super().unsubscribe(subscriber)
         tenant_group = self._by_tenant.get(subscriber.tenant_id)
         if tenant_group is not None:
             tenant_group.discard(subscriber)
             if not tenant_group:
                 del self._by_tenant[subscriber.tenant_id]
 
+    async def replay_ended(self, subscriber: Subscriber) -> None:
+        """After the replayed notifications: counts at least as new as them."""
+        async with self._database_slots, self._sessions() as session:
+            data_json = await self._counts_event(
+                session, subscriber.tenant_id, subscriber.stream_id
+            )
+        await self.send_unordered(subscriber, Outgoing(UPDATED_EVENT, data_json))
+
     # -- bus listener -----------------------------------------------------------------
 
     async def on_new(self, items: Sequence[PublishedNotification]) -> None:
         for item in items:
-            group = self._by_user.get((item.tenant_id, item.user_id))
-            if not group:
-                continue
-            outgoing = Outgoing(NEW_EVENT, item.json)  # one encoding for all their devices
-            for subscriber in tuple(group):
-                await self._offer(subscriber, item.seq, outgoing)
+            # One encoding for all of the user's devices.
+            outgoing = Outgoing(NEW_EVENT, item.json)
+            await self.deliver(item.tenant_id, item.user_id, item.seq, outgoing)
 
     async def on_user_events(self, events: UserEvents) -> None:
         # Not ordered against notification:new (they carry no seq): they describe rows that
         # exist already, and carry the counts after the change.
-        group = tuple(self._by_user.get((events.tenant_id, events.user_id), ()))
+        group = self.subscribers(events.tenant_id, events.user_id)
+        socketio = self._by_tenant.get(events.tenant_id, set())  # those that want broadcasts
         for name, data_json in events.events:
             outgoing = Outgoing(name, data_json)
             for subscriber in group:
-                if subscriber.wants_broadcasts or name not in SOCKETIO_ONLY:
-                    await self._send(subscriber, outgoing)
+                if name not in SOCKETIO_ONLY or subscriber in socketio:
+                    await self.send_unordered(subscriber, outgoing)
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None:
         # Announcements are not stored, so there is nothing to order or replay.
         outgoing = Outgoing(BROADCAST_EVENT, broadcast.json)
         for subscriber in tuple(self._by_tenant.get(broadcast.tenant_id, ())):
-            await self._send(subscriber, outgoing)
-
-    async def on_resubscribed(self) -> None:
-        """Messages may have been lost while the bus was away: one batched read finds the
-        subscribers behind what is stored, and only those catch up."""
-        try:
-            latest = await self._read_latest_seqs(self._live_users())
-        except Exception as exc:  # the database is away too: the lag check will retry
-            LAG_CHECK_LOG.warning("lag", "catch-up after the bus returned failed: %s", exc)
-            return
-        self._catch_up_behind(latest, "resubscribed")
-
-    # -- lag checks -------------------------------------------------------------------
-
-    async def watch_for_lag(self, interval_seconds: float) -> None:
-        """Run :meth:`check_lag` every ``interval_seconds`` until cancelled."""
-        seen: dict[UserKey, int] = {}
-        while True:
-            await asyncio.sleep(interval_seconds)
-            try:
-                seen = await self.check_lag(seen)
-            except Exception as exc:  # the database is away: try again next time
-                LAG_CHECK_LOG.warning("lag", "delivery lag check failed: %s", exc)
-
-    async def check_lag(self, seen_before: dict[UserKey, int]) -> dict[UserKey, int]:
-        """Catch up subscribers behind a ``seq`` that ``seen_before`` (the previous check)
-        already found committed; return the latest seqs now, for the next check.
-
-        Comparing with the previous check rather than this one leaves bus messages in flight
-        (milliseconds old) alone: only what stayed missing for a whole interval is fetched.
-        """
-        self._retry_baselines()
-        seen = await self._read_latest_seqs(self._live_users())
-        self._catch_up_behind(seen_before, "lagging")
-        return seen
-
-    def _live_users(self) -> list[UserKey]:
-        return [
-            key
-            for key, group in self._by_user.items()
-            if any(s.last_seq is not None and not s.catching_up for s in group)
-        ]
-
-    def _catch_up_behind(self, committed_seqs: dict[UserKey, int], reason: str) -> None:
-        for key, committed in committed_seqs.items():
-            for subscriber in tuple(self._by_user.get(key, ())):
-                if subscriber.last_seq is not None and subscriber.last_seq < committed:
-                    if not subscriber.catching_up:  # a running one may have read already
-                        subscriber.settled_seq = max(subscriber.settled_seq, committed)
-                    self._begin_catch_up(subscriber, reason)
-
-    def _retry_baselines(self) -> None:
-        """Live-only subscribers whose baseline could not be read (the database was away)
-        and that have received nothing since: read it now, so the lag check covers them."""
-        waiting = [
-            s
-            for group in self._by_user.values()
-            for s in group
-            if s.last_seq is None and not s.catching_up and not s.closed
-        ]
-        if waiting:
-            for subscriber in waiting:
-                subscriber.catching_up = True
-            self._awaiting_baseline.extend(waiting)
-            if not self._resolving_baselines:
-                self._spawn(self._resolve_baselines())
-
-    async def _read_latest_seqs(self, keys: Sequence[UserKey]) -> dict[UserKey, int]:
-        latest: dict[UserKey, int] = {}
-        for start in range(0, len(keys), LAG_CHECK_CHUNK):
-            async with self._database_slots, self._sessions() as session:
-                latest.update(
-                    await self._latest_seqs(session, keys[start : start + LAG_CHECK_CHUNK])
-                )
-        return latest
-
-    def _begin_catch_up(self, subscriber: Subscriber, reason: str) -> None:
-        if subscriber.last_seq is None or subscriber.catching_up or subscriber.closed:
-            return  # its own catch-up is running and will read the database anyway
-        subscriber.catching_up = True
-        CATCH_UPS.labels(reason).inc()
-        self._spawn(self._catch_up(subscriber, read_database=True))
-
-    # -- ordering ---------------------------------------------------------------------
-
-    async def _offer(self, subscriber: Subscriber, seq: int, outgoing: Outgoing) -> None:
-        if subscriber.catching_up:
-            subscriber.pending.append((seq, outgoing))
-            return
-        last = subscriber.last_seq
-        if last is None or seq == last + 1:
-            subscriber.last_seq = seq
-            await self._send(subscriber, outgoing)
-        elif seq > last + 1:
-            # Something between is committed but not here yet: fetch it, then go on in order.
-            subscriber.pending.append((seq, outgoing))
-            self._begin_catch_up(subscriber, "gap")
-        # seq <= last: already sent (replayed, or a late duplicate), drop it.
-
-    async def _catch_up(self, subscriber: Subscriber, *, read_database: bool) -> None:
-        stalls = 0
-        try:
-            while not subscriber.closed:
-                settled = subscriber.settled_seq  # committed before the read below starts
-                sent = await self._send_from_database(subscriber) if read_database else 0
-                if read_database and subscriber.last_seq is not None:
-                    # Deleted (by their user or the purge) before reaching this subscriber:
-                    # without this, every lag check would catch it up again, finding nothing.
-                    subscriber.last_seq = max(subscriber.last_seq, settled)
-                read_database = True
-                if subscriber.counts_due:
-                    # After the replayed notifications: counts at least as new as them.
-                    subscriber.counts_due = False
-                    await self._send_counts(subscriber)
-                await self._send_pending_in_order(subscriber)
-                if not subscriber.pending:
-                    # No await between the check above and this flip, so no live message
-                    # can slip past the buffer.
-                    subscriber.catching_up = False
-                    return
-                # A buffered seq is still ahead of a missing one that the read above did not
-                # see (it committed meanwhile): read again. A hole that stays is a row deleted
-                # (by its user or the purge) before it reached this client; after a few empty
-                # reads, move on rather than hold the client forever.
-                stalls = 0 if sent else stalls + 1
-                if stalls >= 3:
-                    subscriber.last_seq = subscriber.pending[0][0] - 1
-                    log.info("seq hole before %s (deleted)", subscriber.pending[0][0])
-                await asyncio.sleep(0.01 * stalls)
-        except Exception as exc:
-            if is_unavailable(exc) and not subscriber.closed:
-                # The database is away: keep the client (and its buffer) and try again, once
-                # a second, instead of sending every client of the node to reconnect at once.
-                LAG_CHECK_LOG.warning("catch-up", "catch-up waits for the database: %s", exc)
-                await asyncio.sleep(DATABASE_RETRY_SECONDS)
-                self._spawn(self._catch_up(subscriber, read_database=True))
-                return
-            log.exception("replay failed; closing the connection so the client resumes")
-            self.unsubscribe(subscriber)
-            with contextlib.suppress(Exception):
-                await subscriber.sink.close()
-
-    async def _resolve_baselines(self) -> None:
-        """A live-only subscriber starts after its user's latest stored ``seq``; anything the
-        bus brought since it registered is still sent (it is newer than the connect)."""
-        self._resolving_baselines = True
-        try:
-            while self._awaiting_baseline:
-                batch = [s for s in self._awaiting_baseline if not s.closed]
-                self._awaiting_baseline = []
-                keys = list({(s.tenant_id, s.user_id) for s in batch})
-                latest: dict[UserKey, int] | None = None
-                try:
-                    latest = await self._read_latest_seqs(keys)
-                except Exception as exc:
-                    # Go live without a baseline rather than hold the client: the first
-                    # notification sets one, and the next lag check reads it again.
-                    LAG_CHECK_LOG.warning("baseline", "live delivery baseline not read: %s", exc)
-                for subscriber in batch:
-                    if latest is not None:
-                        baseline = latest.get((subscriber.tenant_id, subscriber.user_id), 0)
-                        if subscriber.pending:
-                            baseline = min(baseline, min(seq for seq, _ in subscriber.pending) - 1)
-                        subscriber.last_seq = baseline
-                    self._spawn(self._catch_up(subscriber, read_database=False))
-        finally:
-            self._resolving_baselines = False
-
-    async def _send_from_database(self, subscriber: Subscriber) -> int:
-        sent = 0
-        while not subscriber.closed:
-            async with self._database_slots, self._sessions() as session:
-                page = await self._fetch_after(
-                    session,
-                    subscriber.tenant_id,
-                    subscriber.user_id,
-                    subscriber.last_seq or 0,
-                    REPLAY_PAGE_SIZE,
-                )
-            for seq, data_json in page:
-                if subscriber.last_seq is None or seq > subscriber.last_seq:
-                    subscriber.last_seq = seq
-                    sent += 1
-                    if data_json is not None:
-                        await self._send(subscriber, Outgoing(NEW_EVENT, data_json))
-            if len(page) < REPLAY_PAGE_SIZE:
-                return sent
-        return sent
-
-    async def _send_counts(self, subscriber: Subscriber) -> None:
-        async with self._database_slots, self._sessions() as session:
-            data_json = await self._counts_event(session, subscriber.tenant_id, subscriber.user_id)
-        await self._send(subscriber, Outgoing(UPDATED_EVENT, data_json))
-
-    async def _send_pending_in_order(self, subscriber: Subscriber) -> None:
-        """Send buffered notifications that continue the sequence; keep those past a hole."""
-        while subscriber.pending:
-            subscriber.pending.sort(key=lambda entry: entry[0])
-            seq, outgoing = subscriber.pending[0]
-            last = subscriber.last_seq
-            if last is not None and seq <= last:
-                subscriber.pending.pop(0)
-            elif last is None or seq == last + 1:
-                subscriber.pending.pop(0)
-                subscriber.last_seq = seq
-                await self._send(subscriber, outgoing)
-            else:
-                return
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    async def _send(self, subscriber: Subscriber, outgoing: Outgoing) -> None:
-        if subscriber.closed:
-            return
-        try:
-            sent = await subscriber.sink.send(outgoing)
-        except Exception:  # a broken connection is that connection's problem only
-            log.debug("send to a closing connection failed", exc_info=True)
-            return
-        if sent:
-            _EMITTED[outgoing.event].inc()
-
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        for task in tuple(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.send_unordered(subscriber, outgoing)

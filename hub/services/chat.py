@@ -1,44 +1,57 @@
-"""1-on-1 chat within a tenant: conversations, messages, history, read receipts.
+"""1-on-1 chat within a tenant: conversations, messages, history, edits, read receipts.
 
-REST and the ``/chat`` namespace call one :class:`ChatService`. Emits happen after commit, to both
-participants' user rooms on every node (every device, the sender's other ones included).
+REST and the ``/chat`` namespace call one :class:`ChatService`. Emits happen after commit, to
+both participants on every node (every device, the sender's other ones included): new
+messages over the delivery bus (ordered per conversation, replayed on reconnect, see
+:mod:`hub.delivery.chat`), edits, deletes and read receipts to their user rooms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+import orjson
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db.models import Conversation, ConversationMember, Message
+from db.models import Conversation, ConversationMember, Message, TenantSettings
 from hub import ids
-from hub.errors import InvalidInput, NotFound, TooLarge
+from hub.delivery.bus import ChatBus
+from hub.errors import Forbidden, HubError, InvalidInput, NotFound, TooLarge, Unavailable
 from hub.realtime import CHAT_NAMESPACE, Realtime
 from hub.records import ConversationRecord, MessageRecord
 from hub.services.common import clamp_limit, insert_for, iso_utc
 from hub.services.ratelimit import RateLimiter
 from hub.settings import Settings
 
+log = logging.getLogger(__name__)
 MESSAGES = Message.__table__
 NOT_FOUND_MESSAGE = "conversation not found"
+MESSAGE_NOT_FOUND = "message not found"
+# Cursors of ``after_seq`` pages (oldest first) carry this prefix; newest-first ones none.
+AFTER_CURSOR = "a:"
 
 
 @dataclass(frozen=True, slots=True)
 class ChatLimits:
     body_max_chars: int = 4000
+    edit_window_seconds: float = 0  # 0: a sender may edit at any time
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChatLimits:
-        return cls(body_max_chars=settings.chat_body_max_chars)
+        return cls(
+            body_max_chars=settings.chat_body_max_chars,
+            edit_window_seconds=settings.chat_edit_window_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class MessageHistory:
-    items: list[MessageRecord]  # newest first
+    items: list[MessageRecord]  # newest first; oldest first after a given seq
     next_cursor: str | None
 
 
@@ -63,7 +76,73 @@ def serialize_message(row: Mapping[Any, Any]) -> MessageRecord:
         "client_msg_id": row["client_msg_id"],
         "created_at": iso_utc(row["created_at"]),
         "seq": row["seq"],
+        "edited_at": iso_utc(row["edited_at"]) if row["edited_at"] is not None else None,
+        "deleted_at": iso_utc(row["deleted_at"]) if row["deleted_at"] is not None else None,
     }
+
+
+async def replay_page(
+    session: AsyncSession, tenant_id: str, conversation_id: str, after_seq: int, limit: int
+) -> list[tuple[int, str | None]]:
+    """``(seq, encoded message)`` pairs after ``after_seq``, oldest first: live delivery's
+    catch-up of one conversation."""
+    rows = await session.execute(
+        select(MESSAGES)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.conversation_id == int(conversation_id),
+            Message.seq > after_seq,
+        )
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return [(row["seq"], orjson.dumps(serialize_message(row)).decode()) for row in rows.mappings()]
+
+
+async def latest_seqs(
+    session: AsyncSession, conversations: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The latest ``seq`` of each ``(tenant_id, conversation id)``: the lag check's question."""
+    if not conversations:
+        return {}
+    rows = await session.execute(
+        select(Conversation.tenant_id, Conversation.id, Conversation.last_seq).where(
+            tuple_(Conversation.tenant_id, Conversation.id).in_(
+                [(tenant_id, int(conversation_id)) for tenant_id, conversation_id in conversations]
+            )
+        )
+    )
+    return {(tenant_id, str(id_)): int(seq) for tenant_id, id_, seq in rows}
+
+
+async def conversation_seqs(
+    session: AsyncSession, users: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, int]]:
+    """For each ``(tenant_id, user_id)``, the latest ``seq`` of each of the user's
+    conversations: where connecting sockets' streams start (or, below a client's
+    ``last_seqs``, what they replay). One statement for every socket connecting at once."""
+    if not users:
+        return {}
+    rows = await session.execute(
+        select(
+            ConversationMember.tenant_id,
+            ConversationMember.user_id,
+            ConversationMember.conversation_id,
+            Conversation.last_seq,
+        )
+        .join(
+            Conversation,
+            and_(
+                Conversation.tenant_id == ConversationMember.tenant_id,
+                Conversation.id == ConversationMember.conversation_id,
+            ),
+        )
+        .where(tuple_(ConversationMember.tenant_id, ConversationMember.user_id).in_(users))
+    )
+    found: dict[tuple[str, str], dict[str, int]] = {user: {} for user in users}
+    for tenant_id, user_id, conversation_id, seq in rows:
+        found[(tenant_id, user_id)][str(conversation_id)] = int(seq)
+    return found
 
 
 def _existing_id(value: object) -> int:
@@ -141,6 +220,43 @@ async def _peer_of(
     return str(peer)
 
 
+def _as_utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def _own_message(
+    session: AsyncSession,
+    *,
+    tenant_id: str,
+    user_id: str,
+    message_id: object,
+    conversation_id: object,
+) -> tuple[Mapping[Any, Any], str]:
+    """The caller's message, locked for the change, and the other participant.
+
+    A message the caller cannot see (another conversation, tenant, or none) is 404, so ids
+    reveal nothing; the peer's message, which the caller does see, is 403.
+    """
+    wanted = ids.parse_id(message_id)
+    if wanted is None:
+        raise NotFound(MESSAGE_NOT_FOUND)
+    query = select(MESSAGES).where(Message.tenant_id == tenant_id, Message.id == wanted)
+    if conversation_id is not None:
+        query = query.where(Message.conversation_id == _existing_id(conversation_id))
+    row = (await session.execute(query.with_for_update())).mappings().first()
+    if row is None:
+        raise NotFound(MESSAGE_NOT_FOUND)
+    try:
+        peer = await _peer_of(
+            session, tenant_id=tenant_id, user_id=user_id, conversation_id=row["conversation_id"]
+        )
+    except NotFound:
+        raise NotFound(MESSAGE_NOT_FOUND) from None
+    if row["sender_id"] != user_id:
+        raise Forbidden("only its sender may change a message", code="not_sender")
+    return row, peer
+
+
 async def _existing_message(
     session: AsyncSession, *, tenant_id: str, sender_id: str, client_msg_id: str
 ) -> MessageRecord | None:
@@ -170,11 +286,13 @@ class ChatService:
         *,
         sessions: async_sessionmaker[AsyncSession],
         realtime: Realtime,
+        bus: ChatBus,
         limiter: RateLimiter,
         limits: ChatLimits,
     ) -> None:
         self.sessions = sessions
         self.realtime = realtime
+        self.bus = bus
         self.limiter = limiter
         self.limits = limits
 
@@ -289,15 +407,129 @@ class ChatService:
                 .values(unread_count=ConversationMember.unread_count + 1)
             )
         message = serialize_message(inserted)
-        for participant in (sender_id, peer_id):
+        # Over the delivery bus, not a room emit: each node orders a conversation's messages
+        # by seq for its sockets and replays what a reconnecting one missed.
+        try:
+            await self.bus.publish_message(
+                tenant_id=tenant_id, participants=(sender_id, peer_id), message=message
+            )
+        except Unavailable:
+            # Stored is what counts: every node's lag check finds it within two checks and
+            # delivers it to the participants' sockets (a reconnect replays it).
+            log.warning("chat message stored but not published live")
+        return SendResult(message=message, created=True)
+
+    async def edit(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        body: str,
+        conversation_id: object = None,
+    ) -> MessageRecord:
+        """Replace the body of the caller's own message (within the edit window, if one is
+        set) and emit ``message:updated`` to both participants after commit."""
+        _check_body(body, self.limits)
+        window = await self._edit_window(tenant_id)
+
+        def edited(row: Mapping[Any, Any], now: datetime) -> dict[str, Any]:
+            if row["deleted_at"] is not None:
+                raise HubError("a deleted message cannot be edited", code="deleted", status=409)
+            if window and (now - _as_utc(row["created_at"])).total_seconds() > window:
+                raise Forbidden(
+                    f"messages can be edited for {window:g} seconds after sending",
+                    code="edit_window_closed",
+                )
+            return {"body": body, "edited_at": now}
+
+        return await self._change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            change=edited,
+        )
+
+    async def delete(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        conversation_id: object = None,
+    ) -> MessageRecord:
+        """Turn the caller's own message into a tombstone (``deleted_at``, empty body) and emit
+        ``message:updated``; deleting a tombstone again answers it and emits nothing."""
+
+        def deleted(row: Mapping[Any, Any], now: datetime) -> dict[str, Any] | None:
+            return None if row["deleted_at"] is not None else {"body": "", "deleted_at": now}
+
+        return await self._change(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            change=deleted,
+        )
+
+    async def _edit_window(self, tenant_id: str) -> float:
+        """Seconds a sender of the tenant may edit for (0: no limit): the shorter of the hub's
+        NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS and the tenant's own ``chat_edit_window_seconds``."""
+        async with self.sessions() as session:
+            own = await session.scalar(
+                select(TenantSettings.chat_edit_window_seconds).where(
+                    TenantSettings.tenant_id == tenant_id
+                )
+            )
+        limits = [w for w in (self.limits.edit_window_seconds, own) if w]
+        return float(min(limits)) if limits else 0.0
+
+    async def _change(
+        self,
+        *,
+        tenant_id: str,
+        user_id: str,
+        message_id: object,
+        conversation_id: object,
+        change: Callable[[Mapping[Any, Any], datetime], dict[str, Any] | None],
+    ) -> MessageRecord:
+        """The one path of edits and deletes: the caller's message, locked; ``change`` says
+        what to set (or raises, or None: nothing to do); ``message:updated`` after commit."""
+        now = datetime.now(UTC)
+        async with self.sessions() as session, session.begin():
+            row, peer = await _own_message(
+                session,
+                tenant_id=tenant_id,
+                user_id=user_id,
+                message_id=message_id,
+                conversation_id=conversation_id,
+            )
+            values = change(row, now)
+            if values is None:
+                return serialize_message(row)
+            changed = (
+                (
+                    await session.execute(
+                        update(Message)
+                        .where(Message.tenant_id == tenant_id, Message.id == row["id"])
+                        .values(**values)
+                        .returning(*MESSAGES.c)
+                    )
+                )
+                .mappings()
+                .one()
+            )
+        message = serialize_message(changed)
+        for participant in (user_id, peer):
             await self.realtime.to_user(
                 tenant_id=tenant_id,
                 user_id=participant,
-                event="message:new",
+                event="message:updated",
                 data=message,
                 namespace=CHAT_NAMESPACE,
             )
-        return SendResult(message=message, created=True)
+        return message
 
     async def messages(
         self,
@@ -307,24 +539,35 @@ class ChatService:
         conversation_id: object,
         limit: int | None = None,
         cursor: str | None = None,
+        after_seq: int | None = None,
     ) -> MessageHistory:
-        """Newest first, keyset on ``seq``."""
+        """Newest first, keyset on ``seq``; with ``after_seq``, the messages after it, oldest
+        first (a client catching up), whose cursors continue in that direction."""
         size = clamp_limit(limit)
         target = _existing_id(conversation_id)
         query = select(MESSAGES).where(
             Message.tenant_id == tenant_id, Message.conversation_id == target
         )
-        if cursor:
-            (before,) = ids.decode_cursor(cursor, 1)
-            query = query.where(Message.seq < ids.cursor_id(before))
+        if after_seq is not None:
+            # A cursor of the other direction must not be taken for this one: the prefix.
+            start = (
+                ids.cursor_id(ids.decode_cursor(cursor, 1, prefix=AFTER_CURSOR)[0])
+                if cursor
+                else after_seq
+            )
+            query = query.where(Message.seq > start).order_by(Message.seq)
+        else:
+            if cursor:
+                (before,) = ids.decode_cursor(cursor, 1)
+                query = query.where(Message.seq < ids.cursor_id(before))
+            query = query.order_by(Message.seq.desc())
         async with self.sessions() as session:
             await _peer_of(session, tenant_id=tenant_id, user_id=user_id, conversation_id=target)
-            rows = (
-                (await session.execute(query.order_by(Message.seq.desc()).limit(size + 1)))
-                .mappings()
-                .all()
-            )
-        next_cursor = ids.encode_cursor(rows[size - 1]["seq"]) if len(rows) > size else None
+            rows = (await session.execute(query.limit(size + 1))).mappings().all()
+        next_cursor = None
+        if len(rows) > size:
+            prefix = AFTER_CURSOR if after_seq is not None else ""
+            next_cursor = ids.encode_cursor(rows[size - 1]["seq"], prefix=prefix)
         return MessageHistory([serialize_message(row) for row in rows[:size]], next_cursor)
 
     async def conversations(

@@ -7,8 +7,9 @@ import time
 from typing import Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from hub.errors import RateLimited
+from hub.errors import RateLimited, Unavailable
 
 
 class RateLimiter(Protocol):
@@ -64,6 +65,12 @@ class RedisTokenBucket:
         self._burst = burst
 
     async def take(self, key: str) -> None:
-        wait_ms = await self._script(keys=[f"{self._prefix}{key}"], args=[self._rate, self._burst])
+        try:
+            wait_ms = await self._script(
+                keys=[f"{self._prefix}{key}"], args=[self._rate, self._burst]
+            )
+        except (RedisError, OSError) as exc:
+            # The limit cannot be checked: 503 (retry later), not a 500 for the client.
+            raise Unavailable("sending is unavailable (Redis does not answer)") from exc
         if int(wait_ms) > 0:
             raise RateLimited(int(wait_ms) / 1000)

@@ -1,4 +1,5 @@
-"""A tenant's own settings (``GET|PUT /api/tenant/settings/``): its retention periods."""
+"""A tenant's own settings (``GET|PUT /api/tenant/settings/``): its retention periods and
+how long its chat messages may be edited."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from hub.services.common import insert_for
 
 
 @dataclass(frozen=True, slots=True)
-class Retention:
+class TenantPolicy:
     retention_days: int | None = None  # None: the hub's NOTIFYHUB_RETENTION_DAYS
     chat_retention_days: int | None = None  # None: chat messages are kept
+    # None: the hub's NOTIFYHUB_CHAT_EDIT_WINDOW_SECONDS
+    chat_edit_window_seconds: int | None = None
 
 
 class TenantSettingsService:
@@ -26,18 +29,20 @@ class TenantSettingsService:
         self.sessions = sessions
         self.max_retention_days = max_retention_days
 
-    async def get(self, *, tenant_id: str) -> Retention:
+    async def get(self, *, tenant_id: str) -> TenantPolicy:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    select(TenantSettings.retention_days, TenantSettings.chat_retention_days).where(
-                        TenantSettings.tenant_id == tenant_id
-                    )
+                    select(
+                        TenantSettings.retention_days,
+                        TenantSettings.chat_retention_days,
+                        TenantSettings.chat_edit_window_seconds,
+                    ).where(TenantSettings.tenant_id == tenant_id)
                 )
             ).first()
-        return Retention() if row is None else Retention(row[0], row[1])
+        return TenantPolicy() if row is None else TenantPolicy(row[0], row[1], row[2])
 
-    async def put(self, *, tenant_id: str, settings: Retention) -> Retention:
+    async def put(self, *, tenant_id: str, settings: TenantPolicy) -> TenantPolicy:
         """Replace the tenant's settings (a field left out goes back to the default)."""
         days = settings.retention_days
         if days is not None and days > self.max_retention_days:
@@ -50,6 +55,7 @@ class TenantSettingsService:
         values = {
             "retention_days": days,
             "chat_retention_days": settings.chat_retention_days,
+            "chat_edit_window_seconds": settings.chat_edit_window_seconds,
             "updated_at": datetime.now(UTC),
         }
         async with self.sessions() as session, session.begin():

@@ -6,13 +6,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.auth import Principal
-from hub.delivery.notifications import Subscriber
+from hub.delivery.chat import ChatConnection
+from hub.delivery.ordered import Subscriber
 from hub.errors import InvalidInput
 from hub.ids import parse_id
-from hub.keys import CHAT, NOTIFICATION_DELIVERY, NOTIFICATIONS, TYPING
+from hub.keys import (
+    CHAT,
+    CHAT_DELIVERY,
+    NOTIFICATION_DELIVERY,
+    NOTIFICATIONS,
+    PRESENCE,
+    TYPING,
+)
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
-from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, OkAck
-from hub.schemas import MarkReadIn, MessageReadIn, SendMessageIn, TypingIn
+from hub.records import MarkReadAck, MessageReadAck, MessageSentAck, MessageUpdatedAck, OkAck
+from hub.schemas import (
+    MarkReadIn,
+    MessageDeleteIn,
+    MessageEditIn,
+    MessageReadIn,
+    SendMessageIn,
+    TypingIn,
+)
 from hub.sockets.auth import AuthenticatedNamespace, refused
 from hub.sockets.sinks import SocketIOSink
 
@@ -28,6 +43,31 @@ def last_seq_from(auth: object) -> int | None:
     return last_seq
 
 
+MAX_LAST_SEQS = 1000
+
+
+def last_seqs_from(auth: object) -> dict[str, int]:
+    """The client's resume points per conversation, ``auth.last_seqs``
+    (``{"<conversation_id>": seq}``), if given. Ids that are not the user's conversations are
+    ignored (they never match one); a malformed object refuses the connection."""
+    if not isinstance(auth, Mapping) or auth.get("last_seqs") is None:
+        return {}
+    given = auth["last_seqs"]
+    if not isinstance(given, Mapping) or len(given) > MAX_LAST_SEQS:
+        raise refused(
+            "bad_request",
+            "last_seqs must be an object of at most "
+            f"{MAX_LAST_SEQS} conversation ids to non-negative integers",
+        )
+    resume: dict[str, int] = {}
+    for conversation_id, value in given.items():
+        seq = parse_id(value) if isinstance(value, int | str) else None
+        if seq is None:
+            raise refused("bad_request", "each of last_seqs must be a non-negative integer")
+        resume[str(conversation_id)] = seq
+    return resume
+
+
 class NotificationsNamespace(AuthenticatedNamespace):
     """Notification center of one user: replay, live ``notification:new``, mark read."""
 
@@ -40,7 +80,7 @@ class NotificationsNamespace(AuthenticatedNamespace):
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         last_seq = last_seq_from(auth)
         delivery = self.app[NOTIFICATION_DELIVERY]
-        subscriber = delivery.subscribe(
+        subscriber = delivery.subscribe_user(
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
             sink=SocketIOSink(self.server, sid, self.namespace),
@@ -84,9 +124,18 @@ class ChatNamespace(AuthenticatedNamespace):
         # Per socket: conversation -> (peer, typing stamp), to relay typing without a
         # database read per keystroke and to end typing when the socket goes away.
         self._typing: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self._connections: dict[str, ChatConnection] = {}
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
+        last_seqs = last_seqs_from(auth)
+        self._connections[sid] = self.app[CHAT_DELIVERY].connect(
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            sink=SocketIOSink(self.server, sid, self.namespace),
+            last_seqs=last_seqs,
+        )
         self._typing[sid] = {}
+        self.app[PRESENCE].connected(tenant_id=principal.tenant_id, user_id=principal.user_id)
 
     async def on_message_send(self, sid: str, payload: object = None) -> MessageSentAck:
         request = SendMessageIn.model_validate(_payload(payload))
@@ -100,6 +149,25 @@ class ChatNamespace(AuthenticatedNamespace):
             client_msg_id=request.client_msg_id,
         )
         return {"ok": True, "message": result.message}
+
+    async def on_message_edit(self, sid: str, payload: object = None) -> MessageUpdatedAck:
+        request = MessageEditIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        message = await self.app[CHAT].edit(
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            message_id=request.message_id,
+            body=request.body,
+        )
+        return {"ok": True, "message": message}
+
+    async def on_message_delete(self, sid: str, payload: object = None) -> MessageUpdatedAck:
+        request = MessageDeleteIn.model_validate(_payload(payload))
+        principal = await self.principal(sid)
+        message = await self.app[CHAT].delete(
+            tenant_id=principal.tenant_id, user_id=principal.user_id, message_id=request.message_id
+        )
+        return {"ok": True, "message": message}
 
     async def on_message_read(self, sid: str, payload: object = None) -> MessageReadAck:
         request = MessageReadIn.model_validate(_payload(payload))
@@ -136,10 +204,14 @@ class ChatNamespace(AuthenticatedNamespace):
         return {"ok": True}
 
     async def after_disconnect(self, sid: str) -> None:
+        connection = self._connections.pop(sid, None)
+        if connection is not None:
+            self.app[CHAT_DELIVERY].disconnect(connection)
+        principal = await self.principal(sid)
+        self.app[PRESENCE].disconnected(tenant_id=principal.tenant_id, user_id=principal.user_id)
         conversations = self._typing.pop(sid, {})
         if not any(stamp for _, stamp in conversations.values()):
             return
-        principal = await self.principal(sid)
         for conversation, (peer, stamp) in conversations.items():
             if stamp is not None:
                 await self.app[TYPING].stop(

@@ -1,4 +1,4 @@
-"""Sinks: how one connection receives frames (see :class:`hub.delivery.notifications.Sink`).
+"""Sinks: how one connection receives frames (see :class:`hub.delivery.ordered.Sink`).
 
 Both write without waiting for the client: a frame is appended to the connection's buffer,
 and a connection whose buffer passes the configured limit is dropped (see
@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp._websocket.writer import WebSocketWriter
 
-from hub.delivery.notifications import Outgoing
+from hub.delivery.ordered import Outgoing
 from hub.metrics import SLOW_CONSUMERS
 from hub.sockets.transport import NO_DRAIN, SocketIOFrame, send_frame, websocket_frame
 

@@ -10,6 +10,8 @@
  *                   and a reload reconnects);
  *   localStorage    the newest notification seq seen, per tenant and user: on the next
  *                   connect it goes to the hub as auth.last_seq, which replays what was missed.
+ * Chat resumes the same way within a page's life: the newest seq seen per conversation goes
+ * to /chat as auth.last_seqs on every reconnect.
  */
 (function () {
   "use strict";
@@ -121,6 +123,8 @@
     peerOpen: byTestId("peer-open"),
     conversationList: byTestId("conversation-list"),
     threadTitle: byTestId("thread-title"),
+    peerPresence: byTestId("peer-presence"),
+    editCancel: byTestId("edit-cancel"),
     messages: byTestId("message-list"),
     typing: byTestId("typing-indicator"),
     composer: document.getElementById("composer"),
@@ -186,6 +190,9 @@
       peer: null,
       conversationId: null,
       messages: new Map(), // id -> message of the open conversation
+      chatSeqs: new Map(), // conversation id -> newest seq seen; auth.last_seqs on reconnect
+      editingId: null, // the message of ours the composer is editing
+      peerStatus: null, // {status, last_seen_at} of the open conversation's peer
       pending: new Map(), // client_msg_id -> {body, status, error}
       peerReadId: null, // newest message id the peer has read
       readSentSeq: 0, // newest peer message we sent a read receipt for
@@ -296,6 +303,8 @@
     ui.typing.hidden = true;
     ui.announcement.hidden = true;
     ui.threadTitle.textContent = "Pick a conversation or enter a user id";
+    ui.peerPresence.hidden = true;
+    endEditing();
     setConn(ui.notifStatus, "offline");
     setConn(ui.chatStatus, "offline");
     renderBadge(null);
@@ -338,7 +347,9 @@
     s.notif = s.manager.socket("/notifications", {
       auth: (send) => send({ token: s.token, last_seq: s.lastSeq }),
     });
-    s.chat = s.manager.socket("/chat", { auth: (send) => send({ token: s.token }) });
+    s.chat = s.manager.socket("/chat", {
+      auth: (send) => send({ token: s.token, last_seqs: Object.fromEntries(s.chatSeqs) }),
+    });
     bindNotificationEvents(s);
     bindChatEvents(s);
   }
@@ -642,11 +653,14 @@
     s.peerReadId = null;
     s.readSentSeq = 0;
     s.readCandidate = null;
+    s.peerStatus = null;
+    endEditing();
     ui.typing.hidden = true;
     ui.threadTitle.textContent = "Chat with " + peer;
     setControlsEnabled(true);
     renderConversations(s);
     renderThread(s);
+    loadPeerPresence(s).catch((err) => showError(err.message));
     if (s.conversationId) {
       try {
         await loadHistory(s);
@@ -663,6 +677,7 @@
     if (session !== s || s.conversationId !== id) return;
     for (const message of page.items) {
       s.messages.set(String(message.id), message);
+      rememberChatSeq(s, message);
       if (message.sender_id === s.user && message.client_msg_id) s.pending.delete(message.client_msg_id);
     }
     renderThread(s);
@@ -678,6 +693,7 @@
         loadConversations(s).catch((err) => showError(err.message));
         if (s.conversationId) loadHistory(s).catch((err) => showError(err.message));
       }
+      if (s.peer) loadPeerPresence(s).catch((err) => showError(err.message));
       s.chatConnectedBefore = true;
     });
     socket.on("disconnect", (reason) => {
@@ -701,9 +717,87 @@
       log("message:read", event);
       if (session === s) onRead(s, event);
     });
+    socket.on("message:updated", (message) => {
+      log("message:updated", message);
+      if (session === s) onUpdated(s, message);
+    });
+    socket.on("presence", (event) => {
+      log("presence", event);
+      if (session === s && event.user_id === s.peer) renderPeerPresence(s, event);
+    });
+  }
+
+  function rememberChatSeq(s, message) {
+    const id = String(message.conversation_id);
+    if (!(message.seq <= (s.chatSeqs.get(id) || 0))) s.chatSeqs.set(id, message.seq);
+  }
+
+  // An edit or a delete: the message is replaced where it is shown (thread, list preview).
+  function onUpdated(s, message) {
+    const id = String(message.id);
+    if (s.messages.has(id)) {
+      s.messages.set(id, message);
+      renderThread(s);
+    }
+    const conversation = s.conversations.get(String(message.conversation_id));
+    if (conversation && conversation.last_message && String(conversation.last_message.id) === id) {
+      conversation.last_message = message;
+      renderConversations(s);
+    }
+    if (s.editingId === id && message.deleted_at) endEditing();
+  }
+
+  // Presence: asked once when a conversation opens (and after a reconnect), then kept by
+  // the hub's presence events, which report changes only.
+  async function loadPeerPresence(s) {
+    const peer = s.peer;
+    const page = await api(s, "GET", "/api/presence/?user_ids=" + encodeURIComponent(peer));
+    if (session === s && s.peer === peer) renderPeerPresence(s, page.items[0]);
+  }
+
+  function renderPeerPresence(s, status) {
+    s.peerStatus = status;
+    const online = status.status === "online";
+    ui.peerPresence.dataset.status = online ? "online" : "offline";
+    ui.peerPresence.textContent = online
+      ? "online"
+      : status.last_seen_at
+        ? "last seen " + formatTime(status.last_seen_at)
+        : "offline";
+    ui.peerPresence.hidden = false;
+  }
+
+  function startEditing(s, message) {
+    s.editingId = String(message.id);
+    ui.composer.classList.add("editing");
+    ui.composerInput.value = String(message.body);
+    ui.composerInput.focus();
+    ui.send.textContent = "Save";
+    ui.editCancel.hidden = false;
+  }
+
+  function endEditing() {
+    if (session) session.editingId = null;
+    ui.composer.classList.remove("editing");
+    ui.send.textContent = "Send";
+    ui.editCancel.hidden = true;
+  }
+
+  async function changeMessage(s, event, payload) {
+    let ack;
+    try {
+      ack = await s.chat.timeout(ACK_TIMEOUT_MS).emitWithAck(event, payload);
+    } catch (_err) {
+      ack = { ok: false, error: { message: "no answer from the hub" } };
+    }
+    log(event + " ack", ack);
+    if (session !== s) return;
+    if (ack && ack.ok) onUpdated(s, ack.message);
+    else showError(`${event}: ${(ack && ack.error && ack.error.message) || "refused"}`);
   }
 
   function onMessage(s, message) {
+    rememberChatSeq(s, message);
     const conversationId = String(message.conversation_id);
     const conversation = s.conversations.get(conversationId);
     if (!conversation) {
@@ -897,10 +991,11 @@
   function messageItem(s, message) {
     const mine = message.sender_id === s.user;
     const read = mine && s.peerReadId !== null && idAtMost(message.id, s.peerReadId);
+    const deleted = Boolean(message.deleted_at);
     return el(
       "li",
       {
-        className: mine ? "message mine" : "message theirs",
+        className: (mine ? "message mine" : "message theirs") + (deleted ? " deleted" : ""),
         dataset: {
           testid: "message",
           from: mine ? "me" : "peer",
@@ -908,11 +1003,38 @@
           seq: String(message.seq),
         },
       },
-      el("div", { className: "bubble", text: String(message.body) }),
+      el("div", {
+        className: "bubble",
+        text: deleted ? "Message deleted" : String(message.body),
+        dataset: { testid: "message-body" },
+      }),
       el(
         "div",
         { className: "meta" },
         el("time", { text: formatTime(message.created_at) }),
+        message.edited_at && !deleted
+          ? el("span", { text: "edited", dataset: { testid: "message-edited" } })
+          : null,
+        mine && !deleted
+          ? el(
+              "span",
+              { className: "actions" },
+              el("button", {
+                type: "button",
+                className: "link",
+                text: "Edit",
+                dataset: { testid: "message-edit" },
+                onclick: () => startEditing(s, message),
+              }),
+              el("button", {
+                type: "button",
+                className: "link",
+                text: "Delete",
+                dataset: { testid: "message-delete" },
+                onclick: () => changeMessage(s, "message:delete", { message_id: String(message.id) }),
+              })
+            )
+          : null,
         mine
           ? el("span", {
               className: read ? "status read" : "status",
@@ -1019,7 +1141,17 @@
     if (!s || !s.peer || !body.trim()) return;
     ui.composerInput.value = "";
     stopTyping(s);
+    if (s.editingId) {
+      const messageId = s.editingId;
+      endEditing();
+      changeMessage(s, "message:edit", { message_id: messageId, body });
+      return;
+    }
     sendMessage(s, body, newClientMsgId());
+  });
+  ui.editCancel.addEventListener("click", () => {
+    endEditing();
+    ui.composerInput.value = "";
   });
   ui.composerInput.addEventListener("input", () => session && onComposerInput(session));
   ui.composerInput.addEventListener("blur", () => session && stopTyping(session));
