@@ -324,3 +324,20 @@ async def test_read_marks_are_reported(
     event = Webhook(hook["secret"]).verify(request.body, request.headers)
     assert event["type"] == "notification.read"
     assert event["data"] == {"user_id": "ann", "ids": ids, "unread_count": 0}
+
+
+async def test_chat_messages_are_reported(
+    hook_stack: HookStack, receiver: Receiver, tenant: str
+) -> None:
+    hub, _ = await hook_stack()
+    hook = await create_hook(hub, tenant, f"{receiver.url}/hook/chat", ["message.created"])
+    status, sent = await ApiClient.for_user(hub.url, tenant, "ann").post(
+        "/api/messages/send/", {"to_user_id": "bob", "body": "hello"}
+    )
+    assert status == 201, sent
+    await eventually(lambda: receiver.of("chat"), timeout=20)
+    [request] = receiver.of("chat")
+    event = Webhook(hook["secret"]).verify(request.body, request.headers)
+    assert event["type"] == "message.created"
+    assert event["data"]["id"] == sent["message"]["id"]
+    assert (event["data"]["sender_id"], event["data"]["body"]) == ("ann", "hello")

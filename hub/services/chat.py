@@ -26,6 +26,7 @@ from hub.realtime import CHAT_NAMESPACE, Realtime
 from hub.records import ConversationRecord, MessageRecord
 from hub.services.common import clamp_limit, insert_for, iso_utc
 from hub.services.ratelimit import RateLimiter
+from hub.services.webhooks import report_in
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,9 @@ class ChatService:
                 .where(in_conversation, ConversationMember.user_id == peer_id)
                 .values(unread_count=ConversationMember.unread_count + 1)
             )
-        message = serialize_message(inserted)
+            message = serialize_message(inserted)
+            # Reported with the message, in its transaction (docs/protocol.md 11).
+            await report_in(session, "message.created", [(tenant_id, dict(message))])
         # Over the delivery bus, not a room emit: each node orders a conversation's messages
         # by seq for its sockets and replays what a reconnecting one missed.
         try:
