@@ -146,10 +146,16 @@ async def test_an_event_for_1000_recipients_costs_the_statements_of_one_for_10(
     count_statements: StatementLog,
     tenant: str,
 ) -> None:
-    # No Redis: nothing but the requests of this test talks to the database.
-    hub = await hub_factory(hub_settings(redis_url=None))
+    # No Redis, and the in-process sweepers and purge (embedded profile) asleep after their
+    # first round: nothing but the requests of this test talks to the database.
+    hub = await hub_factory(
+        hub_settings(
+            redis_url=None, email_sweep_interval_seconds=3600.0, purge_interval_seconds=3600.0
+        )
+    )
     for user in ("u0", "u5", "u999"):
         await opt_out(hub, tenant, user, {"categories": {"deals": {"in_app": False}}})
+    await asyncio.sleep(0.5)  # the sweepers' first round, at start, is over
     service = ApiClient.for_service(hub.url, tenant)
     statements = count_statements(hub.app[DB_ENGINE])
     counts = []
