@@ -207,7 +207,7 @@ async def test_replay_after_last_seq_then_live_then_mark_read_with_ack(
     live = [await tenant.notify(user, title) for title in titles[3:]]
     ids = stored + live
     wanted = [ids[0], ids[1], ids[3], other_users, "999999999", "not-an-id"]
-    await client.go_on(mark_read=wanted, expect_read=1)
+    await client.go_on(mark_read=wanted, expect_read=1, expect_updated=1)
     result = await client.result()
 
     assert "error" not in result, result

@@ -321,6 +321,12 @@ async def test_fcm_pushes_with_a_cached_oauth_token_and_drops_unregistered_token
         return sorted(await statuses(hub, tenant, notification_id)) == expected
 
     await eventually(lambda: settled(first, ["gone", "sent"]), timeout=20)
+
+    async def device_removed() -> bool:
+        return stale not in [d["id"] for d in (await ann.get("/api/devices/"))[1]["items"]]
+
+    # The outcome is recorded before the device is removed: wait for both.
+    await eventually(device_removed, timeout=10)
     second = (await service.notify(["ann"], title="Two"))[0]
     await eventually(lambda: settled(second, ["sent"]), timeout=20)
 

@@ -12,6 +12,7 @@
 //                (expect, mark_read, expect_read) override the config; then go on
 //   mark_read    optional list of ids: emit `notification:mark_read` {ids} with an ack
 //   expect_read  number of `notification:read` events to wait for after the ack (default 0)
+//   expect_updated  number of `notification:updated` events to wait for after the ack (default 0)
 //   settle_ms    quiet time after the expected events, to catch extras/duplicates (default 300)
 //   timeout_ms   bound on every wait (default 10000)
 //
@@ -164,6 +165,7 @@ try {
 
   if (Array.isArray(config.mark_read)) {
     const readsBefore = countOf(READ_EVENT);
+    const updatesBefore = countOf("notification:updated");
     result.ack = await socket.timeout(timeoutMs).emitWithAck("notification:mark_read", {
       ids: config.mark_read,
     });
@@ -171,6 +173,13 @@ try {
     await waitUntil(
       () => countOf(READ_EVENT) - readsBefore >= expectRead,
       `${expectRead} ${READ_EVENT} after the ack`,
+    );
+    // Each read mark is also a notification:updated, sent right after it (maybe in a later
+    // packet): wait for those too rather than close between the two.
+    const expectUpdated = config.expect_updated ?? 0;
+    await waitUntil(
+      () => countOf("notification:updated") - updatesBefore >= expectUpdated,
+      `${expectUpdated} notification:updated after the ack`,
     );
   }
   socket.close();
