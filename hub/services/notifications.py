@@ -28,6 +28,7 @@ from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
 from hub.services import inbox
 from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
+from hub.services.group_commit import GroupCommit, Sized
 from hub.services.preferences import PreferenceBook
 from hub.services.pushes import PushService
 from hub.services.webhooks import report_in
@@ -43,6 +44,21 @@ class CreateResult:
     created: bool  # False when the idempotency key had been seen: nothing new was stored
     # Recipients who got nothing: in_app is off for them for the notification's category.
     suppressed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """One ``POST /api/notifications/``, checked, waiting for its transaction."""
+
+    tenant_id: str
+    recipients: list[str]  # unique, sorted
+    notification: NewNotification
+    idempotency_key: str | None
+
+
+# The rows one gathered transaction writes at most (a single larger request goes alone): big
+# enough to take a burst of creates at once, small enough that a transaction stays short.
+_GROUP_COMMIT_MAX_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,37 +111,58 @@ async def publish_created(bus: NotificationBus, created: Sequence[NotificationRe
         log.warning("%d notifications stored but not published live", len(created))
 
 
-# PostgreSQL: one statement for N notifications with constant SQL text, N only in the array
-# parameters. (A multi-row VALUES is compiled anew for every N and costs far more than the
-# database work at 1,000 recipients.)
-_PG_ALLOCATE_SEQS = text(
+# PostgreSQL: the whole store in one statement with constant SQL text (N only in the JSON
+# parameters; a multi-row VALUES is compiled anew for every N and costs far more than the
+# database work at 1,000 recipients). Each recipient's counter moves by its number of
+# notifications under the row's lock, taken in (tenant, user) order so that concurrent
+# batches never deadlock; its seqs are handed out in input order; the ids (drawn from the
+# table's sequence) and seqs come back as two arrays in input order. One round trip: the
+# locks are held for as short a time as can be.
+_PG_STORE = text(
     """
-    INSERT INTO notification_counters (tenant_id, user_id, last_seq, unread_count, unseen_count)
-    SELECT * FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
-                         CAST(:counts AS bigint[]), CAST(:counts AS bigint[]),
-                         CAST(:counts AS bigint[]))
-    ON CONFLICT (tenant_id, user_id) DO UPDATE
-        SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq,
-            unread_count = notification_counters.unread_count + EXCLUDED.unread_count,
-            unseen_count = notification_counters.unseen_count + EXCLUDED.unseen_count
-    RETURNING tenant_id, user_id, last_seq
+    WITH input AS (
+        SELECT r.ordinality AS o, r.value ->> 0 AS t, r.value ->> 1 AS u,
+               CAST(r.value ->> 2 AS int) AS c
+        FROM jsonb_array_elements(CAST(:recipients AS jsonb)) WITH ORDINALITY AS r
+    ),
+    counts AS (
+        SELECT t, u, count(*) AS n FROM input GROUP BY t, u
+    ),
+    allocated AS (
+        INSERT INTO notification_counters AS nc
+            (tenant_id, user_id, last_seq, unread_count, unseen_count)
+        SELECT t, u, n, n, n FROM counts ORDER BY t, u
+        ON CONFLICT (tenant_id, user_id) DO UPDATE
+            SET last_seq = nc.last_seq + EXCLUDED.last_seq,
+                unread_count = nc.unread_count + EXCLUDED.unread_count,
+                unseen_count = nc.unseen_count + EXCLUDED.unseen_count
+        RETURNING tenant_id, user_id, last_seq
+    ),
+    numbered AS (
+        SELECT i.o, i.t, i.u, i.c,
+               a.last_seq - k.n + row_number() OVER (PARTITION BY i.t, i.u ORDER BY i.o) AS seq,
+               nextval('notifications_id_seq') AS id
+        FROM input AS i
+        JOIN counts AS k ON k.t = i.t AND k.u = i.u
+        JOIN allocated AS a ON a.tenant_id = i.t AND a.user_id = i.u
+    ),
+    contents AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:contents AS jsonb)) AS x(
+            i int, category text, title text, body text, data jsonb, link text,
+            expires_at timestamptz)
+    ),
+    inserted AS (
+        INSERT INTO notifications (id, tenant_id, user_id, seq, category, title, body, data,
+                                   link, created_at, expires_at)
+        SELECT n.id, n.t, n.u, n.seq, c.category, c.title, c.body, c.data, c.link,
+               :created_at, c.expires_at
+        FROM numbered AS n JOIN contents AS c ON c.i = n.c
+    )
+    -- Not read from "inserted": a data-modifying WITH runs to completion anyway, and its
+    -- ids were drawn in "numbered" (a join back would be planned as a nested loop).
+    SELECT array_agg(id ORDER BY o), array_agg(seq ORDER BY o) FROM numbered
     """
 )
-_PG_INSERT_NOTIFICATIONS = text(
-    """
-    INSERT INTO notifications
-        (tenant_id, user_id, seq, category, title, body, data, link, created_at, expires_at)
-    SELECT row.tenant_id, row.user_id, row.seq, row.category, row.title, row.body,
-           CAST(row.data AS jsonb), row.link, :created_at, row.expires_at
-    FROM unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[]),
-                CAST(:seqs AS bigint[]), CAST(:categories AS text[]), CAST(:titles AS text[]),
-                CAST(:bodies AS text[]), CAST(:data AS text[]), CAST(:links AS text[]),
-                CAST(:expires AS timestamptz[]))
-         AS row(tenant_id, user_id, seq, category, title, body, data, link, expires_at)
-    RETURNING tenant_id, user_id, seq, id
-    """
-)
-
 Recipient = tuple[str, str]  # (tenant_id, user_id)
 
 
@@ -138,12 +175,14 @@ async def store_notifications(
     A user may appear several times (several events in one batch): its counter row moves
     by the count at once and the seqs are handed out in ``items`` order.
     """
+    now = datetime.now(UTC)
+    if is_postgresql(session):
+        return await _store_postgresql(session, items, now)
     counts: dict[Recipient, int] = {}
     for tenant_id, user_id, _ in items:
         counts[(tenant_id, user_id)] = counts.get((tenant_id, user_id), 0) + 1
     last_seqs = await _allocate_seqs(session, counts)
     next_seq = {key: last_seqs[key] - count + 1 for key, count in counts.items()}
-    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     for tenant_id, user_id, notification in items:
         seq = next_seq[(tenant_id, user_id)]
@@ -163,32 +202,83 @@ async def store_notifications(
                 "expires_at": notification.expiry(now),
             }
         )
-    ids = await _insert_notifications(session, rows)
+    inserted = await session.execute(
+        sqlite.insert(Notification).returning(Notification.id, sort_by_parameter_order=True), rows
+    )
     created_at = iso_utc(now)  # one timestamp for the whole batch: format it once
     return [
-        serialize({"id": i, **row}, created_at=created_at) for i, row in zip(ids, rows, strict=True)
+        serialize({"id": i, **row}, created_at=created_at)
+        for i, row in zip(inserted.scalars(), rows, strict=True)
+    ]
+
+
+async def _store_postgresql(
+    session: AsyncSession, items: Sequence[tuple[str, str, NewNotification]], now: datetime
+) -> list[NotificationRecord]:
+    """One statement (:data:`_PG_STORE`): the recipients and the distinct contents travel
+    as two JSON documents (a request's 1,000 recipients share one content), the ids and
+    seqs come back as two arrays in ``items`` order."""
+    content_index: dict[int, int] = {}  # id(content) -> its index in ``contents``
+    contents: list[dict[str, Any]] = []
+    recipients: list[tuple[str, str, int]] = []
+    for tenant_id, user_id, content in items:
+        index = content_index.get(id(content))
+        if index is None:
+            index = content_index[id(content)] = len(contents)
+            contents.append(
+                {
+                    "i": index,
+                    "category": content.category,
+                    "title": content.title,
+                    "body": content.body,
+                    "data": content.data or {},
+                    "link": content.link,
+                    "expires_at": content.expiry(now),
+                }
+            )
+        recipients.append((tenant_id, user_id, index))
+    ids, seqs = (
+        await session.execute(
+            _PG_STORE,
+            {
+                "recipients": orjson.dumps(recipients).decode(),
+                "contents": orjson.dumps(contents).decode(),
+                "created_at": now,
+            },
+        )
+    ).one()
+    created_at = iso_utc(now)  # one timestamp for the whole batch: format it once
+    expires = [None if c["expires_at"] is None else iso_utc(c["expires_at"]) for c in contents]
+    return [
+        {
+            "id": str(notification_id),
+            "tenant_id": tenant_id,
+            "user_id": user_id,
+            "seq": seq,
+            "category": contents[index]["category"],
+            "title": contents[index]["title"],
+            "body": contents[index]["body"],
+            "data": contents[index]["data"],
+            "link": contents[index]["link"],
+            "created_at": created_at,
+            "read_at": None,
+            "seen_at": None,
+            "archived_at": None,
+            "expires_at": expires[index],
+        }
+        for (tenant_id, user_id, index), notification_id, seq in zip(
+            recipients, ids, seqs, strict=True
+        )
     ]
 
 
 async def _allocate_seqs(
     session: AsyncSession, counts: dict[Recipient, int]
 ) -> dict[Recipient, int]:
-    """Move each recipient's counter by its count (and unread with it), under the lock of its
-    counter row, in one sorted order so that concurrent batches never deadlock; returns the
-    new ``last_seq`` of each."""
-    keys = sorted(counts)
-    if is_postgresql(session):
-        result = await session.execute(
-            _PG_ALLOCATE_SEQS,
-            {
-                "tenant_ids": [tenant for tenant, _ in keys],
-                "user_ids": [user for _, user in keys],
-                "counts": [counts[key] for key in keys],
-            },
-        )
-        return {(tenant, user): int(seq) for tenant, user, seq in result}
+    """SQLite: move each recipient's counter by its count (and unread with it), in one sorted
+    order; returns the new ``last_seq`` of each."""
     last: dict[Recipient, int] = {}
-    for tenant, user in keys:
+    for tenant, user in sorted(counts):
         count = counts[(tenant, user)]
         seq = await session.scalar(
             sqlite.insert(NotificationCounter)
@@ -211,32 +301,6 @@ async def _allocate_seqs(
         )
         last[(tenant, user)] = int(seq or 0)
     return last
-
-
-async def _insert_notifications(session: AsyncSession, rows: list[dict[str, Any]]) -> list[int]:
-    """Insert rows; their ids in the order of ``rows``."""
-    if is_postgresql(session):
-        result = await session.execute(
-            _PG_INSERT_NOTIFICATIONS,
-            {
-                "created_at": rows[0]["created_at"],
-                "tenant_ids": [row["tenant_id"] for row in rows],
-                "user_ids": [row["user_id"] for row in rows],
-                "seqs": [row["seq"] for row in rows],
-                "categories": [row["category"] for row in rows],
-                "titles": [row["title"] for row in rows],
-                "bodies": [row["body"] for row in rows],
-                "data": [orjson.dumps(row["data"]).decode() for row in rows],
-                "links": [row["link"] for row in rows],
-                "expires": [row["expires_at"] for row in rows],
-            },
-        )
-        id_by_key = {(t, u, s): int(i) for t, u, s, i in result}
-        return [id_by_key[(row["tenant_id"], row["user_id"], row["seq"])] for row in rows]
-    inserted = await session.execute(
-        sqlite.insert(Notification).returning(Notification.id, sort_by_parameter_order=True), rows
-    )
-    return [int(notification_id) for notification_id in inserted.scalars()]
 
 
 def _seq_cursor(seq: int) -> str:
@@ -363,20 +427,36 @@ class NotificationWrites:
     ) -> list[NotificationRecord]:
         """Store ``(tenant_id, user_id, content)`` items for the recipients who want them in
         the app; their records in ``items`` order (the others are added to ``suppressed``)."""
-        if not items:
-            return []
-        await self.read_preferences((tenant_id, user_id) for tenant_id, user_id, _ in items)
-        wanted = []
-        for tenant_id, user_id, content in items:
-            if self.wants(tenant_id, user_id, content.category, "in_app"):
-                wanted.append((tenant_id, user_id, content))
-            else:
-                self.suppressed.append((tenant_id, user_id))
-        if not wanted:
-            return []
-        records = await store_notifications(self.session, wanted)
-        self.created += records
+        ((records, _),) = await self.add_groups([items])
         return records
+
+    async def add_groups(
+        self, groups: Sequence[Sequence[tuple[str, str, NewNotification]]]
+    ) -> list[tuple[list[NotificationRecord], list[Recipient]]]:
+        """:meth:`add` for several requests at once (one preference read, one ``seq``
+        allocation, one insert): each group's stored records and suppressed recipients."""
+        await self.read_preferences(
+            (tenant_id, user_id) for items in groups for tenant_id, user_id, _ in items
+        )
+        wanted: list[tuple[str, str, NewNotification]] = []
+        split: list[tuple[int, list[Recipient]]] = []  # (stored count, suppressed) per group
+        for items in groups:
+            stored, suppressed = 0, []
+            for tenant_id, user_id, content in items:
+                if self.wants(tenant_id, user_id, content.category, "in_app"):
+                    wanted.append((tenant_id, user_id, content))
+                    stored += 1
+                else:
+                    suppressed.append((tenant_id, user_id))
+            split.append((stored, suppressed))
+            self.suppressed += suppressed
+        records = await store_notifications(self.session, wanted) if wanted else []
+        self.created += records
+        results, start = [], 0
+        for stored, suppressed in split:
+            results.append((records[start : start + stored], suppressed))
+            start += stored
+        return results
 
     def pushed(self) -> list[NotificationRecord]:
         """The stored notifications whose users want ``push`` for their category."""
@@ -412,6 +492,7 @@ class NotificationService:
         self.limits = limits
         # Push deliveries are recorded with the notifications they push (None: no push).
         self.pushes = pushes
+        self._creates = GroupCommit(self._create_batch, max_rows=_GROUP_COMMIT_MAX_ROWS)
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[NotificationWrites]:
@@ -429,7 +510,7 @@ class NotificationService:
                 await report_in(
                     session,
                     "notification.created",
-                    [(n["tenant_id"], dict(n)) for n in writes.created],
+                    [(n["tenant_id"], n) for n in writes.created],
                 )
         if writes.created:
             await publish_created(self.bus, writes.created)
@@ -444,33 +525,62 @@ class NotificationService:
         notification: NewNotification,
         idempotency_key: str | None = None,
     ) -> CreateResult:
-        """Store one notification per recipient in one transaction; publish after commit.
+        """Store one notification per recipient; publish after commit.
 
         Set-based: one statement allocates every recipient's next ``seq`` (the counter row
         lock serialises concurrent creators per user, so seqs have no duplicate and no hole),
-        one statement inserts every row.
+        one statement inserts every row. Creates that arrive while another is being written
+        share the next transaction (:mod:`hub.services.group_commit`).
         """
         recipients = sorted(set(user_ids))  # sorted: counter rows are locked in one order
         check_limits(notification, len(recipients), self.limits)
         check_expiry(notification, not_before=datetime.now(UTC))
+        request = CreateRequest(tenant_id, recipients, notification, idempotency_key)
+        return await self._creates.submit(
+            Sized(
+                request,
+                rows=len(recipients),
+                exclusive_key=None if idempotency_key is None else (tenant_id, idempotency_key),
+            )
+        )
+
+    async def _create_batch(self, requests: Sequence[CreateRequest]) -> list[CreateResult]:
+        """One transaction for the creates of :meth:`create` that were gathered together."""
+        results: list[CreateResult | None] = []
         async with self.writing() as writes:
-            if idempotency_key is not None:
-                seen = await _claim_request(writes.session, tenant_id, idempotency_key)
-                if seen is not None:
-                    return seen
-            created = await writes.add([(tenant_id, user, notification) for user in recipients])
-            ids = [int(item["id"]) for item in created]
-            suppressed = [user for _, user in writes.suppressed]
-            if idempotency_key is not None:
-                await writes.session.execute(
-                    update(NotificationRequest)
-                    .where(
-                        NotificationRequest.tenant_id == tenant_id,
-                        NotificationRequest.idempotency_key == idempotency_key,
+            fresh: list[CreateRequest] = []
+            for request in requests:
+                seen = None
+                if request.idempotency_key is not None:
+                    seen = await _claim_request(
+                        writes.session, request.tenant_id, request.idempotency_key
                     )
-                    .values(notification_ids=ids, suppressed_user_ids=suppressed)
+                results.append(seen)
+                if seen is None:
+                    fresh.append(request)
+            stored = await writes.add_groups(
+                [[(r.tenant_id, user, r.notification) for user in r.recipients] for r in fresh]
+            )
+            made = iter(stored)
+            for index, request in enumerate(requests):
+                if results[index] is not None:
+                    continue
+                created, suppressed_keys = next(made)
+                ids = [int(item["id"]) for item in created]
+                suppressed = [user for _, user in suppressed_keys]
+                results[index] = CreateResult(
+                    ids=[str(i) for i in ids], created=True, suppressed=suppressed
                 )
-        return CreateResult(ids=[str(i) for i in ids], created=True, suppressed=suppressed)
+                if request.idempotency_key is not None:
+                    await writes.session.execute(
+                        update(NotificationRequest)
+                        .where(
+                            NotificationRequest.tenant_id == request.tenant_id,
+                            NotificationRequest.idempotency_key == request.idempotency_key,
+                        )
+                        .values(notification_ids=ids, suppressed_user_ids=suppressed)
+                    )
+        return [result for result in results if result is not None]
 
     async def page(
         self,

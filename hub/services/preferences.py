@@ -28,7 +28,13 @@ from hub.errors import InvalidInput, Unavailable
 from hub.preferences import EMPTY, Document
 from hub.records import PreferencesRecord, QuietHoursRecord
 from hub.services import unsubscribe
-from hub.services.common import insert_for, is_postgresql
+from hub.services.common import (
+    USER_KEYS_TABLES,
+    dialect_of,
+    insert_for,
+    is_postgresql,
+    user_keys_param,
+)
 from hub.services.unsubscribe import Target
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ class PreferenceBook:
     users: dict[UserKey, Document] = field(default_factory=dict)
     _read_users: set[UserKey] = field(default_factory=set)
     _read_tenants: set[str] = field(default_factory=set)
+    _tenant_answers: dict[tuple[str, str | None, str], bool] = field(default_factory=dict)
 
     async def read(self, session: AsyncSession, keys: Iterable[UserKey]) -> None:
         """Read the preferences of those of ``keys`` not read yet, and of their tenants: two
@@ -73,12 +80,19 @@ class PreferenceBook:
         self._read_users |= users
 
     def wants(self, tenant_id: str, user_id: str, category: str | None, channel: str) -> bool:
-        return preferences.wants(
-            self.tenants.get(tenant_id, EMPTY),
-            self.users.get((tenant_id, user_id), EMPTY),
-            category,
-            channel,
-        )
+        tenant = self.tenants.get(tenant_id, EMPTY)
+        user = self.users.get((tenant_id, user_id))
+        if user is not None:
+            return preferences.wants(tenant, user, category, channel)
+        # Most recipients have no preferences of their own: their answer is the tenant's,
+        # worked out once per batch (once the tenant's document has been read).
+        key = (tenant_id, category, channel)
+        answer = self._tenant_answers.get(key)
+        if answer is None:
+            answer = preferences.wants(tenant, EMPTY, category, channel)
+            if tenant_id in self._read_tenants:
+                self._tenant_answers[key] = answer
+        return answer
 
     def for_tenant(self, tenant_id: str) -> Resolver:
         users = {user: doc for (tenant, user), doc in self.users.items() if tenant == tenant_id}
@@ -88,21 +102,9 @@ class PreferenceBook:
 # Constant SQL text whatever the batch size: the keys travel as one array (PostgreSQL) or
 # one JSON parameter (SQLite). An expanding IN list would be compiled anew for every size.
 _DOCUMENT = "p.channels, p.categories, p.quiet_hours"
-_PG_USERS = text(
-    f"""
-    SELECT p.tenant_id, p.user_id, {_DOCUMENT}
-    FROM user_preferences AS p
-    JOIN unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[])) AS k(tenant_id, user_id)
-      ON p.tenant_id = k.tenant_id AND p.user_id = k.user_id
-    """  # noqa: S608 - constant column list, no input
-)
-_SQLITE_USERS = text(
-    f"""
-    SELECT p.tenant_id, p.user_id, {_DOCUMENT}
-    FROM user_preferences AS p
-    JOIN json_each(:keys) AS k
-      ON p.tenant_id = json_extract(k.value, '$[0]') AND p.user_id = json_extract(k.value, '$[1]')
-    """  # noqa: S608 - constant column list, no input
+_USERS = (
+    f"SELECT p.tenant_id, p.user_id, {_DOCUMENT} FROM user_preferences AS p "  # noqa: S608
+    "JOIN {keys} AS k ON p.tenant_id = k.tenant_id AND p.user_id = k.user_id"
 )
 _PG_TENANTS = text(
     f"SELECT p.tenant_id, {_DOCUMENT} FROM tenant_preferences AS p "  # noqa: S608
@@ -115,14 +117,14 @@ _SQLITE_TENANTS = text(
 _JSON_COLUMNS = {"channels": JsonDocument, "categories": JsonDocument, "quiet_hours": JsonDocument}
 
 
+_USERS_QUERIES = {
+    dialect: text(_USERS.format(keys=keys)).columns(**_JSON_COLUMNS)
+    for dialect, keys in USER_KEYS_TABLES.items()
+}
+
+
 def _users_query(session: AsyncSession, keys: Collection[UserKey]) -> tuple[Any, dict[str, Any]]:
-    pairs = sorted(keys)
-    if is_postgresql(session):
-        return _PG_USERS.columns(**_JSON_COLUMNS), {
-            "tenant_ids": [tenant for tenant, _ in pairs],
-            "user_ids": [user for _, user in pairs],
-        }
-    return _SQLITE_USERS.columns(**_JSON_COLUMNS), {"keys": orjson.dumps(pairs).decode()}
+    return _USERS_QUERIES[dialect_of(session)], user_keys_param(keys)
 
 
 def _tenants_query(session: AsyncSession, tenants: Collection[str]) -> tuple[Any, dict[str, Any]]:

@@ -19,14 +19,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, and_, select, tuple_, update
+from sqlalchemy import Table, and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import PushDelivery, PushDevice
 from hub.errors import Unavailable
 from hub.metrics import PUSHES
 from hub.records import DeliveryRecord, NotificationRecord
-from hub.services.common import insert_for, is_postgresql, iso_utc
+from hub.services.common import (
+    USER_KEYS_TABLES,
+    dialect_of,
+    insert_for,
+    is_postgresql,
+    iso_utc,
+    user_keys_param,
+)
 from hub.services.leases import (
     FAILED,
     PENDING,
@@ -43,6 +50,16 @@ log = logging.getLogger(__name__)
 
 # Final statuses of their own: the device is gone, or the user was connected.
 GONE, SKIPPED = "gone", "skipped"
+
+
+# The devices of a batch's users: constant SQL text whatever the number of users.
+_DEVICES_OF_USERS = {
+    dialect: text(
+        "SELECT d.tenant_id, d.user_id, d.id, d.kind FROM push_devices AS d "  # noqa: S608
+        f"JOIN {keys} AS k ON d.tenant_id = k.tenant_id AND d.user_id = k.user_id"
+    )
+    for dialect, keys in USER_KEYS_TABLES.items()
+}
 
 
 class PushQueue(Protocol):
@@ -106,11 +123,7 @@ class PushService:
             return []
         users = {(n["tenant_id"], n["user_id"]) for n in created}
         devices = (
-            await session.execute(
-                select(
-                    PushDevice.tenant_id, PushDevice.user_id, PushDevice.id, PushDevice.kind
-                ).where(tuple_(PushDevice.tenant_id, PushDevice.user_id).in_(users))
-            )
+            await session.execute(_DEVICES_OF_USERS[dialect_of(session)], user_keys_param(users))
         ).all()
         if not devices:
             return []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -233,7 +233,7 @@ class WebhookService:
 
 
 async def report_in(
-    session: AsyncSession, type: str, items: Sequence[tuple[str, dict[str, Any]]]
+    session: AsyncSession, type: str, items: Sequence[tuple[str, Mapping[str, Any]]]
 ) -> int:
     """One delivery per (``(tenant_id, data)`` item, endpoint of that tenant subscribed
     to ``type``), in the caller's transaction: one read for the whole batch, and one
