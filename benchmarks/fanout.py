@@ -705,15 +705,24 @@ async def run_server_bench(bench: Bench, spec: ServerSpec) -> dict[str, Any]:
         result["machine_quiet_before"] = quiet
 
         clients = make_clients(bench, "u", args.clients, stats)
+        cpu = CpuWindow.begin(server.pid)
         connected, failures, connect_seconds = await timed_connect(
             clients, session, server.port, args
         )
+        (cpu_server,), cpu_client, _busy_s, _core_busy = cpu.end()
         result["connect"] = {
             "clients": len(connected),
             "failures": len(failures),
             "failure_samples": failures[:5],
             "seconds": round(connect_seconds, 3),
             "per_s": round(len(connected) / connect_seconds, 1) if connect_seconds else None,
+            # Whether the server or the load generator (which also does the handshakes'
+            # client side) was the limit.
+            "server_cpu_us_per_connect": (
+                round(1e6 * cpu_server / len(connected), 1) if connected else None
+            ),
+            "server_util": round(cpu_server / connect_seconds, 3) if connect_seconds else None,
+            "client_util": round(cpu_client / connect_seconds, 3) if connect_seconds else None,
         }
         if not connected:
             raise RuntimeError(f"{spec.name}: no client could connect: {failures[:3]}")
@@ -799,6 +808,7 @@ RATIO_FIGURES: dict[str, tuple[str, str]] = {
     "broadcast_server_cpu_us_per_delivery": ("broadcast", "server_cpu_us_per_delivery"),
     "per_user_server_cpu_us_per_delivery": ("per_user", "server_cpu_us_per_delivery"),
     "connects_per_s": ("connect", "per_s"),
+    "server_cpu_us_per_connect": ("connect", "server_cpu_us_per_connect"),
 }
 
 
@@ -952,6 +962,12 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             "",
         ),
         row("connects/s (JWT check + rooms)", value("connect", "per_s"), "connects_per_s", ""),
+        row(
+            "server CPU per connect (us)",
+            value("connect", "server_cpu_us_per_connect"),
+            "server_cpu_us_per_connect",
+            "",
+        ),
     ]
 
 

@@ -46,6 +46,11 @@ LAG_CHECK_LOG = ThrottledLog(log)
 REPLAY_PAGE_SIZE = 500
 LAG_CHECK_CHUNK = 500
 DATABASE_SLOTS = 4
+# Live-only sockets that connect within this long of each other share one baseline read: in
+# a connect storm, one read per few hundred sockets rather than one per couple of them (each
+# read costs a pool checkout, a transaction and a round trip). Live items that arrive
+# meanwhile are buffered, not lost.
+BASELINE_GATHER_SECONDS = 0.01
 DATABASE_RETRY_SECONDS = 1.0
 StreamKey = tuple[str, str]  # (tenant_id, stream id: a user id, a conversation id)
 
@@ -332,6 +337,7 @@ class SeqDelivery:
         self._resolving_baselines = True
         try:
             while self._awaiting_baseline:
+                await asyncio.sleep(BASELINE_GATHER_SECONDS)
                 batch = [s for s in self._awaiting_baseline if not s.closed]
                 self._awaiting_baseline = []
                 keys = list({(s.tenant_id, s.stream_id) for s in batch})

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select, text, tuple_, update
+from sqlalchemy import and_, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,7 +27,15 @@ from hub.ids import bad_cursor, cursor_id, decode_cursor, encode_cursor, parse_i
 from hub.records import DeliveryRecord, NotificationRecord
 from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
 from hub.services import inbox
-from hub.services.common import clamp_limit, insert_for, is_postgresql, iso_utc
+from hub.services.common import (
+    USER_KEYS_TABLES,
+    clamp_limit,
+    dialect_of,
+    insert_for,
+    is_postgresql,
+    iso_utc,
+    user_keys_param,
+)
 from hub.services.group_commit import GroupCommit, Sized
 from hub.services.preferences import PreferenceBook
 from hub.services.pushes import PushService
@@ -360,35 +368,19 @@ async def latest_seqs(
     compares with what it sent, to find notifications whose bus message never came."""
     if not users:
         return {}
-    if is_postgresql(session):
-        # Constant SQL text: a 500-pair IN list is compiled anew on every call, and every
-        # node runs this for all its users every few seconds.
-        rows = await session.execute(
-            _PG_LATEST_SEQS,
-            {
-                "tenant_ids": [tenant_id for tenant_id, _ in users],
-                "user_ids": [user_id for _, user_id in users],
-            },
-        )
-    else:
-        rows = await session.execute(
-            select(
-                NotificationCounter.tenant_id,
-                NotificationCounter.user_id,
-                NotificationCounter.last_seq,
-            ).where(tuple_(NotificationCounter.tenant_id, NotificationCounter.user_id).in_(users))
-        )
+    # Constant SQL text: a 500-pair IN list is compiled anew on every call, and every node
+    # runs this for all its users every few seconds.
+    rows = await session.execute(_LATEST_SEQS[dialect_of(session)], user_keys_param(users))
     return {(tenant_id, user_id): int(seq) for tenant_id, user_id, seq in rows}
 
 
-_PG_LATEST_SEQS = text(
-    """
-    SELECT c.tenant_id, c.user_id, c.last_seq
-    FROM notification_counters AS c
-    JOIN unnest(CAST(:tenant_ids AS text[]), CAST(:user_ids AS text[])) AS k(tenant_id, user_id)
-      ON c.tenant_id = k.tenant_id AND c.user_id = k.user_id
-    """
-)
+_LATEST_SEQS = {
+    dialect: text(
+        "SELECT c.tenant_id, c.user_id, c.last_seq FROM notification_counters AS c "  # noqa: S608
+        f"JOIN {keys} AS k ON c.tenant_id = k.tenant_id AND c.user_id = k.user_id"
+    )
+    for dialect, keys in USER_KEYS_TABLES.items()
+}
 
 
 def _parse_ids(ids: Sequence[object]) -> list[int]:
