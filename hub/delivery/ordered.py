@@ -46,11 +46,6 @@ LAG_CHECK_LOG = ThrottledLog(log)
 REPLAY_PAGE_SIZE = 500
 LAG_CHECK_CHUNK = 500
 DATABASE_SLOTS = 4
-# Live-only sockets that connect within this long of each other share one baseline read: in
-# a connect storm, one read per few hundred sockets rather than one per couple of them (each
-# read costs a pool checkout, a transaction and a round trip). Live items that arrive
-# meanwhile are buffered, not lost.
-BASELINE_GATHER_SECONDS = 0.01
 DATABASE_RETRY_SECONDS = 1.0
 StreamKey = tuple[str, str]  # (tenant_id, stream id: a user id, a conversation id)
 
@@ -337,7 +332,11 @@ class SeqDelivery:
         self._resolving_baselines = True
         try:
             while self._awaiting_baseline:
-                await asyncio.sleep(BASELINE_GATHER_SECONDS)
+                # One turn of the loop first: the sockets of a connect storm whose CONNECT
+                # packets are already in hand register too, and share this read. (Waiting any
+                # longer would leave a notification stored meanwhile, whose bus message is lost,
+                # counted as before the connect: never sent.)
+                await asyncio.sleep(0)
                 batch = [s for s in self._awaiting_baseline if not s.closed]
                 self._awaiting_baseline = []
                 keys = list({(s.tenant_id, s.stream_id) for s in batch})
