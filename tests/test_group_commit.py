@@ -9,15 +9,20 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.engine import make_engine, make_session_factory
 from hub.delivery.bus import LocalBus
 from hub.errors import Unavailable
 from hub.rules import NewNotification, NotificationLimits
+from hub.services.devices import DeviceService
 from hub.services.group_commit import GroupCommit, Sized
 from hub.services.notifications import NotificationService
 from hub.services.preferences import PreferenceService
+from hub.services.pushes import PushService
+from hub.services.webhooks import WebhookService
+from hub.webhook_urls import check_shape_only
 from tests.harness.services import _asyncpg_dsn
 
 # -- the gathering itself, without a database ---------------------------------------------------
@@ -202,3 +207,46 @@ async def test_concurrent_creates_with_one_idempotency_key_store_once(
     finally:
         await connection.close()
     assert stored == 2
+
+
+async def test_after_the_seq_allocation_a_create_only_inserts_and_commits(
+    engine: AsyncEngine,
+) -> None:
+    """Every other create for these users waits on their counter rows from the allocation
+    to the commit: the reads (preferences, push devices, webhook subscribers) come before it."""
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    sessions = make_session_factory(engine)
+
+    class NoQueue:
+        async def kick(self, delivery_ids: Sequence[int]) -> None:
+            pass
+
+    pushes = PushService(queue=NoQueue(), sessions=sessions, sweep_after_seconds=60)
+    service = NotificationService(
+        sessions=sessions, bus=LocalBus(), limits=NotificationLimits(), pushes=pushes
+    )
+    await DeviceService(sessions=sessions).register(
+        tenant_id=tenant, user_id="a", kind="fcm", token="device-token-a"
+    )
+    webhooks = WebhookService(sessions=sessions, check_url=check_shape_only, max_per_tenant=5)
+    await webhooks.create(
+        tenant_id=tenant, url="https://hooks.example/x", events=["notification.created"]
+    )
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()).upper())
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await service.create(
+            tenant_id=tenant, user_ids=["a", "b"], notification=NewNotification(title="t", body="")
+        )
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+    allocation = next(i for i, s in enumerate(statements) if "NOTIFICATION_COUNTERS" in s)
+    before, after = statements[:allocation], statements[allocation + 1 :]
+    assert any("PUSH_DEVICES" in s for s in before) and any(
+        "WEBHOOK_ENDPOINTS" in s for s in before
+    )
+    assert [s.split()[2] for s in after] == ["PUSH_DELIVERIES", "WEBHOOK_DELIVERIES"], after

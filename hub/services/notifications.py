@@ -38,8 +38,8 @@ from hub.services.common import (
 )
 from hub.services.group_commit import GroupCommit, Sized
 from hub.services.preferences import PreferenceBook
-from hub.services.pushes import PushService
-from hub.services.webhooks import report_in
+from hub.services.pushes import DevicesByUser, PushService
+from hub.services.webhooks import report_in, subscribed_endpoints
 
 log = logging.getLogger(__name__)
 
@@ -401,9 +401,16 @@ class NotificationWrites:
     """
 
     session: AsyncSession
+    # Push deliveries are recorded with the notifications (None: no push).
+    pushes: PushService | None = None
     created: list[NotificationRecord] = field(default_factory=list)
     suppressed: list[Recipient] = field(default_factory=list)
     preferences: PreferenceBook = field(default_factory=PreferenceBook)
+    # Read before the seqs are allocated (see :meth:`_read_targets`).
+    devices: DevicesByUser = field(default_factory=dict)
+    subscribed: dict[str, list[str]] = field(default_factory=dict)
+    _users_read: set[Recipient] = field(default_factory=set)
+    _tenants_read: set[str] = field(default_factory=set)
 
     async def read_preferences(self, recipients: Iterable[Recipient]) -> None:
         """Read the preferences of a batch's recipients at once, before deciding for each
@@ -442,13 +449,34 @@ class NotificationWrites:
                     suppressed.append((tenant_id, user_id))
             split.append((stored, suppressed))
             self.suppressed += suppressed
-        records = await store_notifications(self.session, wanted) if wanted else []
+        if not wanted:
+            return [([], suppressed) for _, suppressed in split]
+        await self._read_targets({(tenant_id, user_id) for tenant_id, user_id, _ in wanted})
+        records = await store_notifications(self.session, wanted)
         self.created += records
         results, start = [], 0
         for stored, suppressed in split:
             results.append((records[start : start + stored], suppressed))
             start += stored
         return results
+
+    async def _read_targets(self, recipients: set[Recipient]) -> None:
+        """The recipients' push devices and their tenants' webhook subscribers, read before
+        :func:`store_notifications` allocates the seqs: from then on the transaction holds
+        the recipients' counter rows, which every other create for them waits for, so what
+        remains after it (inserts, the commit) is as short as it can be."""
+        new = recipients - self._users_read
+        if not new:
+            return
+        self._users_read |= new
+        if self.pushes is not None:
+            self.devices.update(await self.pushes.devices_of(self.session, new))
+        tenants = {tenant for tenant, _ in new} - self._tenants_read
+        if tenants:
+            self._tenants_read |= tenants
+            self.subscribed.update(
+                await subscribed_endpoints(self.session, "notification.created", tenants)
+            )
 
     def pushed(self) -> list[NotificationRecord]:
         """The stored notifications whose users want ``push`` for their category."""
@@ -494,15 +522,18 @@ class NotificationService:
         made: :meth:`create` and event intake both use it."""
         pushes: list[int] = []
         async with self.sessions() as session, session.begin():
-            writes = NotificationWrites(session)
+            writes = NotificationWrites(session, pushes=self.pushes)
             yield writes
             if self.pushes is not None:
-                pushes = await self.pushes.record_in(session, writes.pushed())
+                pushes = await self.pushes.record_in(
+                    session, writes.pushed(), devices=writes.devices
+                )
             if writes.created:
                 await report_in(
                     session,
                     "notification.created",
                     [(n["tenant_id"], n) for n in writes.created],
+                    subscribed=writes.subscribed,
                 )
         if writes.created:
             await publish_created(self.bus, writes.created)

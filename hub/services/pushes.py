@@ -14,7 +14,7 @@ for a presence lookup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -60,6 +60,10 @@ _DEVICES_OF_USERS = {
     )
     for dialect, keys in USER_KEYS_TABLES.items()
 }
+
+
+# (tenant_id, user_id) -> [(device_id, kind)]
+DevicesByUser = dict[tuple[str, str], list[tuple[str, str]]]
 
 
 class PushQueue(Protocol):
@@ -114,22 +118,38 @@ class PushService:
         # After this long a push whose task never ran is sent by a worker's sweeper.
         self.sweep_after_seconds = sweep_after_seconds
 
+    async def devices_of(
+        self, session: AsyncSession, users: Iterable[tuple[str, str]]
+    ) -> DevicesByUser:
+        """The devices of ``users`` (those that have any), in one statement: read before a
+        transaction allocates its seqs, so that the counter row locks are not held meanwhile."""
+        found: DevicesByUser = {}
+        keys = set(users)
+        if not keys:
+            return found
+        rows = await session.execute(_DEVICES_OF_USERS[dialect_of(session)], user_keys_param(keys))
+        for tenant_id, user_id, device_id, kind in rows:
+            found.setdefault((tenant_id, user_id), []).append((device_id, kind))
+        return found
+
     async def record_in(
-        self, session: AsyncSession, created: Sequence[NotificationRecord]
+        self,
+        session: AsyncSession,
+        created: Sequence[NotificationRecord],
+        *,
+        devices: DevicesByUser | None = None,
     ) -> list[int]:
         """One ``queued`` delivery per device of each notification's user, in the caller's
-        transaction: two statements whatever the number of recipients."""
+        transaction (``devices``: what :meth:`devices_of` read for them, else read here)."""
         if not created:
             return []
-        users = {(n["tenant_id"], n["user_id"]) for n in created}
-        devices = (
-            await session.execute(_DEVICES_OF_USERS[dialect_of(session)], user_keys_param(users))
-        ).all()
-        if not devices:
+        by_user = devices
+        if by_user is None:
+            by_user = await self.devices_of(
+                session, ((n["tenant_id"], n["user_id"]) for n in created)
+            )
+        if not by_user:
             return []
-        by_user: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        for tenant_id, user_id, device_id, kind in devices:
-            by_user.setdefault((tenant_id, user_id), []).append((device_id, kind))
         now = datetime.now(UTC)
         due = now + timedelta(seconds=self.sweep_after_seconds)
         rows = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -232,22 +232,39 @@ class WebhookService:
         return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
-async def report_in(
-    session: AsyncSession, type: str, items: Sequence[tuple[str, Mapping[str, Any]]]
-) -> int:
-    """One delivery per (``(tenant_id, data)`` item, endpoint of that tenant subscribed
-    to ``type``), in the caller's transaction: one read for the whole batch, and one
-    insert when anything is subscribed. How many."""
-    if not items:
-        return 0
+async def subscribed_endpoints(
+    session: AsyncSession, type: str, tenants: Iterable[str]
+) -> dict[str, list[str]]:
+    """The endpoints of ``tenants`` subscribed to ``type``, by tenant: one statement."""
+    wanted = set(tenants)
     subscribed: dict[str, list[str]] = {}
+    if not wanted:
+        return subscribed
     for tenant_id, endpoint_id, events in await session.execute(
         select(WebhookEndpoint.tenant_id, WebhookEndpoint.id, WebhookEndpoint.events).where(
-            WebhookEndpoint.tenant_id.in_({tenant for tenant, _ in items})
+            WebhookEndpoint.tenant_id.in_(wanted)
         )
     ):
         if type in events:
             subscribed.setdefault(tenant_id, []).append(endpoint_id)
+    return subscribed
+
+
+async def report_in(
+    session: AsyncSession,
+    type: str,
+    items: Sequence[tuple[str, Mapping[str, Any]]],
+    *,
+    subscribed: dict[str, list[str]] | None = None,
+) -> int:
+    """One delivery per (``(tenant_id, data)`` item, endpoint of that tenant subscribed
+    to ``type``), in the caller's transaction: one read for the whole batch (none when the
+    caller read ``subscribed`` with :func:`subscribed_endpoints` already), and one insert
+    when anything is subscribed. How many."""
+    if not items:
+        return 0
+    if subscribed is None:
+        subscribed = await subscribed_endpoints(session, type, (tenant for tenant, _ in items))
     if not subscribed:
         return 0
     now = datetime.now(UTC)
