@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from hub.presence import LocalPresenceStore, PresenceTracker, UserKey
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
 from hub.settings import Settings
 from tests.harness.api import ApiClient
@@ -350,3 +352,66 @@ async def test_push_asks_the_route_map_whether_the_user_is_connected_anywhere(
     await asyncio.sleep(QUICK["presence_node_ttl_seconds"] + 0.5)
     (fourth,) = await service.notify(["ann"])
     assert await outcome(fourth) == "sent"
+
+
+async def test_routes_lost_by_redis_are_recorded_again_by_the_nodes_heartbeat(
+    hub_settings: SettingsFactory,
+    serve_process: ServeStarter,
+    sio_connect: SioConnect,
+    tenant: str,
+    redis_url: str,
+) -> None:
+    # The lag check is far away: only the bus can bring the notification in time.
+    settings = hub_settings(**QUICK, delivery_lag_check_seconds=60)
+    node_a, node_b = await asyncio.gather(serve_process(settings), serve_process(settings))
+    client = await sio_connect(
+        node_b.url, NOTIFICATIONS_NAMESPACE, token=hs256_token(tenant=tenant, user="u1")
+    )
+    redis = Redis.from_url(redis_url)
+    try:
+        # Redis restarted empty: the route map is gone, the sockets are not.
+        for key in await redis.keys(f"{settings.socketio_channel}:routes:*"):
+            await redis.delete(key)
+    finally:
+        await redis.aclose()
+    await asyncio.sleep(QUICK["presence_node_ttl_seconds"])  # a heartbeat notices
+    (created,) = await ApiClient.for_service(node_a.url, tenant).notify(["u1"])
+    (live,) = await client.wait_for("notification:new", timeout=5)
+    assert live["id"] == created
+
+
+class HeldStore(LocalPresenceStore):
+    """A store whose ``add`` answers only when the test lets it (a slow Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def add(self, node: str, users: Sequence[UserKey]) -> list[UserKey]:
+        await self.release.wait()
+        return await super().add(node, users)
+
+
+async def test_a_connecting_socket_waits_for_its_route_and_not_forever() -> None:
+    """A socket's CONNECT is answered once its route is in the map (so a publisher that looks
+    routes up after the client connected reaches its node), but a store that does not answer
+    delays it only ROUTE_WAIT_SECONDS (the lag check then repairs)."""
+    store = HeldStore()
+    tracker = PresenceTracker(store, grace_seconds=1.0, node_ttl_seconds=5.0)
+    tracker.start()
+    try:
+        tracker.connected(("t", "u1"))
+        waiting = asyncio.create_task(tracker.recorded([("t", "u1")], timeout=5))
+        await asyncio.sleep(0.3)
+        assert not waiting.done(), "answered before the route was recorded"
+        store.release.set()
+        assert await waiting is True
+        assert await store.nodes_of(("t", "u1")) == {tracker.node}
+        store.release.clear()
+        tracker.connected(("t", "u2"))
+        started = time.monotonic()
+        assert await tracker.recorded([("t", "u2")], timeout=0.3) is False
+        assert time.monotonic() - started < 2
+    finally:
+        store.release.set()
+        await tracker.close()
