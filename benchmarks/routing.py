@@ -372,8 +372,8 @@ def doc_section(results: dict[str, Any]) -> str:
         f"Run {results['when']} on {results['machine'].get('cpu_model') or 'this machine'}, "
         f"hub at `{results.get('hub_commit') or '?'}`: {results['users']} users "
         f"(one `/notifications` and one `/chat` socket each), {results['rounds']} rounds of "
-        f"one notification per user ({results.get('batch', len(results['runs']) and 600)} "
-        f"users per request), {results['chat_messages']} chat messages; CPU less each "
+        f"one notification per user ({results.get('batch', 600)} user(s) per request), "
+        f"{results['chat_messages']} chat messages; CPU less each "
         "node's idle rate. Main (before routing) from issue 19 in brackets.",
         "",
         "| Layout | K | CPU per notification, nodes 2..K (no sockets in `one`) | per chat "
