@@ -10,10 +10,11 @@ A node that dies cannot say goodbye, so every node's records expire: live nodes 
 heartbeat, and any node's sweeper removes the users of a node whose heartbeat ended more
 than the grace period ago (a user who reconnected elsewhere meanwhile stays online).
 
-The store answers more than the ``/chat`` presence events need, for those who come later:
-:meth:`PresenceStore.statuses` ("is this user connected anywhere?", e.g. push delivery)
-and :meth:`PresenceStore.nodes_of` (which nodes hold the user, for routing). One store
-instance tracks one *scope* (a namespace's sockets); another scope is another instance.
+The store answers more than the ``/chat`` presence events need: :meth:`PresenceStore.statuses`
+("is this user connected anywhere?"), :meth:`PresenceStore.nodes_of_users` (which nodes hold
+the users: routing, :mod:`hub.delivery.routes`) and :meth:`PresenceStore.live_nodes_of`
+(those whose heartbeat holds: push's check). One store instance tracks one *scope* (a
+namespace's sockets); another scope is another instance.
 """
 
 from __future__ import annotations

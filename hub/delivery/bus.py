@@ -198,7 +198,6 @@ class RedisBus:
         self.routes = routes
         self._node_channel = node_channel
         self.node = node
-        self.published = 0  # messages published (benchmark: per-node messages per item)
 
     async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None:
         if not notifications:
@@ -230,7 +229,6 @@ class RedisBus:
             await self._redis.publish(self.channel, orjson.dumps(message))
         except (RedisError, OSError) as exc:
             raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
-        self.published += 1
 
     async def publish_message(
         self, *, tenant_id: str, participants: tuple[str, str], message: MessageRecord
@@ -295,7 +293,6 @@ class RedisBus:
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
-        self.published += len(messages)
 
     async def run(
         self,
