@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker  # noqa: E40
 
 from db.engine import make_engine, make_session_factory  # noqa: E402
 from db.models import Notification, NotificationCounter, ProcessedEvent  # noqa: E402
-from hub.delivery.bus import RedisBus, notification_channel  # noqa: E402
+from hub.delivery.bus import redis_bus  # noqa: E402
 from hub.intake.envelope import BadEvent, EventEnvelope, decode_event  # noqa: E402
 from hub.rules import NotificationLimits  # noqa: E402
 from hub.services.notifications import serialize  # noqa: E402
@@ -125,7 +125,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
     engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(settings.redis_url)
-    bus = RedisBus(redis, notification_channel(settings))
+    bus = redis_bus(redis, settings)
     limits = NotificationLimits.from_settings(settings)
     consumer = AIOKafkaConsumer(
         settings.kafka_topic,

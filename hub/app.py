@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 import socketio
 from aiohttp import web
 from redis.asyncio import Redis
@@ -29,10 +31,11 @@ from db.engine import engine_for, make_session_factory
 from db.migrate import SchemaCheck, upgrade_to_head
 from db.outage import DatabaseStatus
 from hub.auth import JwksCache, TokenVerifier
-from hub.delivery.bus import LocalBus, RedisBus, notification_channel
+from hub.delivery.bus import LocalBus, RedisBus, UserEmit, redis_bus
 from hub.delivery.chat import ChatDelivery
 from hub.delivery.node import NodeDelivery
 from hub.delivery.notifications import NotificationDelivery
+from hub.delivery.routes import RouteTables, notification_tracker
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
@@ -40,6 +43,7 @@ from hub.keys import (
     CHAT,
     CHAT_BUS,
     CHAT_DELIVERY,
+    CHAT_ROUTES,
     DB_ENGINE,
     DB_SESSIONS,
     DEVICES,
@@ -49,6 +53,7 @@ from hub.keys import (
     LEGACY_SOCKETS,
     NOTIFICATION_BUS,
     NOTIFICATION_DELIVERY,
+    NOTIFICATION_ROUTES,
     NOTIFICATIONS,
     PREFERENCES,
     PRESENCE,
@@ -67,9 +72,7 @@ from hub.keys import (
 from hub.metrics import register_pool, unregister
 from hub.presence import (
     LocalPresenceStore,
-    PresenceStore,
     PresenceTracker,
-    RedisPresenceStore,
 )
 from hub.realtime import Realtime
 from hub.services import chat
@@ -170,7 +173,9 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
     if not server.manager_initialized:
         server.manager_initialized = True
         server.manager.initialize()
-    app[REALTIME] = Realtime(server)
+    bus = app[NOTIFICATION_BUS]
+    # With Redis, chat events go to the nodes of their users over the routed bus.
+    app[REALTIME] = Realtime(server, routed=bus if isinstance(bus, RedisBus) else None)
     try:
         yield
     finally:
@@ -183,34 +188,82 @@ async def socketio_context(app: web.Application) -> AsyncIterator[None]:
             await asyncio.gather(listener, return_exceptions=True)
 
 
-async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:
-    """The delivery bus (Redis pub/sub or in-process) and this node's live delivery of
-    notifications and chat messages."""
+async def routing_context(app: web.Application) -> AsyncIterator[None]:
+    """The bus (routed Redis pub/sub, or in-process) and this node's records in the route
+    maps (hub.delivery.routes), kept up to date until shutdown."""
     settings = app[SETTINGS]
+    redis = app.get(REDIS)
+    tables = (
+        RouteTables(LocalPresenceStore(), LocalPresenceStore())
+        if redis is None
+        else RouteTables.in_redis(redis, settings)
+    )
+    notifications = notification_tracker(tables.notifications, settings, node=uuid.uuid4().hex)
+    node = notifications.node
+    # The chat presence tracker is the /chat route map too: one node name for both.
+    chat_tracker = PresenceTracker(
+        tables.chat,
+        grace_seconds=settings.presence_grace_seconds,
+        node_ttl_seconds=settings.presence_node_ttl_seconds,
+        node=node,
+    )
+    app[NOTIFICATION_ROUTES] = notifications
+    app[CHAT_ROUTES] = chat_tracker
+    bus: LocalBus | RedisBus = (
+        LocalBus() if redis is None else redis_bus(redis, settings, node=node)
+    )
+    app[NOTIFICATION_BUS] = bus
+    app[CHAT_BUS] = bus
+    trackers = (notifications, chat_tracker)
+    for tracker in trackers:
+        tracker.start()
+    try:
+        yield
+    finally:
+        for tracker in trackers:
+            await tracker.close()
+
+
+async def notification_delivery_context(app: web.Application) -> AsyncIterator[None]:
+    """This node's live delivery of notifications and chat messages, fed by the bus."""
+    settings = app[SETTINGS]
+    realtime = app[REALTIME]
+    redis = app.get(REDIS)
+    routed = redis is not None
+
+    async def emit_here(emit: UserEmit) -> None:
+        await realtime.emit_here(
+            tenant_id=emit.tenant_id,
+            user_ids=emit.user_ids,
+            event=emit.event,
+            data=orjson.loads(emit.json),
+            namespace=emit.namespace,
+        )
+
     delivery = NodeDelivery(
         NotificationDelivery(
             sessions=app[DB_SESSIONS],
             fetch_after=replay_page,
             latest_seqs=latest_seqs,
             counts_event=counts_event,
+            routes=app[NOTIFICATION_ROUTES] if routed else None,
         ),
         ChatDelivery(
             sessions=app[DB_SESSIONS],
             fetch_after=chat.replay_page,
             latest_seqs=chat.latest_seqs,
             conversation_seqs=chat.conversation_seqs,
+            routes=app[CHAT_ROUTES] if routed else None,
         ),
+        emit_here=emit_here,
     )
     app[NOTIFICATION_DELIVERY] = delivery.notifications
     app[CHAT_DELIVERY] = delivery.chat
     listening: asyncio.Task[None] | None = None
-    redis = app.get(REDIS)
-    bus: LocalBus | RedisBus
-    if redis is None:
-        bus = LocalBus()
+    bus = app[NOTIFICATION_BUS]
+    if isinstance(bus, LocalBus):
         bus.listener = delivery
-    else:
-        bus = RedisBus(redis, notification_channel(settings))
+    elif isinstance(bus, RedisBus):
         subscribed = asyncio.Event()
         listening = asyncio.create_task(bus.run(delivery, subscribed=subscribed))
         try:
@@ -219,13 +272,11 @@ async def notification_delivery_context(app: web.Application) -> AsyncIterator[N
             await asyncio.wait_for(subscribed.wait(), timeout=5)
         except TimeoutError:
             log.warning("notification bus not subscribed yet; continuing")
-    app[NOTIFICATION_BUS] = bus
-    app[CHAT_BUS] = bus
     # With a bus that can lose messages (Redis away, a publisher dead after its commit),
     # the database is checked for what never came.
     watching = (
         asyncio.create_task(delivery.watch_for_lag(settings.delivery_lag_check_seconds))
-        if redis is not None
+        if routed
         else None
     )
     try:
@@ -299,27 +350,12 @@ async def chat_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def presence_context(app: web.Application) -> AsyncIterator[None]:
-    """Who is connected to /chat on any node: in Redis when configured, else in-process."""
-    settings = app[SETTINGS]
-    redis = app.get(REDIS)
-    store: PresenceStore = (
-        LocalPresenceStore()
-        if redis is None
-        else RedisPresenceStore(redis, f"{settings.socketio_channel}:presence:chat:")
-    )
-    tracker = PresenceTracker(
-        store,
-        grace_seconds=settings.presence_grace_seconds,
-        node_ttl_seconds=settings.presence_node_ttl_seconds,
-    )
+    """Who is connected to /chat on any node: the chat route map's tracker (in Redis when
+    configured, else in-process), announced by the presence service."""
     app[PRESENCE] = PresenceService(
-        sessions=app[DB_SESSIONS], realtime=app[REALTIME], tracker=tracker
+        sessions=app[DB_SESSIONS], realtime=app[REALTIME], tracker=app[CHAT_ROUTES]
     )
-    tracker.start()
-    try:
-        yield
-    finally:
-        await tracker.close()
+    yield
 
 
 async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
@@ -461,6 +497,7 @@ def default_cleanup_contexts() -> list[CleanupContext]:
         http_client_context,
         database_context,
         redis_context,
+        routing_context,
         socketio_context,
         notification_delivery_context,
         retention_context,

@@ -14,7 +14,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from db.engine import engine_for, make_session_factory
-from hub.delivery.bus import RedisBus, notification_channel
+from hub.delivery.bus import redis_bus
 from hub.heartbeat import run_heartbeat
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
@@ -40,7 +40,7 @@ async def run_consumer(settings: Settings, *, stop: asyncio.Event) -> KafkaIntak
     engine = engine_for(settings)
     sessions = make_session_factory(engine)
     redis = Redis.from_url(settings.redis_url)
-    bus = RedisBus(redis, notification_channel(settings))
+    bus = redis_bus(redis, settings)
     broker = build_broker(settings)
     await broker.startup()
     services = build_services(settings, sessions=sessions, bus=bus, broker=broker)

@@ -15,6 +15,7 @@ from hub.delivery.chat import ChatDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
+from hub.presence import PresenceTracker
 from hub.realtime import Realtime
 from hub.services.chat import ChatService
 from hub.services.devices import DeviceService
@@ -37,6 +38,10 @@ REDIS = web.AppKey("redis", Redis)
 SOCKETIO = web.AppKey("socketio", socketio.AsyncServer)
 REALTIME = web.AppKey("realtime", Realtime)
 NOTIFICATION_BUS = web.AppKey("notification_bus", NotificationBus)
+# This node's records in the route maps (hub.delivery.routes): its /notifications
+# connections, and its /chat sockets (the chat presence tracker).
+NOTIFICATION_ROUTES = web.AppKey("notification_routes", PresenceTracker)
+CHAT_ROUTES = web.AppKey("chat_routes", PresenceTracker)
 NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery)
 # The same bus as NOTIFICATION_BUS, seen by the chat service.
 CHAT_BUS = web.AppKey("chat_bus", ChatBus)

@@ -10,10 +10,11 @@ A node that dies cannot say goodbye, so every node's records expire: live nodes 
 heartbeat, and any node's sweeper removes the users of a node whose heartbeat ended more
 than the grace period ago (a user who reconnected elsewhere meanwhile stays online).
 
-The store answers more than the ``/chat`` presence events need, for those who come later:
-:meth:`PresenceStore.statuses` ("is this user connected anywhere?", e.g. push delivery)
-and :meth:`PresenceStore.nodes_of` (which nodes hold the user, for routing). One store
-instance tracks one *scope* (a namespace's sockets); another scope is another instance.
+The store answers more than the ``/chat`` presence events need: :meth:`PresenceStore.statuses`
+("is this user connected anywhere?"), :meth:`PresenceStore.nodes_of_users` (which nodes hold
+the users: routing, :mod:`hub.delivery.routes`) and :meth:`PresenceStore.live_nodes_of`
+(those whose heartbeat holds: push's check). One store instance tracks one *scope* (a
+namespace's sockets); another scope is another instance.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class PresenceStore(Protocol):
     async def remove(self, node: str, users: Sequence[tuple[UserKey, float]]) -> list[UserKey]:
         """Forget ``(user, last seen)`` on ``node``; return those no node holds now (offline)."""
 
-    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> None:
-        """``node`` is alive; its records expire at ``expires_at`` unless refreshed."""
+    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> bool:
+        """``node`` is alive; its records expire at ``expires_at`` unless refreshed. False
+        when the store did not know the node (its records were lost or expired: re-add)."""
 
     async def expire_nodes(self, *, before: float) -> list[tuple[UserKey, float]]:
         """Remove nodes whose records expired before ``before``; return the users that left
@@ -82,11 +84,22 @@ class PresenceStore(Protocol):
 
     async def nodes_of(self, user: UserKey) -> set[str]: ...
 
+    async def nodes_of_users(self, users: Sequence[UserKey]) -> dict[UserKey, set[str]]:
+        """The nodes holding each of ``users`` (those held by none are left out)."""
+
+    async def live_nodes_of(self, user: UserKey, *, now: float) -> set[str]:
+        """The nodes holding ``user`` whose heartbeat has not expired at ``now`` (a node
+        killed -9 stops counting at once, before any sweeper removes its records)."""
+
 
 def _member(user: UserKey) -> str:
     # The tenant's length first, as in hub.rooms: no pair of ids can collide.
     tenant_id, user_id = user
     return f"{len(tenant_id)}:{tenant_id}:{user_id}"
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _user(member: str | bytes) -> UserKey:
@@ -168,11 +181,12 @@ class RedisPresenceStore:
             args += [_member(user), seen]
         return [_user(member) for member in await self._remove(args=args)]
 
-    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> None:
+    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._prefix + "nodes", {node: expires_at})
             pipe.hset(self._prefix + "alive", node, now)
-            await pipe.execute()
+            added, _ = await pipe.execute()
+        return not added
 
     async def expire_nodes(self, *, before: float) -> list[tuple[UserKey, float]]:
         gone = await self._expire(args=[self._prefix, before])
@@ -192,8 +206,27 @@ class RedisPresenceStore:
         }
 
     async def nodes_of(self, user: UserKey) -> set[str]:
-        members = await self._redis.smembers(self._prefix + "user:" + _member(user))
-        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        return (await self.nodes_of_users([user])).get(user, set())
+
+    async def nodes_of_users(self, users: Sequence[UserKey]) -> dict[UserKey, set[str]]:
+        if not users:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.smembers(self._prefix + "user:" + _member(user))
+            found = await pipe.execute()
+        return {
+            user: {_text(n) for n in nodes}
+            for user, nodes in zip(users, found, strict=True)
+            if nodes
+        }
+
+    async def live_nodes_of(self, user: UserKey, *, now: float) -> set[str]:
+        nodes = sorted(await self.nodes_of(user))
+        if not nodes:
+            return set()
+        expiries = await self._redis.zmscore(self._prefix + "nodes", nodes)
+        return {n for n, at in zip(nodes, expiries, strict=True) if at is not None and at >= now}
 
 
 class LocalPresenceStore:
@@ -225,8 +258,8 @@ class LocalPresenceStore:
                 offline.append(user)
         return offline
 
-    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> None:
-        return None
+    async def heartbeat(self, node: str, *, now: float, expires_at: float) -> bool:
+        return True
 
     async def expire_nodes(self, *, before: float) -> list[tuple[UserKey, float]]:
         return []
@@ -239,6 +272,12 @@ class LocalPresenceStore:
 
     async def nodes_of(self, user: UserKey) -> set[str]:
         return set(self._nodes.get(user, ()))
+
+    async def nodes_of_users(self, users: Sequence[UserKey]) -> dict[UserKey, set[str]]:
+        return {user: set(self._nodes[user]) for user in users if self._nodes.get(user)}
+
+    async def live_nodes_of(self, user: UserKey, *, now: float) -> set[str]:
+        return await self.nodes_of(user)
 
 
 class PresenceTracker:
@@ -258,9 +297,12 @@ class PresenceTracker:
         node_ttl_seconds: float,
         listener: PresenceListener | None = None,
         clock: Callable[[], float] = time.time,
+        node: str | None = None,
     ) -> None:
         self.store = store
-        self.node = uuid.uuid4().hex
+        # The node's name in the store; routing (hub.delivery.routes) also names the node's
+        # bus channel with it, so all trackers of one process share it.
+        self.node = node or uuid.uuid4().hex
         self.listener = listener
         self._grace = grace_seconds
         self._ttl = node_ttl_seconds
@@ -272,6 +314,8 @@ class PresenceTracker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._recorded_waiters: list[asyncio.Future[None]] = []
+        self._beaten = False  # a heartbeat has been recorded
         # Store calls made for socket transitions, and for heartbeats and sweeps (benchmark).
         self.round_trips = 0
         self.heartbeat_round_trips = 0
@@ -298,6 +342,34 @@ class PresenceTracker:
 
     def is_connected_here(self, user: UserKey) -> bool:
         return user in self._sockets
+
+    def is_recorded(self, user: UserKey) -> bool:
+        """Whether the store holds ``user`` on this node (or the user has no socket here)."""
+        return user in self._held or user not in self._sockets
+
+    async def recorded(self, users: Sequence[UserKey], *, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until the store holds each of ``users`` that still has a socket here, at
+        most ``timeout`` seconds (the store may be away); whether it does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not all(self.is_recorded(user) for user in users):
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._recorded_waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                return False
+            finally:
+                if waiter in self._recorded_waiters:
+                    self._recorded_waiters.remove(waiter)
+        return True
+
+    def _wake_recorded_waiters(self) -> None:
+        waiters, self._recorded_waiters = self._recorded_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- the flush loop ---------------------------------------------------------------
 
@@ -357,6 +429,7 @@ class PresenceTracker:
                 self._to_add.update(u for u in adding if u in self._sockets)
                 raise
             self._held.update(adding)
+            self._wake_recorded_waiters()
             changes += [PresenceChange(*user, ONLINE, None) for user in online]
         now = self._clock()
         due = [(u, at) for u, at in self._leaving.items() if at + self._grace <= now]
@@ -379,7 +452,16 @@ class PresenceTracker:
     async def heartbeat_and_sweep(self) -> None:
         now = self._clock()
         self.heartbeat_round_trips += 2
-        await self.store.heartbeat(self.node, now=now, expires_at=now + self._ttl)
+        known = await self.store.heartbeat(self.node, now=now, expires_at=now + self._ttl)
+        first, self._beaten = not self._beaten, True
+        if not known and not first and self._held:
+            # The store lost this node's records (Redis restarted empty) or expired them (this
+            # process stalled past its TTL): record its users again, or messages routed by
+            # the store would stop reaching them (only the lag check would).
+            log.warning("presence store had lost this node; recording its users again")
+            self._to_add.update(u for u in self._held if u in self._sockets)
+            self._held.clear()
+            self._wake.set()
         gone = await self.store.expire_nodes(before=now - self._grace)
         await self._tell([PresenceChange(*user, OFFLINE, seen) for user, seen in gone])
 

@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from taskiq.acks import AcknowledgeType
 from taskiq.receiver import Receiver
 
+from hub.delivery.routes import RoutedPresence, notification_routes_prefix
 from hub.heartbeat import run_heartbeat
+from hub.presence import RedisPresenceStore
 from hub.services.retention import Purge, PurgePolicy
 from hub.settings import ConfigurationError, Settings
 from hub.startup import database_problem, redis_problem, require_redis, stop_on_signals
@@ -50,10 +52,16 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event) -> None:
     await require_redis(settings.redis_url)
     broker = build_broker(settings)
     broker.is_worker_process = True
+    redis = Redis.from_url(settings.redis_url)
+    # Push's "connected anywhere?" (policy ``offline``): the serve nodes' route map.
+    presence = RoutedPresence(RedisPresenceStore(redis, notification_routes_prefix(settings)))
     async with (
+        contextlib.aclosing(redis),
         email_resources(settings) as resources,
         aiohttp.ClientSession() as http,
-        push_resources(settings, sessions=resources.sessions, http=http) as pushing,
+        push_resources(
+            settings, sessions=resources.sessions, http=http, presence=presence
+        ) as pushing,
         webhook_resources(settings, sessions=resources.sessions) as hooking,
     ):
         setattr(broker.state, RESOURCES_STATE, resources)

@@ -1,11 +1,15 @@
-"""The delivery bus: after a commit, the writing process publishes; every node listens.
+"""The delivery bus: after a commit, the writing process publishes; the nodes that hold
+sockets of the users concerned listen.
 
-It carries what is delivered in ``seq`` order with replay (notifications, chat messages) and
-what goes with them (read marks, announcements).
+It carries what is delivered in ``seq`` order with replay (notifications, chat messages),
+what goes with them (read marks, announcements) and the other chat events (``typing``,
+``message:read``, ``presence``, ``message:updated``).
 
-With Redis configured it is a pub/sub channel shared by all processes of the hub (serve,
-worker, consume); without, the embedded profile delivers in-process. Each notification is
-JSON-encoded once, by the publisher; nodes pass the encoded text straight to sockets.
+With Redis configured it is Redis pub/sub, routed (:mod:`hub.delivery.routes`): each node
+has a channel of its own and hears only what its sockets need; tenant announcements go on
+one all-nodes channel. Without Redis, the embedded profile delivers in-process. Each
+notification is JSON-encoded once, by the publisher; nodes pass the encoded text straight
+to sockets.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from hub.delivery.routes import RouteTables, by_node, node_channel
 from hub.errors import Unavailable
+from hub.presence import PresenceStore, UserKey
+from hub.realtime import CHAT_NAMESPACE
 from hub.records import MessageRecord, NotificationRecord
 from hub.settings import Settings
 
@@ -60,6 +67,18 @@ class PublishedMessage:
     json: str  # the message object, encoded once
 
 
+@dataclass(frozen=True, slots=True)
+class UserEmit:
+    """A Socket.IO event for the rooms of some users of a tenant (chat events other than
+    ``message:new``): the receiving node emits it to its own sockets only."""
+
+    tenant_id: str
+    user_ids: tuple[str, ...]
+    event: str
+    json: str  # the payload, encoded once
+    namespace: str
+
+
 class BusListener(Protocol):
     async def on_new(self, items: Sequence[PublishedNotification]) -> None: ...
 
@@ -68,6 +87,8 @@ class BusListener(Protocol):
     async def on_message(self, item: PublishedMessage) -> None: ...
 
     async def on_broadcast(self, broadcast: TenantBroadcast) -> None: ...
+
+    async def on_emit(self, emit: UserEmit) -> None: ...
 
     async def on_resubscribed(self) -> None:
         """Messages may have been lost while the bus was away: catch up from the database."""
@@ -90,8 +111,19 @@ class ChatBus(Protocol):
 
 
 def notification_channel(settings: Settings) -> str:
-    """One channel per hub, next to the Socket.IO manager's."""
+    """The all-nodes channel (tenant announcements), next to the nodes' own."""
     return f"{settings.socketio_channel}:notifications"
+
+
+def redis_bus(redis: Redis, settings: Settings, *, node: str | None = None) -> RedisBus:
+    """The routed bus of any process of the hub; ``node``: the serve node that listens."""
+    return RedisBus(
+        redis,
+        notification_channel(settings),
+        routes=RouteTables.in_redis(redis, settings),
+        node_channel=lambda name: node_channel(settings, name),
+        node=node,
+    )
 
 
 def encode_events(events: Sequence[tuple[str, dict[str, Any]]]) -> tuple[tuple[str, str], ...]:
@@ -149,48 +181,116 @@ class LocalBus:
 
 
 class RedisBus:
-    """Redis pub/sub: publishing works from any process; ``run`` listens (serve nodes)."""
+    """Routed Redis pub/sub: publishing works from any process (serve, worker, consume);
+    ``run`` listens on the all-nodes channel and on ``node``'s own (serve nodes)."""
 
-    def __init__(self, redis: Redis, channel: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        *,
+        routes: RouteTables,
+        node_channel: Callable[[str], str],
+        node: str | None = None,
+    ) -> None:
         self._redis = redis
         self.channel = channel
+        self.routes = routes
+        self._node_channel = node_channel
+        self.node = node
 
     async def publish_new(self, notifications: Sequence[NotificationRecord]) -> None:
         if not notifications:
             return
-        message = {
-            "k": "new",
-            "i": [[n.tenant_id, n.user_id, n.seq, n.json] for n in encode_new(notifications)],
-        }
-        await self._publish(message)
+        items = encode_new(notifications)
+        nodes = await self._nodes(
+            self.routes.notifications, [(n.tenant_id, n.user_id) for n in items]
+        )
+        shares: dict[str, list[list[Any]]] = {}
+        for item in items:
+            for node in nodes.get((item.tenant_id, item.user_id), ()):
+                shares.setdefault(node, []).append(
+                    [item.tenant_id, item.user_id, item.seq, item.json]
+                )
+        await self._publish_many({node: {"k": "new", "i": share} for node, share in shares.items()})
 
     async def publish_user_events(
         self, *, tenant_id: str, user_id: str, events: Sequence[tuple[str, dict[str, Any]]]
     ) -> None:
         # One message for all of them: they reach each node, and each connection, in order.
-        await self._publish({"k": "user", "t": tenant_id, "u": user_id, "e": encode_events(events)})
+        message = {"k": "user", "t": tenant_id, "u": user_id, "e": encode_events(events)}
+        nodes = await self._nodes(self.routes.notifications, [(tenant_id, user_id)])
+        await self._publish_many({node: message for node in nodes.get((tenant_id, user_id), ())})
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None:
-        await self._publish({"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()})
+        # A tenant's announcement may concern any node: the all-nodes channel.
+        message = {"k": "bc", "t": tenant_id, "j": orjson.dumps(payload).decode()}
+        try:
+            await self._redis.publish(self.channel, orjson.dumps(message))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
 
     async def publish_message(
         self, *, tenant_id: str, participants: tuple[str, str], message: MessageRecord
     ) -> None:
         item = encode_message(tenant_id, participants, message)
-        await self._publish(
+        encoded = {
+            "k": "msg",
+            "t": item.tenant_id,
+            "c": item.conversation_id,
+            "s": item.seq,
+            "p": item.participants,
+            "j": item.json,
+        }
+        users = [(tenant_id, user_id) for user_id in participants]
+        nodes = by_node(await self._nodes(self.routes.chat, users), users)
+        await self._publish_many({node: encoded for node in nodes})
+
+    async def emit_to_users(
+        self,
+        *,
+        tenant_id: str,
+        user_ids: Sequence[str],
+        event: str,
+        data_json: str,
+        namespace: str,
+    ) -> None:
+        """:class:`hub.realtime.UserEmits`: a chat event to the nodes holding these users."""
+        users = [(tenant_id, user_id) for user_id in user_ids]
+        table = self.routes.chat if namespace == CHAT_NAMESPACE else self.routes.notifications
+        nodes = by_node(await self._nodes(table, users), users)
+        await self._publish_many(
             {
-                "k": "msg",
-                "t": item.tenant_id,
-                "c": item.conversation_id,
-                "s": item.seq,
-                "p": item.participants,
-                "j": item.json,
+                node: {
+                    "k": "emit",
+                    "t": tenant_id,
+                    # Only the users this node holds: the others are not its business.
+                    "u": [user_id for _, user_id in held],
+                    "e": event,
+                    "j": data_json,
+                    "n": namespace,
+                }
+                for node, held in nodes.items()
             }
         )
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    async def _nodes(
+        self, table: PresenceStore, users: Sequence[UserKey]
+    ) -> dict[UserKey, set[str]]:
         try:
-            await self._redis.publish(self.channel, orjson.dumps(message))
+            return await table.nodes_of_users(list(dict.fromkeys(users)))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
+
+    async def _publish_many(self, messages: dict[str, dict[str, Any]]) -> None:
+        """One message per node, on the node's channel, in one round trip."""
+        if not messages:
+            return  # nobody connected: nothing to send (a later connect replays)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for node, message in messages.items():
+                    pipe.publish(self._node_channel(node), orjson.dumps(message))
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
 
@@ -207,7 +307,10 @@ class RedisBus:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
+                    channels = [self.channel]
+                    if self.node is not None:
+                        channels.append(self._node_channel(self.node))
+                    await pubsub.subscribe(*channels)
                     if subscribed is not None:
                         subscribed.set()
                     if lost:
@@ -242,6 +345,12 @@ class RedisBus:
                 await listener.on_user_events(UserEvents(message["t"], message["u"], events))
             elif message["k"] == "bc":
                 await listener.on_broadcast(TenantBroadcast(message["t"], message["j"]))
+            elif message["k"] == "emit":
+                await listener.on_emit(
+                    UserEmit(
+                        message["t"], tuple(message["u"]), message["e"], message["j"], message["n"]
+                    )
+                )
             elif message["k"] == "msg":
                 await listener.on_message(
                     PublishedMessage(

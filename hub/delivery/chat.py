@@ -40,7 +40,9 @@ from hub.delivery.ordered import (
     StreamKey,
     Subscriber,
 )
+from hub.delivery.routes import ROUTE_WAIT_SECONDS
 from hub.logs import ThrottledLog
+from hub.presence import PresenceTracker
 
 log = logging.getLogger(__name__)
 SETUP_LOG = ThrottledLog(log)
@@ -78,6 +80,7 @@ class ChatDelivery:
         fetch_after: FetchAfter,
         latest_seqs: LatestSeqs,
         conversation_seqs: ConversationSeqs,
+        routes: PresenceTracker | None = None,
     ) -> None:
         self.streams = SeqDelivery(
             event=NEW_MESSAGE_EVENT,
@@ -87,6 +90,9 @@ class ChatDelivery:
         )
         self._sessions = sessions
         self._conversation_seqs = conversation_seqs
+        # The chat presence tracker, whose map routes chat events to this node (None: one
+        # process hears everything). Its connected() is called by the namespace.
+        self.routes = routes
         self._by_user: dict[StreamKey, set[ChatConnection]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._awaiting_setup: list[ChatConnection] = []
@@ -107,6 +113,12 @@ class ChatDelivery:
             task.add_done_callback(self._tasks.discard)
         return connection
 
+    async def wait_routed(self, tenant_id: str, user_id: str) -> None:
+        """Until the chat route map sends this user's events here (bounded; see
+        :meth:`hub.delivery.notifications.NotificationDelivery.wait_routed`)."""
+        if self.routes is not None:
+            await self.routes.recorded([(tenant_id, user_id)], timeout=ROUTE_WAIT_SECONDS)
+
     def disconnect(self, connection: ChatConnection) -> None:
         connection.closed = True
         for subscriber in connection.streams.values():
@@ -125,6 +137,11 @@ class ChatDelivery:
             while self._awaiting_setup:
                 batch = [c for c in self._awaiting_setup[:SETUP_CHUNK] if not c.closed]
                 del self._awaiting_setup[:SETUP_CHUNK]
+                if self.routes is not None:
+                    # Routed here before the database is read (see hub.delivery.routes);
+                    # bounded: with Redis away, the lag check repairs what the bus misses.
+                    users = list({(c.tenant_id, c.user_id) for c in batch})
+                    await self.routes.recorded(users, timeout=ROUTE_WAIT_SECONDS)
                 latest = await self._read_conversations(batch)
                 for connection in batch:
                     if latest is None:

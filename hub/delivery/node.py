@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from hub.delivery.bus import (
     PublishedMessage,
     PublishedNotification,
     TenantBroadcast,
+    UserEmit,
     UserEvents,
 )
 from hub.delivery.chat import ChatDelivery
@@ -18,9 +19,16 @@ from hub.delivery.notifications import NotificationDelivery
 class NodeDelivery:
     """The bus listener of a node: each kind of message to the delivery that owns it."""
 
-    def __init__(self, notifications: NotificationDelivery, chat: ChatDelivery) -> None:
+    def __init__(
+        self,
+        notifications: NotificationDelivery,
+        chat: ChatDelivery,
+        *,
+        emit_here: Callable[[UserEmit], Awaitable[None]],
+    ) -> None:
         self.notifications = notifications
         self.chat = chat
+        self._emit_here = emit_here
 
     async def on_new(self, items: Sequence[PublishedNotification]) -> None:
         await self.notifications.on_new(items)
@@ -33,6 +41,9 @@ class NodeDelivery:
 
     async def on_message(self, item: PublishedMessage) -> None:
         await self.chat.on_message(item)
+
+    async def on_emit(self, emit: UserEmit) -> None:
+        await self._emit_here(emit)
 
     async def on_resubscribed(self) -> None:
         await self.notifications.on_resubscribed()

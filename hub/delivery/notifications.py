@@ -22,6 +22,8 @@ from hub.delivery.ordered import (
     Sink,
     Subscriber,
 )
+from hub.delivery.routes import ROUTE_WAIT_SECONDS
+from hub.presence import PresenceTracker
 
 NEW_EVENT = "notification:new"
 READ_EVENT = "notification:read"
@@ -50,11 +52,15 @@ class NotificationDelivery(SeqDelivery):
         fetch_after: FetchAfter,
         latest_seqs: LatestSeqs,
         counts_event: CountsEvent,
+        routes: PresenceTracker | None = None,
     ) -> None:
         super().__init__(
             event=NEW_EVENT, sessions=sessions, fetch_after=fetch_after, latest_seqs=latest_seqs
         )
         self._counts_event = counts_event
+        # This node's records in the /notifications route map (hub.delivery.routes); None
+        # when every node hears everything (the embedded profile: one process).
+        self.routes = routes
         self._by_tenant: dict[str, set[Subscriber]] = {}
 
     def subscribe_user(
@@ -74,7 +80,34 @@ class NotificationDelivery(SeqDelivery):
         )
         if wants_broadcasts:
             self._by_tenant.setdefault(tenant_id, set()).add(subscriber)
+        if self.routes is not None:
+            self.routes.connected((tenant_id, user_id))
         return subscriber
+
+    async def wait_routed(self, tenant_id: str, user_id: str) -> None:
+        """Until the route map sends this user's notifications here (bounded): a socket
+        that waits for this before its CONNECT is answered gets everything committed after
+        it connected, over the bus."""
+        if self.routes is not None:
+            await self.routes.recorded([(tenant_id, user_id)], timeout=ROUTE_WAIT_SECONDS)
+
+    def start_replay(self, subscriber: Subscriber) -> None:
+        """Once the route map sends this user's notifications here, read the database: a
+        publisher that looked up the routes earlier published something committed earlier,
+        which the read finds."""
+        user = (subscriber.tenant_id, subscriber.stream_id)
+        if self.routes is None or self.routes.is_recorded(user):
+            super().start_replay(subscriber)
+        else:
+            self._spawn(self._replay_once_routed(subscriber))
+
+    async def _replay_once_routed(self, subscriber: Subscriber) -> None:
+        assert self.routes is not None
+        user = (subscriber.tenant_id, subscriber.stream_id)
+        # Bounded: with Redis away the replay goes on, and the lag check repairs the rest.
+        await self.routes.recorded([user], timeout=ROUTE_WAIT_SECONDS)
+        if not subscriber.closed:
+            super().start_replay(subscriber)
 
     async def is_connected(self, tenant_id: str, user_id: str) -> bool:
         """Whether the user has a connection on this node: the presence answer of a
@@ -82,6 +115,8 @@ class NotificationDelivery(SeqDelivery):
         return bool(self.subscribers(tenant_id, user_id))
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        if self.routes is not None and not subscriber.closed:  # once per subscriber
+            self.routes.disconnected((subscriber.tenant_id, subscriber.stream_id))
         super().unsubscribe(subscriber)
         tenant_group = self._by_tenant.get(subscriber.tenant_id)
         if tenant_group is not None:

@@ -38,6 +38,11 @@ def refused(code: str, message: str) -> socketio.exceptions.ConnectionRefusedErr
     return socketio.exceptions.ConnectionRefusedError(code, {"code": code, "message": message})
 
 
+def gone() -> socketio.exceptions.ConnectionRefusedError:
+    """For a socket that disconnected while its CONNECT was being handled."""
+    return refused("gone", "the connection closed while connecting")
+
+
 def unauthorized(message: str) -> socketio.exceptions.ConnectionRefusedError:
     return refused("unauthorized", message)
 
@@ -184,6 +189,12 @@ class AuthenticatedNamespace(socketio.AsyncNamespace):
 
     async def after_connect(self, sid: str, principal: Principal, auth: object) -> None:
         """Namespace-specific work once the socket is authenticated (replay, presence...)."""
+
+    def still_open(self, sid: str) -> bool:
+        """Whether the socket is still there after ``after_connect`` awaited something: one
+        that went away meanwhile gets no ``after_disconnect`` (it never finished connecting),
+        so ``after_connect`` undoes its own work and refuses it (:func:`gone`)."""
+        return sid in self.server.manager.rooms.get(self.namespace, {}).get(None, {})
 
     async def on_disconnect(self, sid: str, *_reason: Any) -> None:
         if not self._expiry.discard(sid):

@@ -28,7 +28,7 @@ from hub.schemas import (
     SendMessageIn,
     TypingIn,
 )
-from hub.sockets.auth import AuthenticatedNamespace, refused
+from hub.sockets.auth import AuthenticatedNamespace, gone, refused
 from hub.sockets.sinks import SocketIOSink
 
 
@@ -87,6 +87,11 @@ class NotificationsNamespace(AuthenticatedNamespace):
             last_seq=last_seq,
         )
         self._subscribers[sid] = subscriber
+        # Before the CONNECT answer: from then on, the client misses nothing live.
+        await delivery.wait_routed(principal.tenant_id, principal.user_id)
+        if not self.still_open(sid):
+            await self.after_disconnect(sid)
+            raise gone()
         # Runs as a task: it starts after this handler returns and the CONNECT packet is
         # queued, so replayed notifications reach a connected client.
         delivery.start_replay(subscriber)
@@ -136,6 +141,11 @@ class ChatNamespace(AuthenticatedNamespace):
         )
         self._typing[sid] = {}
         self.app[PRESENCE].connected(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        # Before the CONNECT answer: from then on, the client misses nothing live.
+        await self.app[CHAT_DELIVERY].wait_routed(principal.tenant_id, principal.user_id)
+        if not self.still_open(sid):
+            await self.after_disconnect(sid)
+            raise gone()
 
     async def on_message_send(self, sid: str, payload: object = None) -> MessageSentAck:
         request = SendMessageIn.model_validate(_payload(payload))

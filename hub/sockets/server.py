@@ -211,14 +211,10 @@ class HubManager(RoomsBySid, socketio.AsyncManager):
     pass
 
 
-class HubRedisManager(RoomsBySid, socketio.AsyncRedisManager):
-    pass
-
-
 def build_client_manager(settings: Settings) -> socketio.AsyncManager:
-    """Redis when configured (several processes, one hub), else in-process."""
-    if settings.redis_url:
-        return HubRedisManager(settings.redis_url, channel=settings.socketio_channel)
+    """In-process on every profile: what crosses nodes takes the routed bus
+    (hub.delivery.routes), which brings each node only its own sockets' events, where
+    python-socketio's Redis manager has every node hear every emit on one channel."""
     return HubManager()
 
 
