@@ -113,7 +113,7 @@ class EventApplier:
         async with self.notifications.writing() as writes:
             fresh_keys = await _claim(writes.session, list(unique.values()), self.source)
             fresh = [event for key, event in unique.items() if key in fresh_keys]
-            # Everyone this batch may notify or mail, read at once: two statements per batch.
+            # Everyone this batch may notify or mail, read at once: one statement per batch.
             await writes.read_preferences(
                 (event.tenant_id, r.user_id) for event in fresh for r in event.unique_recipients()
             )

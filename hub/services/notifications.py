@@ -396,7 +396,7 @@ class NotificationWrites:
 
     Every notification goes through :meth:`add`, which stores it only for recipients whose
     preferences want ``in_app`` for its category; the others are ``suppressed``. The
-    preferences are read in the same transaction, two statements for the whole batch
+    preferences are read in the same transaction, one statement for the whole batch
     (:meth:`read_preferences` up front, or :meth:`add` for what was not read yet).
     """
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,7 +31,6 @@ from hub.services.common import (
     USER_KEYS_TABLES,
     dialect_of,
     insert_for,
-    is_postgresql,
     user_keys_param,
 )
 from hub.services.unsubscribe import Target
@@ -65,19 +63,20 @@ class PreferenceBook:
     _tenant_answers: dict[tuple[str, str | None, str], bool] = field(default_factory=dict)
 
     async def read(self, session: AsyncSession, keys: Iterable[UserKey]) -> None:
-        """Read the preferences of those of ``keys`` not read yet, and of their tenants: two
-        statements however many there are (none when all were read)."""
+        """Read the preferences of those of ``keys`` not read yet, and of their tenants: one
+        statement however many there are (none when all were read)."""
         users = set(keys) - self._read_users
         if not users:
             return
-        tenants = {tenant for tenant, _ in users} - self._read_tenants
-        if tenants:
-            for row in await session.execute(*_tenants_query(session, tenants)):
+        for row in await session.execute(
+            _DOCUMENTS_QUERIES[dialect_of(session)], user_keys_param(users)
+        ):
+            if row.user_id is None:  # the tenant's defaults and locks
                 self.tenants[row.tenant_id] = _document(row)
-            self._read_tenants |= tenants
-        for row in await session.execute(*_users_query(session, users)):
-            self.users[(row.tenant_id, row.user_id)] = _document(row)
+            else:
+                self.users[(row.tenant_id, row.user_id)] = _document(row)
         self._read_users |= users
+        self._read_tenants |= {tenant for tenant, _ in users}
 
     def wants(self, tenant_id: str, user_id: str, category: str | None, channel: str) -> bool:
         tenant = self.tenants.get(tenant_id, EMPTY)
@@ -99,44 +98,26 @@ class PreferenceBook:
         return Resolver(self.tenants.get(tenant_id, EMPTY), users)
 
 
-# Constant SQL text whatever the batch size: the keys travel as one array (PostgreSQL) or
-# one JSON parameter (SQLite). An expanding IN list would be compiled anew for every size.
+# One statement for a batch's users and their tenants, with constant SQL text whatever the
+# batch size (the keys travel as one JSON parameter: an expanding IN list would be compiled
+# anew for every size). Tenant rows come with a null user_id.
 _DOCUMENT = "p.channels, p.categories, p.quiet_hours"
-_USERS = (
+_DOCUMENTS = (
     f"SELECT p.tenant_id, p.user_id, {_DOCUMENT} FROM user_preferences AS p "  # noqa: S608
-    "JOIN {keys} AS k ON p.tenant_id = k.tenant_id AND p.user_id = k.user_id"
-)
-_PG_TENANTS = text(
-    f"SELECT p.tenant_id, {_DOCUMENT} FROM tenant_preferences AS p "  # noqa: S608
-    "WHERE p.tenant_id = ANY(CAST(:tenant_ids AS text[]))"
-)
-_SQLITE_TENANTS = text(
-    f"SELECT p.tenant_id, {_DOCUMENT} FROM tenant_preferences AS p "  # noqa: S608
-    "WHERE p.tenant_id IN (SELECT value FROM json_each(:tenant_ids))"
+    "JOIN {keys} AS k ON p.tenant_id = k.tenant_id AND p.user_id = k.user_id "
+    f"UNION ALL SELECT p.tenant_id, NULL, {_DOCUMENT} FROM tenant_preferences AS p "
+    "WHERE p.tenant_id IN (SELECT tenant_id FROM {keys} AS t)"
 )
 _JSON_COLUMNS = {"channels": JsonDocument, "categories": JsonDocument, "quiet_hours": JsonDocument}
-
-
-_USERS_QUERIES = {
-    dialect: text(_USERS.format(keys=keys)).columns(**_JSON_COLUMNS)
+_DOCUMENTS_QUERIES = {
+    dialect: text(_DOCUMENTS.format(keys=keys)).columns(**_JSON_COLUMNS)
     for dialect, keys in USER_KEYS_TABLES.items()
 }
 
 
-def _users_query(session: AsyncSession, keys: Collection[UserKey]) -> tuple[Any, dict[str, Any]]:
-    return _USERS_QUERIES[dialect_of(session)], user_keys_param(keys)
-
-
-def _tenants_query(session: AsyncSession, tenants: Collection[str]) -> tuple[Any, dict[str, Any]]:
-    ids = sorted(tenants)
-    if is_postgresql(session):
-        return _PG_TENANTS.columns(**_JSON_COLUMNS), {"tenant_ids": ids}
-    return _SQLITE_TENANTS.columns(**_JSON_COLUMNS), {"tenant_ids": orjson.dumps(ids).decode()}
-
-
 async def load_preferences(session: AsyncSession, keys: Collection[UserKey]) -> PreferenceBook:
     """The preferences of every ``(tenant_id, user_id)`` of ``keys`` and of their tenants,
-    in two statements however many there are."""
+    in one statement however many there are."""
     book = PreferenceBook()
     await book.read(session, keys)
     return book
