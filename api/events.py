@@ -1,4 +1,5 @@
-"""``POST /api/events/`` (service role): the Kafka envelope over HTTP, applied once."""
+"""``POST /api/events/`` (service role): the Kafka envelope over HTTP, applied once (or
+scheduled, with ``send_at``); ``POST /api/events/{event_id}/cancel/`` cancels a scheduled one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from aiohttp import web
 from api.errors import ApiError, json_response
 from api.payloads import require_service
 from hub.intake.envelope import MAX_EVENT_BYTES, BadEvent, validate_envelope
-from hub.keys import NOTIFICATIONS, REST_EVENTS
-from hub.responses import EventAccepted
+from hub.keys import NOTIFICATIONS, REST_EVENTS, SCHEDULE
+from hub.responses import Cancelled, EventAccepted
 
 
 async def take_event(request: web.Request) -> web.Response:
@@ -30,3 +31,11 @@ async def take_event(request: web.Request) -> web.Response:
     outcome = await request.app[REST_EVENTS]([envelope])
     reply = EventAccepted(event_id=envelope.event_id, duplicate=outcome.applied == 0)
     return json_response(reply.model_dump(mode="json"), status=202)
+
+
+async def cancel_event(request: web.Request) -> web.Response:
+    principal = require_service(request)
+    await request.app[SCHEDULE].cancel(
+        tenant_id=principal.tenant_id, event_id=request.match_info["event_id"]
+    )
+    return json_response(Cancelled(cancelled=True).model_dump(mode="json"))

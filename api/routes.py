@@ -76,6 +76,14 @@ NOTIFICATION_ID = Param(
     required=True,
     example="1042",
 )
+EVENT_ID = Param(
+    "event_id",
+    "path",
+    {"type": "string", "minLength": 1, "maxLength": 200},
+    "The event's `event_id` (or the one a scheduled `POST /api/notifications/` answered)",
+    required=True,
+    example="deal-981-won",
+)
 CATEGORY = Param(
     "category", "query", {"type": "string"}, "Only notifications of this category", example="deals"
 )
@@ -229,11 +237,20 @@ ROUTES: tuple[Operation, ...] = (
                 "then `Idempotent-Replayed: true` is set)",
                 out.CreatedNotifications,
                 headers=("Idempotent-Replayed",),
-            )
+            ),
+            202: Reply(
+                "Scheduled: `send_at` is in the future (for a repeated idempotency key, the "
+                "first request's schedule, with `Idempotent-Replayed: true`)",
+                out.ScheduledNotifications,
+                headers=("Idempotent-Replayed",),
+            ),
         },
         description="Stores one notification per distinct recipient of the caller's tenant "
         "who wants `in_app` for its category (see `GET /api/preferences/`) and emits "
         "`notification:new` to each one's sockets; the others are listed in `suppressed`. "
+        "With a future `send_at`, the request is stored in the schedule and applied then "
+        "(preferences are read then; nothing is visible, emitted or pushed before): 202 "
+        "with the `event_id` that cancels it (`POST /api/events/{event_id}/cancel/`). "
         + SERVICE_NOTE,
         body=schemas.CreateNotificationsIn,
         errors=(400, 401, 403, 413, 503),
@@ -461,7 +478,11 @@ ROUTES: tuple[Operation, ...] = (
         {202: Reply("Applied (or, for a known event id, recognised)", out.EventAccepted)},
         description="Applied once per `(tenant_id, event_id)`. `tenant_id` must be the "
         f"token's tenant (else 403). At most {MAX_EVENT_BYTES // 1024} KiB (413). Unknown "
-        "fields are ignored. " + SERVICE_NOTE,
+        "fields are ignored. With a future `send_at` (ISO 8601 with an offset) it is stored "
+        "and applied then (cancel it with `POST /api/events/{event_id}/cancel/`); with "
+        '`digest` `{"key", "window_seconds"}` (1 to 604800) it is gathered with the '
+        "recipient's other events of that key into one notification, updated in place, and "
+        "one email when the window closes. " + SERVICE_NOTE,
         body=EventEnvelope,
         body_examples={
             "deal_won": {
@@ -485,6 +506,22 @@ ROUTES: tuple[Operation, ...] = (
         },
         errors=(400, 401, 403, 413, 503),
         handler=events.take_event,
+    ),
+    Operation(
+        "POST",
+        "/api/events/{event_id}/cancel/",
+        "cancelEvent",
+        "Cancel a scheduled event (or scheduled notifications) before it is sent",
+        "events",
+        "service",
+        {200: Reply("Cancelled: it will not be sent (again: still cancelled)", out.Cancelled)},
+        description="For an event of the caller's tenant with a future `send_at`, or the "
+        "`event_id` a scheduled `POST /api/notifications/` answered. 409 `already_sent` "
+        "once it was applied (or for an event applied at once), 404 for an unknown id. "
+        + SERVICE_NOTE,
+        params=(EVENT_ID,),
+        errors=(401, 403, 404, 409, 503),
+        handler=events.cancel_event,
     ),
     Operation(
         "POST",

@@ -418,3 +418,71 @@ class TenantPreference(TenantScoped, Base):
     categories: Mapped[dict[str, Any]] = mapped_column(default=dict)
     quiet_hours: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
     updated_at: Mapped[datetime] = mapped_column()
+
+
+# The scheduled events the scheduler may still have to apply.
+PENDING_SCHEDULED_SQL = "status = 'pending'"
+
+
+class ScheduledEvent(TenantScoped, Base):
+    """An event (or a REST create) to apply at ``due_at``: stored durably when it arrives,
+    applied once by whichever scheduler claims it (in the transaction that marks it
+    ``sent``), or ``cancelled`` before then."""
+
+    __tablename__ = "scheduled_events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "event_id"),
+        # The schedulers' one cross-tenant question, "what is due": like ix_emails_due.
+        Index(
+            "ix_scheduled_events_due",
+            "due_at",
+            postgresql_where=text(PENDING_SCHEDULED_SQL),
+            sqlite_where=text(PENDING_SCHEDULED_SQL),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(200))
+    due_at: Mapped[datetime] = mapped_column()
+    # pending -> sent | cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    # The event envelope as it arrived (send_at included), applied as is when due.
+    document: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column()
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+
+# The digest windows the scheduler may still have to close.
+OPEN_DIGEST_SQL = "status = 'open'"
+
+
+class DigestWindow(TenantScoped, Base):
+    """The current (or last) digest window of one key of one user: the events gathered
+    while it is open, the in-app notification they update, the email sent when it closes.
+    One row per key, locked by every event that joins it and by the closing scheduler."""
+
+    __tablename__ = "digest_windows"
+    __table_args__ = (
+        Index(
+            "ix_digest_windows_due",
+            "closes_at",
+            postgresql_where=text(OPEN_DIGEST_SQL),
+            sqlite_where=text(OPEN_DIGEST_SQL),
+        ),
+    )
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # open -> closed (and open again for the next window)
+    status: Mapped[str] = mapped_column(String(16))
+    opened_at: Mapped[datetime] = mapped_column()
+    closes_at: Mapped[datetime] = mapped_column()
+    notification_id: Mapped[int | None] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(default=0)
+    # The gathered events' notification parts, newest first, at most 50.
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JsonDocument, default=list)
+    # The email to send when the window closes (the newest event's email part, its
+    # recipient's address and category); None: no email.
+    email: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
+    closed_at: Mapped[datetime | None] = mapped_column()

@@ -39,6 +39,7 @@ from hub.delivery.routes import RouteTables, notification_tracker
 from hub.intake.apply import EventApplier
 from hub.intake.kafka import KafkaIntake
 from hub.intake.rabbitmq import RabbitIntake
+from hub.intake.schedule import Scheduler
 from hub.keys import (
     CHAT,
     CHAT_BUS,
@@ -61,6 +62,8 @@ from hub.keys import (
     REALTIME,
     REDIS,
     REST_EVENTS,
+    SCHEDULE,
+    SCHEDULER,
     SCHEMA_CHECK,
     SETTINGS,
     SOCKETIO,
@@ -370,6 +373,7 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     app[DEVICES] = services.devices
     app[WEBHOOKS] = services.webhooks
     app[PREFERENCES] = services.preferences
+    app[SCHEDULE] = services.schedule
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).
@@ -399,9 +403,20 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
         ]
         await broker.startup()
         sweeping = [asyncio.create_task(s.run(), name=f"{s.what}-sweeper") for s in sweepers]
+        # And scheduled events and digest windows, which workers handle otherwise.
+        scheduler = Scheduler(
+            event_applier(app, "schedule"),
+            interval=settings.scheduler_interval_seconds,
+            batch=settings.scheduler_batch,
+        )
+        app[SCHEDULER] = scheduler
+        stop_scheduling = asyncio.Event()
+        scheduling = asyncio.create_task(scheduler.run(stop_scheduling), name="scheduler")
         try:
             yield
         finally:
+            stop_scheduling.set()
+            await asyncio.gather(scheduling, return_exceptions=True)
             for sweeper in sweepers:
                 sweeper.stop()
             await asyncio.gather(*sweeping)

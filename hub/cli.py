@@ -74,9 +74,10 @@ def _vapid_keys(_settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from hub.scheduler import run_scheduler
     from tasks.worker import main as run_worker
 
-    return run_worker(settings)
+    return run_worker(settings, companion=run_scheduler)
 
 
 def _purge(settings: Settings, _args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from hub.delivery.chat import ChatDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
 from hub.intake.runtime import EventSource
+from hub.intake.schedule import Scheduler
 from hub.presence import PresenceTracker
 from hub.realtime import Realtime
 from hub.services.chat import ChatService
@@ -23,6 +24,7 @@ from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.preferences import PreferenceService
 from hub.services.presence import PresenceService
+from hub.services.scheduled import ScheduleService
 from hub.services.tenants import TenantSettingsService
 from hub.services.typing_indicators import TypingRelay
 from hub.services.webhooks import WebhookService
@@ -54,6 +56,7 @@ DEVICES = web.AppKey("devices", DeviceService)
 WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
 PREFERENCES = web.AppKey("preferences", PreferenceService)
+SCHEDULE = web.AppKey("schedule", ScheduleService)
 TYPING = web.AppKey("typing", TypingRelay)
 PRESENCE = web.AppKey("presence", PresenceService)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)
@@ -62,6 +65,8 @@ KAFKA_INTAKE = web.AppKey("kafka_intake", EventSource)
 RABBITMQ_INTAKE = web.AppKey("rabbitmq_intake", EventSource)
 # POST /api/events/ applies its events with this, like the Kafka and RabbitMQ sources.
 REST_EVENTS = web.AppKey("rest_events", EventApplier)
+# The scheduler of this process (the embedded profile only; workers run their own).
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 # Open legacy WebSockets, closed at once when the node shuts down.
 LEGACY_SOCKETS = web.AppKey("legacy_sockets", set[web.WebSocketResponse])
 

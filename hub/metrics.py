@@ -38,6 +38,11 @@ EVENTS = Counter(
     "CRM events taken in, by source and outcome (applied, duplicate, dead_lettered).",
     ["source", "outcome"],
 )
+SCHEDULE_LATENESS = Histogram(
+    "notifyhub_scheduled_lateness_seconds",
+    "How long after its send_at a scheduled event was stored (and emitted).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 KAFKA_LAG = Gauge(
     "notifyhub_kafka_consumer_lag",
     "Messages between the committed position and the end of each assigned partition.",

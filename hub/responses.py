@@ -278,6 +278,34 @@ class EventAccepted(Out):
     duplicate: bool = Field(description="true when this event had been applied before")
 
 
+class ScheduledNotifications(Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "event_id": "3f1c2d0b8e9a4c7d9b6e5a4f3c2d1e0f",
+                    "send_at": "2026-12-02T08:00:00Z",
+                    "duplicate": False,
+                }
+            ]
+        }
+    )
+
+    event_id: str = Field(
+        description="Cancels it until it is sent: `POST /api/events/{event_id}/cancel/`"
+    )
+    send_at: str = Field(description="When it is sent, ISO 8601 in UTC")
+    duplicate: bool = Field(
+        description="true for a repeated idempotency key: the first request's schedule"
+    )
+
+
+class Cancelled(Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"cancelled": True}]})
+
+    cancelled: bool
+
+
 EmailState = Literal["queued", "sending", "sent", "retrying", "failed"]
 
 

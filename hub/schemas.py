@@ -188,6 +188,13 @@ class CreateNotificationsIn(Strict):
         default=None,
         description="A repeated key returns the first request's ids and creates nothing",
     )
+    send_at: datetime | None = Field(
+        default=None,
+        description="Not before then (ISO 8601 with an offset): the request is stored and "
+        "answered 202 with an `event_id`, by which `POST /api/events/{event_id}/cancel/` "
+        "cancels it until it is sent; nothing is stored as visible, emitted or pushed "
+        "before then. Absent or in the past: now (201)",
+    )
 
 
 class BroadcastIn(Strict):

@@ -217,6 +217,11 @@ class Settings(BaseSettings):
     # on the embedded profile) every purge interval and by `notifyhub purge`; in batches of
     # at most purge_batch_rows rows, each its own transaction, purge_pause_seconds apart.
     retention_days: int = Field(default=365, ge=1, le=36500)
+    # Scheduled events and digest windows: every worker (and serve on the embedded
+    # profile) polls for what came due this often, taking up to this many per pass.
+    scheduler_interval_seconds: float = Field(default=0.2, gt=0)
+    scheduler_batch: int = Field(default=500, ge=1, le=10_000)
+
     purge_interval_seconds: float = Field(default=300.0, gt=0)
     purge_batch_rows: int = Field(default=5000, ge=1, le=100_000)
     purge_pause_seconds: float = Field(default=0.05, ge=0)

@@ -16,6 +16,7 @@ from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
 from hub.services.preferences import PreferenceService
 from hub.services.pushes import PushService
+from hub.services.scheduled import ScheduleService
 from hub.services.webhooks import WebhookService
 from hub.settings import Settings
 from hub.webhook_urls import check_public, check_shape_only
@@ -30,6 +31,7 @@ class Services:
     devices: DeviceService
     webhooks: WebhookService
     preferences: PreferenceService
+    schedule: ScheduleService
 
 
 def build_services(
@@ -64,4 +66,5 @@ def build_services(
         preferences=PreferenceService(
             sessions=sessions, bus=bus, unsubscribe_key=settings.unsubscribe_key
         ),
+        schedule=ScheduleService(sessions=sessions),
     )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -167,15 +168,29 @@ def _start_heartbeat(
     return asyncio.create_task(beat())
 
 
-def main(settings: Settings) -> int:
+# Something else the worker process runs until the same stop (the scheduler, which
+# ``hub.cli`` passes in: it applies events, which this package must not import).
+Companion = Callable[[Settings, asyncio.Event], Coroutine[None, None, None]]
+
+
+def main(settings: Settings, *, companion: Companion | None = None) -> int:
     """Run until a signal; never hang past the shutdown window."""
 
     async def runner() -> None:
         stop = stop_on_signals()
         worker = asyncio.create_task(run_worker(settings, stop=stop))
+        beside = None if companion is None else asyncio.create_task(companion(settings, stop))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
+        if beside is not None:
+            stop.set()  # the worker ended on its own (an error): the companion too
+            try:
+                await asyncio.wait_for(beside, settings.worker_shutdown_seconds)
+            except TimeoutError:
+                log.warning("the scheduler did not stop in time")
+            except Exception:
+                log.exception("the scheduler failed")
         # The window, the listener's grace, the sweeper's grace and the broker's shutdown.
         deadline = settings.worker_shutdown_seconds + 3 * HARD_EXIT_GRACE_SECONDS + 1.0
         try:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects import sqlite
@@ -22,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.models import ProcessedEvent
 from hub.intake.envelope import EventEnvelope
 from hub.metrics import EVENTS
+from hub.records import NotificationRecord
+from hub.rules import NewNotification
+from hub.services import digests, scheduled
 from hub.services.emails import EmailRequest, EmailService
 from hub.services.notifications import NotificationService, NotificationWrites
 
@@ -89,10 +93,27 @@ async def _claim(
     return fresh
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    notifications: int
+    emails: list[tuple[str, EmailRequest]]
+
+
+@dataclass(frozen=True, slots=True)
+class DueOutcome:
+    """What one scheduler pass applied: scheduled events (with how late each was, in
+    seconds) and closed digest windows."""
+
+    events: int
+    lateness: list[float]
+    windows: int
+
+
 @dataclass(frozen=True)
 class EventApplier:
-    """Applies batches of events once, whatever the source (Kafka, RabbitMQ, REST): what
-    every event source calls with its batches, built once per process and source."""
+    """Applies batches of events once, whatever the source (Kafka, RabbitMQ, REST, the
+    schedule): what every event source calls with its batches, built once per process and
+    source."""
 
     notifications: NotificationService
     emails: EmailService
@@ -100,7 +121,8 @@ class EventApplier:
 
     async def __call__(self, events: Sequence[EventEnvelope]) -> BatchOutcome:
         """Apply what is new in ``events`` (duplicates, in the batch or from before, are
-        no-ops).
+        no-ops); an event with a future ``send_at`` is stored in the schedule instead, in
+        the same transaction (its id claimed now, so a copy stays a no-op).
 
         Emails are stored with the event that asks for them, in its transaction, and their
         tasks queued after the commit: an event applied always has its emails, and a task
@@ -109,34 +131,86 @@ class EventApplier:
         unique: dict[tuple[str, str], EventEnvelope] = {}
         for event in events:
             unique.setdefault(event.key, event)
-        to_send: list[tuple[str, EmailRequest]] = []
+        now = datetime.now(UTC)
         async with self.notifications.writing() as writes:
             fresh_keys = await _claim(writes.session, list(unique.values()), self.source)
             fresh = [event for key, event in unique.items() if key in fresh_keys]
-            # Everyone this batch may notify or mail, read at once: one statement per batch.
-            await writes.read_preferences(
-                (event.tenant_id, r.user_id) for event in fresh for r in event.unique_recipients()
+            await scheduled.store_in(
+                writes.session,
+                [_later(event) for event in fresh if event.due_later(now)],
+                now,
             )
-            items = []
-            for event in fresh:
-                if event.notification is None:
-                    continue
-                content = event.notification.as_new()  # one per event, shared by recipients
-                items += [(event.tenant_id, r.user_id, content) for r in event.unique_recipients()]
-            created = await writes.add(items)
-            for event in fresh:
-                to_send += await self._record_emails(writes, event)
-        await self.emails.kick(to_send)
+            applied = await self._apply_in(
+                writes, [event for event in fresh if not event.due_later(now)], now
+            )
+        await self.emails.kick(applied.emails)
         duplicates = frozenset(key for key in unique if key not in fresh_keys)
         EVENTS.labels(self.source, "applied").inc(len(fresh))
         EVENTS.labels(self.source, "duplicate").inc(len(events) - len(fresh))
         return BatchOutcome(
             applied=len(fresh),
             duplicates=len(events) - len(fresh),
-            notifications=len(created),
-            emails=len(to_send),
+            notifications=applied.notifications,
+            emails=len(applied.emails),
             duplicate_keys=duplicates,
         )
+
+    async def apply_due(self, limit: int) -> DueOutcome:
+        """One scheduler pass: apply up to ``limit`` scheduled events that came due, and
+        close up to ``limit`` digest windows whose time is up, each in the transaction
+        that claims it (``SKIP LOCKED``: several schedulers split the work; one killed
+        mid-way rolls back its claims with its work, for another to take)."""
+        now = datetime.now(UTC)
+        async with self.notifications.writing() as writes:
+            due = await scheduled.claim_due(writes.session, now, limit)
+            events = [EventEnvelope.model_validate(item.document) for item in due]
+            applied = await self._apply_in(writes, events, now)
+        await self.emails.kick(applied.emails)
+        stored = datetime.now(UTC)
+        async with self.notifications.writing() as writes:
+            closed = await digests.close_due(writes.session, now, limit)
+            mail = await self._record_digest_emails(writes, closed)
+        await self.emails.kick(mail)
+        EVENTS.labels("schedule", "applied").inc(len(due))
+        return DueOutcome(
+            events=len(due),
+            lateness=[(stored - item.due_at).total_seconds() for item in due],
+            windows=len(closed),
+        )
+
+    async def _apply_in(
+        self, writes: NotificationWrites, events: Sequence[EventEnvelope], now: datetime
+    ) -> _Applied:
+        """Store what ``events`` (each new, each due) ask for in ``writes``: notifications
+        and emails, or their digests' windows. The notifications of the batch are stored
+        in one ``writes.add`` (counter rows locked in one sorted pass), after the digest
+        windows (locked first, in their own sorted order)."""
+        if not events:
+            return _Applied(0, [])
+        # Everyone this batch may notify or mail, read at once: one statement per batch.
+        await writes.read_preferences(
+            (event.tenant_id, r.user_id) for event in events for r in event.unique_recipients()
+        )
+        plan = await digests.plan_in(
+            writes.session,
+            [gather for event in events if event.digest is not None for gather in _gather(event)],
+            now,
+        )
+        items = []
+        for event in events:
+            if event.notification is None or event.digest is not None:
+                continue
+            content = event.notification.as_new()  # one per event, shared by recipients
+            items += [(event.tenant_id, r.user_id, content) for r in event.unique_recipients()]
+        opening = plan.new_items
+        created = await writes.add(items + opening)
+        await plan.finish(writes, _ids_in_app(writes, items + opening, created)[len(items) :])
+        to_send: list[tuple[str, EmailRequest]] = []
+        for event in events:
+            if event.digest is None:
+                to_send += await self._record_emails(writes, event)
+        to_send += await self._record_digest_emails(writes, plan.closed)
+        return _Applied(len(created), to_send)
 
     async def _record_emails(
         self, writes: NotificationWrites, event: EventEnvelope
@@ -165,3 +239,104 @@ class EventApplier:
             await self.emails.record_in(writes.session, email_id=email_id, request=request)
             recorded.append((email_id, request))
         return recorded
+
+    async def _record_digest_emails(
+        self, writes: NotificationWrites, closed: Sequence[digests.Closed]
+    ) -> list[tuple[str, EmailRequest]]:
+        """The one email of each closed window that asked for one, for a recipient who
+        wants email for its category: its template context gains ``digest_count`` and
+        ``digest_items`` (newest first)."""
+        mailed = [window for window in closed if window.email is not None]
+        if not mailed:
+            return []
+        await writes.read_preferences((w.tenant_id, w.user_id) for w in mailed)
+        recorded: list[tuple[str, EmailRequest]] = []
+        for window in mailed:
+            email = window.email or {}
+            category = email.get("category")
+            if not writes.wants(window.tenant_id, window.user_id, category, "email"):
+                continue
+            email_id = uuid.uuid5(
+                EMAIL_ID_NAMESPACE,
+                f"{window.tenant_id}\x00digest\x00{window.user_id}\x00{window.key}"
+                f"\x00{window.opened_at.isoformat()}",
+            ).hex
+            request = EmailRequest(
+                tenant_id=window.tenant_id,
+                to_email=email["to_email"],
+                subject=email.get("subject"),
+                template_key=email["template_key"],
+                context={
+                    **(email.get("context") or {}),
+                    "digest_count": window.count,
+                    "digest_items": window.events,
+                },
+                user_id=window.user_id,
+                category=category,
+            )
+            await self.emails.record_in(writes.session, email_id=email_id, request=request)
+            recorded.append((email_id, request))
+        return recorded
+
+
+def _ids_in_app(
+    writes: NotificationWrites,
+    items: Sequence[tuple[str, str, NewNotification]],
+    created: Sequence[NotificationRecord],
+) -> list[int | None]:
+    """The id ``writes.add`` gave each of ``items`` (None: its user does not want it in the
+    app): it keeps, in order, the items whose user wants them."""
+    records = iter(created)
+    return [
+        int(next(records)["id"])
+        if writes.wants(tenant_id, user_id, item.category, "in_app")
+        else None
+        for tenant_id, user_id, item in items
+    ]
+
+
+def _later(event: EventEnvelope) -> scheduled.Later:
+    assert event.send_at is not None
+    return scheduled.Later(
+        tenant_id=event.tenant_id,
+        event_id=event.event_id,
+        due_at=event.send_at,
+        document=event.model_dump(mode="json", exclude_none=True),
+    )
+
+
+def _gather(event: EventEnvelope) -> list[digests.Gather]:
+    """What a digest event gathers, per recipient."""
+    digest = event.digest
+    assert digest is not None
+    part = event.notification
+    item: dict[str, Any] = {"event_id": event.event_id, "type": event.type}
+    if part is not None:
+        item |= part.model_dump(mode="json", include={"title", "body", "category", "data", "link"})
+    if event.occurred_at is not None:
+        item["occurred_at"] = event.occurred_at.isoformat()
+    content = part.as_new() if part is not None else None
+    category = part.category if part is not None else None
+    gathered = []
+    for recipient in event.unique_recipients():
+        email = None
+        if event.email is not None and recipient.email is not None:
+            email = {
+                "to_email": recipient.email,
+                "template_key": event.email.template_key,
+                "subject": event.email.subject,
+                "context": event.email.context,
+                "category": category,
+            }
+        gathered.append(
+            digests.Gather(
+                tenant_id=event.tenant_id,
+                user_id=recipient.user_id,
+                key=digest.key,
+                window_seconds=digest.window_seconds,
+                item=item,
+                content=content,
+                email=email,
+            )
+        )
+    return gathered

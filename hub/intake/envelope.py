@@ -74,6 +74,19 @@ class EmailPart(Lenient):
     context: StoredData = Field(default_factory=dict)
 
 
+# A digest window lasts from one second to seven days.
+DIGEST_MAX_WINDOW_SECONDS = 7 * 24 * 3600
+
+
+class DigestPart(Lenient):
+    """Gather this event with the recipient's others of the same ``key`` for
+    ``window_seconds`` from the first one: one in-app notification updated in place, one
+    email when the window closes."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
+    window_seconds: int = Field(ge=1, le=DIGEST_MAX_WINDOW_SECONDS)
+
+
 class EventEnvelope(Lenient):
     version: int = SUPPORTED_VERSION
     event_id: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
@@ -83,6 +96,20 @@ class EventEnvelope(Lenient):
     recipients: list[Recipient] = Field(min_length=1)
     notification: NotificationPart | None = None
     email: EmailPart | None = None
+    # Not before then (ISO 8601 with an offset); absent or past: now.
+    send_at: datetime | None = None
+    digest: DigestPart | None = None
+
+    @field_validator("send_at")
+    @classmethod
+    def _with_offset(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("send_at needs a time zone offset (e.g. 2026-12-01T10:00:00Z)")
+        return value
+
+    def due_later(self, now: datetime) -> bool:
+        """Whether this event waits in the schedule rather than being applied now."""
+        return self.send_at is not None and self.send_at > now
 
     @property
     def key(self) -> tuple[str, str]:

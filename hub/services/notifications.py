@@ -411,6 +411,8 @@ class NotificationWrites:
     subscribed: dict[str, list[str]] = field(default_factory=dict)
     _users_read: set[Recipient] = field(default_factory=set)
     _tenants_read: set[str] = field(default_factory=set)
+    # (tenant_id, user_id, notification id, new data): emitted as notification:updated.
+    updated: list[tuple[str, str, int, dict[str, Any]]] = field(default_factory=list)
 
     async def read_preferences(self, recipients: Iterable[Recipient]) -> None:
         """Read the preferences of a batch's recipients at once, before deciding for each
@@ -478,6 +480,28 @@ class NotificationWrites:
                 await subscribed_endpoints(self.session, "notification.created", tenants)
             )
 
+    async def replace_data(
+        self, tenant_id: str, user_id: str, notification_id: int, change: Mapping[str, Any]
+    ) -> bool:
+        """Merge ``change`` into the ``data`` of one of the user's notifications (a digest
+        gathering one more event); after the commit ``notification:updated`` says so with
+        ``changes.data``. False when it is gone (deleted or purged meanwhile)."""
+        owned = and_(_owned(tenant_id, user_id), Notification.id == notification_id)
+        current = await self.session.scalar(
+            select(Notification.data).where(owned).with_for_update()
+        )
+        if current is None:
+            return False
+        data = {**current, **change}
+        await self.session.execute(
+            update(Notification)
+            .where(owned)
+            .values(data=data)
+            .execution_options(synchronize_session=False)
+        )
+        self.updated.append((tenant_id, user_id, notification_id, data))
+        return True
+
     def pushed(self) -> list[NotificationRecord]:
         """The stored notifications whose users want ``push`` for their category."""
         return [
@@ -535,8 +559,11 @@ class NotificationService:
                     [(n["tenant_id"], n) for n in writes.created],
                     subscribed=writes.subscribed,
                 )
+            updates = await _data_updates(session, writes.updated)
         if writes.created:
             await publish_created(self.bus, writes.created)
+        for (tenant_id, user_id), events in updates.items():
+            await self._publish(tenant_id, user_id, events)
         if self.pushes is not None:
             await self.pushes.kick(pushes)
 
@@ -782,6 +809,25 @@ def _updated(
         "unread_count": current.unread,
         "unseen_count": current.unseen,
     }
+
+
+async def _data_updates(
+    session: AsyncSession, updated: Sequence[tuple[str, str, int, dict[str, Any]]]
+) -> dict[Recipient, list[tuple[str, dict[str, Any]]]]:
+    """The ``notification:updated`` events of data replaced in a transaction, per user,
+    with the user's counts as this transaction leaves them."""
+    events: dict[Recipient, list[tuple[str, dict[str, Any]]]] = {}
+    if not updated:
+        return events
+    now = datetime.now(UTC)
+    current: dict[Recipient, inbox.Counts] = {}
+    for tenant_id, user_id, notification_id, data in updated:
+        user = (tenant_id, user_id)
+        if user not in current:
+            current[user] = await inbox.counts(session, tenant_id, user_id, now)
+        which = {"ids": [str(notification_id)]}
+        events.setdefault(user, []).append(_updated(which, {"data": data}, current[user]))
+    return events
 
 
 async def counts_event(session: AsyncSession, tenant_id: str, user_id: str) -> str:
