@@ -28,6 +28,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, async_shared_broker
 
 from hub.errors import Unavailable
 from hub.metrics import EMAILS, TASK_RETRIES
+from hub.quiet_hours import quiet_until
 from hub.services import emails, leases, preferences, unsubscribe
 from hub.services.emails import Claim, EmailRequest
 from tasks.auth_service import AuthServiceError, AuthServiceUnavailable, NotConfigured, SmtpConfig
@@ -50,6 +51,14 @@ RESOURCES_STATE = "email_resources"
 
 class PermanentFailure(Exception):
     """The email can never be sent as asked; ``str(err)`` is the recorded reason."""
+
+
+class QuietHours(Exception):
+    """The recipient's quiet hours hold the email until ``until`` (UTC)."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__("waiting out the user's quiet hours")
+        self.until = until
 
 
 TRANSIENT = (AuthServiceUnavailable, SmtpTransientError)
@@ -118,6 +127,17 @@ async def attempt_email(resources: EmailResources, claim: Claim, *, claimed_at: 
             sent = await _attempt(resources, claim, guard=lease.check)
         except LeaseLost as exc:
             log.warning("email %s not sent: %s", claim.email_id, exc)
+        except QuietHours as held:
+            # Not a failure: due again when the window ends (the sweeper takes it then).
+            lease.settled = True
+            await emails.finish(
+                sessions=resources.sessions,
+                email_id=claim.email_id,
+                attempt=claim.attempt,
+                status=leases.RETRYING,
+                error=str(held),
+                retry_at=held.until,
+            )
         except TRANSIENT as exc:
             lease.settled = True
             await _retry_later(resources, claim, exc)
@@ -233,6 +253,7 @@ class _Sent:
 async def _attempt(resources: EmailResources, claim: Claim, *, guard: Callable[[], None]) -> _Sent:
     request = claim.request
     await _check_still_wanted(resources, request)
+    await _check_quiet_hours(resources, request)
     auth = resources.auth_service
     if auth is None:
         raise PermanentFailure("no auth service configured (NOTIFYHUB_AUTH_SERVICE_URL)")
@@ -275,6 +296,17 @@ async def _check_still_wanted(resources: EmailResources, request: EmailRequest) 
     if not wanted:
         what = f"category {request.category!r}" if request.category else "all categories"
         raise PermanentFailure(f"not sent: the recipient turned email off for {what}")
+
+
+async def _check_quiet_hours(resources: EmailResources, request: EmailRequest) -> None:
+    """An email for a user waits out the user's quiet hours (theirs, else the tenant's), in
+    their time zone, as pushes do; in-app notifications are never held."""
+    if request.user_id is None:
+        return
+    quiet = await preferences.quiet_hours_of(resources.sessions, request.tenant_id, request.user_id)
+    until = quiet_until(quiet, datetime.now(UTC))
+    if until is not None:
+        raise QuietHours(until)
 
 
 def _unsubscribe_headers(resources: EmailResources, request: EmailRequest) -> dict[str, str]:
