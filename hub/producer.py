@@ -71,6 +71,7 @@ DEFAULT_TOPIC = "crm.events"
 _RECIPIENT_FIELDS = frozenset({"user_id", "email"})
 _NOTIFICATION_FIELDS = frozenset({"title", "body", "category", "data", "link"})
 _EMAIL_FIELDS = frozenset({"template_key", "subject", "context"})
+_DIGEST_FIELDS = frozenset({"key", "window_seconds"})
 
 
 class InvalidEvent(ValueError):
@@ -86,6 +87,8 @@ def make_event(
     email: Mapping[str, Any] | None = None,
     event_id: str | None = None,
     occurred_at: datetime | None = None,
+    send_at: datetime | None = None,
+    digest: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checked event envelope, ready for :func:`publish_event`.
 
@@ -93,6 +96,7 @@ def make_event(
     mappings. ``notification`` is ``{"title", "body"?, "category"?, "data"?, "link"?}``;
     ``email`` is ``{"template_key", "subject"?, "context"?}``. ``event_id`` defaults to a
     random uuid4 hex, ``occurred_at`` to now (a timezone-aware datetime; sent as UTC ISO 8601).
+    ``send_at`` (timezone-aware) delays it; ``digest`` is ``{"key", "window_seconds"}``.
 
     Raises :class:`InvalidEvent` (a ``ValueError``) saying what is wrong, including
     misspelt field names in ``notification``, ``email`` and recipients, which the hub
@@ -114,6 +118,12 @@ def make_event(
         event["notification"] = _part("notification", notification, _NOTIFICATION_FIELDS)
     if email is not None:
         event["email"] = _part("email", email, _EMAIL_FIELDS)
+    if send_at is not None:
+        if send_at.tzinfo is None or send_at.utcoffset() is None:
+            raise InvalidEvent("send_at must be timezone-aware (e.g. datetime.now(UTC))")
+        event["send_at"] = send_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if digest is not None:
+        event["digest"] = _part("digest", digest, _DIGEST_FIELDS)
     validate_event(event)
     return event
 

@@ -556,11 +556,17 @@ class InboxChanges(Out):
         default=None, description="Archived (a time) or unarchived (null)"
     )
     deleted: Literal[True] | None = Field(default=None, description="Deleted for good")
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description="The notification's whole new `data`: a digest gathered one more event "
+        '(`data.digest` is `{"key", "count", "events"}`, the newest 50 events first)',
+    )
 
 
 class NotificationsUpdated(Out):
     """``notification:updated``: sent to every connection of the user on every change
-    (read, unread, seen, archived, unarchived, deleted), whoever made it; after a replay,
+    (read, unread, seen, archived, unarchived, deleted, a digest's new data), whoever made
+    it; after a replay,
     with no ids and no changes, to give the current counts."""
 
     model_config = _example(

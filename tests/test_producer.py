@@ -120,6 +120,20 @@ def test_make_event_keeps_given_id_and_converts_time_to_utc() -> None:
     assert event_key(event) == b"acme:deal-7"
 
 
+def test_make_event_schedules_and_digests() -> None:
+    moment = datetime(2026, 1, 2, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    event = make_event(
+        tenant_id="acme",
+        type="t",
+        recipients=["a"],
+        notification={"title": "x"},
+        send_at=moment,
+        digest={"key": "deals", "window_seconds": 600},
+    )
+    assert event["send_at"] == "2026-01-02T10:00:00Z"
+    assert event["digest"] == {"key": "deals", "window_seconds": 600}
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -144,6 +158,10 @@ def test_make_event_keeps_given_id_and_converts_time_to_utc() -> None:
         ({"email": {"subject": "s"}}, "email.template_key: Field required"),
         ({"email": {"template_key": "k", "ctx": {}}}, "email: unknown field(s) ctx"),
         ({"occurred_at": datetime(2026, 1, 1)}, "occurred_at must be timezone-aware"),
+        ({"send_at": datetime(2026, 1, 1)}, "send_at must be timezone-aware"),
+        ({"digest": {"key": "d", "window_seconds": 0}}, "digest.window_seconds"),
+        ({"digest": {"key": "d", "window_seconds": 604801}}, "digest.window_seconds"),
+        ({"digest": {"key": "d", "window": 60}}, "digest: unknown field(s) window"),
     ],
 )
 def test_make_event_refuses_what_the_hub_would_dead_letter(
