@@ -146,11 +146,14 @@ async def test_an_event_for_1000_recipients_costs_the_statements_of_one_for_10(
     count_statements: StatementLog,
     tenant: str,
 ) -> None:
-    # No Redis, and the in-process sweepers and purge (embedded profile) asleep after their
+    # No Redis, and the in-process sweepers, scheduler and purge (embedded profile) asleep after their
     # first round: nothing but the requests of this test talks to the database.
     hub = await hub_factory(
         hub_settings(
-            redis_url=None, email_sweep_interval_seconds=3600.0, purge_interval_seconds=3600.0
+            redis_url=None,
+            email_sweep_interval_seconds=3600.0,
+            purge_interval_seconds=3600.0,
+            scheduler_interval_seconds=3600.0,
         )
     )
     for user in ("u0", "u5", "u999"):

@@ -134,7 +134,7 @@ async def test_kill_9_of_the_embedded_process_delivers_each_item_once(
     async def all_stored() -> bool:
         return await stored() >= count
 
-    await eventually(all_stored, timeout=30, interval=0.2)
+    await eventually(all_stored, timeout=60, interval=0.2)
     await asyncio.sleep(1.0)
     assert await stored() == count
     async with sessions() as session:

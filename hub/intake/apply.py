@@ -205,18 +205,21 @@ class EventApplier:
         opening = plan.new_items
         created = await writes.add(items + opening)
         await plan.finish(writes, _ids_in_app(writes, items + opening, created)[len(items) :])
-        to_send: list[tuple[str, EmailRequest]] = []
-        for event in events:
-            if event.digest is None:
-                to_send += await self._record_emails(writes, event)
+        to_send = [
+            email
+            for event in events
+            if event.digest is None
+            for email in self._emails_of(writes, event)
+        ]
+        await self.emails.record_many_in(writes.session, to_send)
         to_send += await self._record_digest_emails(writes, plan.closed)
         return _Applied(len(created), to_send)
 
-    async def _record_emails(
+    def _emails_of(
         self, writes: NotificationWrites, event: EventEnvelope
     ) -> list[tuple[str, EmailRequest]]:
-        """Store the emails ``event`` asks for, in its transaction, for the recipients who
-        want email for its category; what to queue after it."""
+        """The emails ``event`` asks for, for the recipients who want email for its
+        category (stored with the batch's others, in its transaction; queued after it)."""
         if event.email is None:
             return []
         category = event.notification.category if event.notification else None
@@ -236,7 +239,6 @@ class EventApplier:
                 user_id=recipient.user_id,
                 category=category,
             )
-            await self.emails.record_in(writes.session, email_id=email_id, request=request)
             recorded.append((email_id, request))
         return recorded
 
@@ -274,8 +276,8 @@ class EventApplier:
                 user_id=window.user_id,
                 category=category,
             )
-            await self.emails.record_in(writes.session, email_id=email_id, request=request)
             recorded.append((email_id, request))
+        await self.emails.record_many_in(writes.session, recorded)
         return recorded
 
 

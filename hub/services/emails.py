@@ -15,6 +15,7 @@ longer renewed), a ``queued`` one whose task was lost.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -73,6 +74,10 @@ class EmailQueue(Protocol):
         ...
 
 
+# Email tasks queued at once after a batch commits.
+KICK_CONCURRENCY = 50
+
+
 class EmailService:
     """Queue an email and read its status: what REST (and, through the same record and queue,
     event intake) call. Built once per process with its queue and database."""
@@ -115,20 +120,34 @@ class EmailService:
             sweep_after_seconds=self.sweep_after_seconds,
         )
 
+    async def record_many_in(
+        self, session: AsyncSession, emails: Sequence[tuple[str, EmailRequest]]
+    ) -> None:
+        """:meth:`record_in` for a batch, in two statements whatever its size (ids that
+        exist already are left as they are)."""
+        await record_emails_in(session, emails, sweep_after_seconds=self.sweep_after_seconds)
+
     async def kick(self, recorded: Sequence[tuple[str, EmailRequest]]) -> None:
-        """Queue the tasks of emails recorded by a committed transaction. With the queue
-        away they are stored already: a worker's sweeper sends them once their wait has
-        passed."""
-        for number, (email_id, request) in enumerate(recorded):
-            try:
-                await self.queue.kick(email_id=email_id, request=request)
-            except Unavailable as exc:
-                log.warning(
-                    "%d emails stored; their tasks wait for the sweeper (%s)",
-                    len(recorded) - number,
-                    exc,
-                )
-                return
+        """Queue the tasks of emails recorded by a committed transaction, up to
+        ``KICK_CONCURRENCY`` at a time (one by one, a batch of 500 waits 500 round trips).
+        With the queue away they are stored already: a worker's sweeper sends them once
+        their wait has passed."""
+        for first in range(0, len(recorded), KICK_CONCURRENCY):
+            chunk = recorded[first : first + KICK_CONCURRENCY]
+            outcomes = await asyncio.gather(
+                *(self.queue.kick(email_id=i, request=r) for i, r in chunk),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, Unavailable):
+                    log.warning(
+                        "%d emails stored; their tasks wait for the sweeper (%s)",
+                        len(recorded) - first,
+                        outcome,
+                    )
+                    return
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def status(self, *, tenant_id: str, email_id: str) -> EmailStatusRecord:
         """The email status object (docs/protocol.md 9.2, plus its history); 404 for any
@@ -231,6 +250,55 @@ async def record_email_in(
         EmailEvent(tenant_id=request.tenant_id, email_id=email_id, status=QUEUED, attempt=0, at=now)
     )
     return True
+
+
+async def record_emails_in(
+    session: AsyncSession,
+    emails: Sequence[tuple[str, EmailRequest]],
+    *,
+    sweep_after_seconds: float,
+) -> list[str]:
+    """:func:`record_email_in` for many emails in two statements; the ids that were new."""
+    if not emails:
+        return []
+    now = datetime.now(UTC)
+    due = now + timedelta(seconds=sweep_after_seconds)
+    inserted = await session.execute(
+        insert_for(session)(Email)
+        .values(
+            [
+                {
+                    "id": email_id,
+                    "tenant_id": request.tenant_id,
+                    "to_email": request.to_email,
+                    "subject": request.subject,
+                    "template_key": request.template_key,
+                    "context": request.context,
+                    "user_id": request.user_id,
+                    "category": request.category,
+                    "status": QUEUED,
+                    "attempts": 0,
+                    "next_attempt_at": due,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for email_id, request in emails
+            ]
+        )
+        .on_conflict_do_nothing()
+        .returning(Email.id)
+    )
+    fresh = set(inserted.scalars())
+    tenants = {email_id: request.tenant_id for email_id, request in emails}
+    if fresh:
+        await session.execute(
+            insert(EmailEvent),
+            [
+                {"tenant_id": tenants[i], "email_id": i, "status": QUEUED, "attempt": 0, "at": now}
+                for i in fresh
+            ],
+        )
+    return [email_id for email_id, _ in emails if email_id in fresh]
 
 
 _CLAIMED = (
