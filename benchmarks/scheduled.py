@@ -74,8 +74,8 @@ DEFAULT_ADMIN_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/12"
 TENANT = "bench"
 INTAKE_BATCH = 500
-START = "<!-- scheduled:start -->"
-END = "<!-- scheduled:end -->"
+START = "<!-- scheduled-results:start -->"
+END = "<!-- scheduled-results:end -->"
 
 
 @contextlib.asynccontextmanager

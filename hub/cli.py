@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve, uses_database=True)
 
     worker = commands.add_parser(
-        "worker", help="run email and push tasks, webhooks and the retention purge until SIGTERM"
+        "worker",
+        help="run email and push tasks, webhooks, scheduled events and digests, and the "
+        "retention purge until SIGTERM",
     )
     worker.set_defaults(run=_worker, uses_database=True)
 
