@@ -183,8 +183,11 @@ def main(settings: Settings, *, companion: Companion | None = None) -> int:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if beside is not None:
-            stop.set()  # the worker ended on its own (an error): the companion too
+        if beside is not None and not stop.is_set():
+            # The worker ended on its own (it could not start): its error is what to say.
+            beside.cancel()
+            await asyncio.gather(beside, return_exceptions=True)
+        elif beside is not None:
             try:
                 await asyncio.wait_for(beside, settings.worker_shutdown_seconds)
             except TimeoutError:

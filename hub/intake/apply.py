@@ -165,8 +165,8 @@ class EventApplier:
             due = await scheduled.claim_due(writes.session, now, limit)
             events = [EventEnvelope.model_validate(item.document) for item in due]
             applied = await self._apply_in(writes, events, now)
+        stored = datetime.now(UTC)  # committed, and published live
         await self.emails.kick(applied.emails)
-        stored = datetime.now(UTC)
         async with self.notifications.writing() as writes:
             closed = await digests.close_due(writes.session, now, limit)
             mail = await self._record_digest_emails(writes, closed)
