@@ -608,7 +608,7 @@ ROUTES: tuple[Operation, ...] = (
         "GET",
         "/api/notifications/{notification_id}/deliveries/",
         "listNotificationDeliveries",
-        "The pushes of a notification, with their status",
+        "The emails and pushes of a notification, with their status",
         "push",
         "user",
         {200: Reply("Its deliveries, oldest first", out.DeliveryList)},

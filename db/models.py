@@ -215,6 +215,13 @@ class Email(TenantScoped, Base):
     __tablename__ = "emails"
     __table_args__ = (
         Index("ix_emails_tenant_id_created_at", "tenant_id", "created_at"),
+        Index(
+            "ix_emails_tenant_id_notification_id",
+            "tenant_id",
+            "notification_id",
+            postgresql_where=text("notification_id IS NOT NULL"),
+            sqlite_where=text("notification_id IS NOT NULL"),
+        ),
         # The one index not led by tenant_id: the sweeper asks "what is due" across all
         # tenants. Partial, so it holds only the few emails still waiting, never the sent.
         Index(
@@ -232,6 +239,9 @@ class Email(TenantScoped, Base):
     # categorised one carries an unsubscribe link.
     user_id: Mapped[str | None] = mapped_column(String(USER_ID_LENGTH))
     category: Mapped[str | None] = mapped_column(String(64))
+    # The notification it goes with (an event's email for a recipient who also got the
+    # notification, a digest's email): listed with that notification's deliveries.
+    notification_id: Mapped[int | None] = mapped_column(BigInteger)
     subject: Mapped[str | None] = mapped_column(Text)
     template_key: Mapped[str] = mapped_column(String(200))
     context: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -391,3 +391,45 @@ async def test_email_routes_are_for_services_of_the_tenant(
     other = ApiClient.for_service(hub.url, tenant + "-other")
     assert (await other.get(f"/api/emails/{email_id}/"))[0] == 404
     assert (await service.get("/api/emails/does-not-exist/"))[0] == 404
+
+
+async def test_an_events_email_is_listed_with_its_notifications_deliveries(
+    mail_stack: MailStack, tenant_mail: str
+) -> None:
+    hub, _ = await mail_stack()
+    service = ApiClient.for_service(hub.url, tenant_mail)
+    event = {
+        "event_id": f"e-{uuid.uuid4().hex[:8]}",
+        "tenant_id": tenant_mail,
+        "type": "interview.scheduled",
+        "recipients": [
+            {"user_id": "ann", "email": "ann@example.com"},
+            {"user_id": "bob", "email": "bob@example.com"},
+        ],
+        "notification": {"title": "Interview", "body": "Tomorrow at 10"},
+        "email": {
+            "template_key": "interview",
+            "context": {"Candidate Name": "Ann", "Job Title": "Engineer", "time": "10:00"},
+        },
+    }
+    assert (await service.post("/api/events/", event))[0] == 202
+    ann = ApiClient.for_user(hub.url, tenant_mail, "ann")
+
+    async def anns_deliveries() -> list[dict[str, Any]]:
+        _, page = await ann.get("/api/notifications/")
+        if not page["items"]:
+            return []
+        notification_id = page["items"][0]["id"]
+        status, body = await ann.get(f"/api/notifications/{notification_id}/deliveries/")
+        assert status == 200, body
+        items: list[dict[str, Any]] = body["items"]
+        return items
+
+    await eventually(lambda: _sent(anns_deliveries()), timeout=20)
+    (delivery,) = await anns_deliveries()  # ann's own email only, not bob's
+    assert delivery["channel"] == "email" and delivery["target"] == "ann@example.com"
+    assert delivery["attempts"] == 1 and delivery["last_error"] is None
+
+
+async def _sent(deliveries: Awaitable[list[dict[str, Any]]]) -> bool:
+    return [d["status"] for d in await deliveries] == ["sent"]

@@ -11,7 +11,7 @@ happen after the commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -197,26 +197,34 @@ class EventApplier:
             now,
         )
         items = []
+        keys: list[tuple[str, str, str]] = []  # (tenant, event, user) of each item
         for event in events:
             if event.notification is None or event.digest is not None:
                 continue
             content = event.notification.as_new()  # one per event, shared by recipients
-            items += [(event.tenant_id, r.user_id, content) for r in event.unique_recipients()]
+            for recipient in event.unique_recipients():
+                items.append((event.tenant_id, recipient.user_id, content))
+                keys.append((event.tenant_id, event.event_id, recipient.user_id))
         opening = plan.new_items
         created = await writes.add(items + opening)
-        await plan.finish(writes, _ids_in_app(writes, items + opening, created)[len(items) :])
+        ids = _ids_in_app(writes, items + opening, created)
+        await plan.finish(writes, ids[len(items) :])
+        notified = dict(zip(keys, ids[: len(items)], strict=True))
         to_send = [
             email
             for event in events
             if event.digest is None
-            for email in self._emails_of(writes, event)
+            for email in self._emails_of(writes, event, notified)
         ]
         await self.emails.record_many_in(writes.session, to_send)
         to_send += await self._record_digest_emails(writes, plan.closed)
         return _Applied(len(created), to_send)
 
     def _emails_of(
-        self, writes: NotificationWrites, event: EventEnvelope
+        self,
+        writes: NotificationWrites,
+        event: EventEnvelope,
+        notified: Mapping[tuple[str, str, str], int | None],
     ) -> list[tuple[str, EmailRequest]]:
         """The emails ``event`` asks for, for the recipients who want email for its
         category (stored with the batch's others, in its transaction; queued after it)."""
@@ -238,6 +246,7 @@ class EventApplier:
                 context=event.email.context,
                 user_id=recipient.user_id,
                 category=category,
+                notification_id=notified.get((event.tenant_id, event.event_id, recipient.user_id)),
             )
             recorded.append((email_id, request))
         return recorded
@@ -275,6 +284,7 @@ class EventApplier:
                 },
                 user_id=window.user_id,
                 category=category,
+                notification_id=window.notification_id,
             )
             recorded.append((email_id, request))
         await self.emails.record_many_in(writes.session, recorded)

@@ -64,6 +64,7 @@ class Closed:
     count: int
     events: list[dict[str, Any]]
     email: dict[str, Any] | None
+    notification_id: int | None  # the window's in-app notification (None: not in the app)
 
 
 @dataclass(slots=True)
@@ -230,6 +231,7 @@ def _closed(key: WindowKey, window: _Window) -> Closed:
         count=window.count,
         events=window.events,
         email=window.email,
+        notification_id=window.notification_id,
     )
 
 
@@ -258,6 +260,7 @@ async def close_due(session: AsyncSession, now: datetime, limit: int) -> list[Cl
             DigestWindow.count,
             DigestWindow.events,
             DigestWindow.email,
+            DigestWindow.notification_id,
         )
         .execution_options(synchronize_session=False)
     )
@@ -270,6 +273,7 @@ async def close_due(session: AsyncSession, now: datetime, limit: int) -> list[Cl
             count=int(row[4]),
             events=list(row.events or []),
             email=row.email,
+            notification_id=row.notification_id,
         )
         for row in rows
     ]

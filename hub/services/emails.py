@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.models import Email, EmailEvent
 from hub.errors import NotFound, Unavailable
 from hub.metrics import EMAILS
-from hub.records import EmailStatusChange, EmailStatusRecord
+from hub.records import DeliveryRecord, EmailStatusChange, EmailStatusRecord
 from hub.services.common import insert_for, iso_utc
 from hub.services.leases import (
     FAILED,
@@ -62,6 +62,8 @@ class EmailRequest:
     # the worker reads them from the email's record.
     user_id: str | None = None
     category: str | None = None
+    # The notification the email goes with, if any: listed with its deliveries.
+    notification_id: int | None = None
 
 
 class EmailQueue(Protocol):
@@ -218,6 +220,28 @@ async def record_email(
         )
 
 
+async def email_deliveries_of(
+    session: AsyncSession, *, tenant_id: str, notification_id: int
+) -> list[DeliveryRecord]:
+    """The emails that went with a notification, oldest first, as deliveries."""
+    rows = await session.execute(
+        select(Email.to_email, Email.status, Email.attempts, Email.last_error, Email.updated_at)
+        .where(Email.tenant_id == tenant_id, Email.notification_id == notification_id)
+        .order_by(Email.created_at, Email.id)
+    )
+    return [
+        {
+            "channel": "email",
+            "target": to_email,
+            "status": status,
+            "attempts": attempts,
+            "last_error": last_error,
+            "updated_at": iso_utc(updated_at),
+        }
+        for to_email, status, attempts, last_error, updated_at in rows
+    ]
+
+
 async def record_email_in(
     session: AsyncSession, *, email_id: str, request: EmailRequest, sweep_after_seconds: float
 ) -> bool:
@@ -235,6 +259,7 @@ async def record_email_in(
             context=request.context,
             user_id=request.user_id,
             category=request.category,
+            notification_id=request.notification_id,
             status=QUEUED,
             attempts=0,
             next_attempt_at=now + timedelta(seconds=sweep_after_seconds),
@@ -276,6 +301,7 @@ async def record_emails_in(
                     "context": request.context,
                     "user_id": request.user_id,
                     "category": request.category,
+                    "notification_id": request.notification_id,
                     "status": QUEUED,
                     "attempts": 0,
                     "next_attempt_at": due,

@@ -36,6 +36,7 @@ from hub.services.common import (
     iso_utc,
     user_keys_param,
 )
+from hub.services.emails import email_deliveries_of
 from hub.services.group_commit import GroupCommit, Sized
 from hub.services.preferences import PreferenceBook
 from hub.services.pushes import DevicesByUser, PushService
@@ -682,8 +683,8 @@ class NotificationService:
     async def deliveries(
         self, *, tenant_id: str, notification_id: object, user_id: str | None
     ) -> list[DeliveryRecord]:
-        """The pushes of a notification of the tenant (of ``user_id``'s, unless None: a
-        service asks); 404 for any other."""
+        """The emails and pushes of a notification of the tenant (of ``user_id``'s, unless
+        None: a service asks); 404 for any other."""
         wanted = parse_id(notification_id)
         if wanted is None:
             raise NotFound("notification not found")
@@ -695,9 +696,10 @@ class NotificationService:
         async with self.sessions() as session:
             if await session.scalar(query) is None:
                 raise NotFound("notification not found")
+            emails = await email_deliveries_of(session, tenant_id=tenant_id, notification_id=wanted)
         if self.pushes is None:
-            return []
-        return await self.pushes.deliveries_of(tenant_id=tenant_id, notification_id=wanted)
+            return emails
+        return emails + await self.pushes.deliveries_of(tenant_id=tenant_id, notification_id=wanted)
 
     async def counts(self, *, tenant_id: str, user_id: str) -> inbox.Counts:
         async with self.sessions() as session:
