@@ -95,7 +95,7 @@ BROADCAST_EVENT = "broadcast"
 NEW_EVENT = "notification:new"
 NOTIFICATION_KEYS = frozenset(
     {"id", "tenant_id", "user_id", "seq", "category", "title", "body", "data", "link"}
-    | {"created_at", "read_at"}
+    | {"created_at", "read_at", "seen_at", "archived_at", "expires_at"}
 )
 BROADCAST_KEYS = frozenset({"title", "body", "data"})
 TITLE = "Scheduled maintenance tonight"

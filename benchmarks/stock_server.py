@@ -159,6 +159,10 @@ class StockServer:
                 "link": None,
                 "created_at": iso(row["created_at"]),
                 "read_at": None,
+                # The inbox fields of the hub's object (docs/protocol.md 5.1): same bytes.
+                "seen_at": None,
+                "archived_at": None,
+                "expires_at": None,
             }
             await self.sio.emit(
                 "notification:new",

@@ -195,6 +195,10 @@ async function main() {
         link: null,
         created_at: row.created_at.toISOString(),
         read_at: null,
+        // The inbox fields of the hub's object (docs/protocol.md 5.1): same bytes.
+        seen_at: null,
+        archived_at: null,
+        expires_at: null,
       });
     }
     return answer(response, 201, { ids: rows.map((row) => String(row.id)) });
