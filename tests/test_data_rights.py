@@ -41,6 +41,7 @@ from tests.harness.hub import (
     SettingsFactory,
     SioConnect,
 )
+from tests.harness.legacy_ws import LegacyConnect
 from tests.harness.ports import eventually
 from tests.harness.tokens import hs256_token
 
@@ -341,10 +342,12 @@ async def test_erase_disconnects_the_users_sockets_on_every_node(
     hub_settings: SettingsFactory,
     serve_process: ServeStarter,
     sio_connect: SioConnect,
+    legacy_connect: LegacyConnect,
     tenant: str,
 ) -> None:
-    """Two serve processes sharing Redis: alice's /notifications and /chat sockets on both
-    are closed by an erasure asked of one; bob's stay, and still get what is sent to him."""
+    """Two serve processes sharing Redis: alice's /notifications and /chat sockets and her
+    legacy WebSockets on both are closed by an erasure asked of one; bob's stay, and still
+    get what is sent to him."""
     settings = own(hub_settings)
     node_a, node_b = await asyncio.gather(serve_process(settings), serve_process(settings))
     sockets: dict[tuple[str, str, str], RecordingClient] = {}
@@ -355,17 +358,33 @@ async def test_erase_disconnects_the_users_sockets_on_every_node(
                 sockets[(user, name, namespace)] = await sio_connect(
                     node.url, namespace, token=token
                 )
+    legacy = {
+        (user, node.url): await legacy_connect(
+            node.url, tenant, user, hs256_token(tenant=tenant, user=user)
+        )
+        for user in ("alice", "bob")
+        for node in (node_a, node_b)
+    }
     await erase(node_a.url, tenant, "alice")
     for (user, _, _), client in sockets.items():
         if user == "alice":
             await _wait_disconnected(client)
+    for (user, _), old in legacy.items():
+        if user == "alice":
+            assert old.reader is not None
+            await asyncio.wait_for(old.reader, timeout=10)  # the server closed it
     await asyncio.sleep(0.5)  # time for a wrong disconnect of bob to show
     bobs = [client for (user, _, _), client in sockets.items() if user == "bob"]
     assert all(client.namespace in client.client.namespaces for client in bobs)
+    assert all(not old.socket.closed for (user, _), old in legacy.items() if user == "bob")
     await ApiClient.for_service(node_b.url, tenant).notify(["bob"], title="still here")
     for (user, _, namespace), client in sockets.items():
         if user == "bob" and namespace == NOTIFICATIONS_NAMESPACE:
             (item,) = await client.wait_for("notification:new", timeout=10)
+            assert item["title"] == "still here"
+    for (user, _), old in legacy.items():
+        if user == "bob":
+            (item,) = await old.wait_for("notification:new", timeout=10)
             assert item["title"] == "still here"
 
 
