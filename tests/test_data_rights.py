@@ -10,6 +10,8 @@ created for the user meanwhile. The embedded profile (SQLite, in-process bus) do
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import tracemalloc
 import uuid
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import (
@@ -43,6 +46,8 @@ from tests.harness.hub import (
 )
 from tests.harness.legacy_ws import LegacyConnect
 from tests.harness.ports import eventually
+from tests.harness.proxy import ProxyFactory
+from tests.harness.services import PrivateRedis
 from tests.harness.tokens import hs256_token
 
 
@@ -502,3 +507,80 @@ async def test_the_routes_are_documented(hub: RunningHub, path: str) -> None:
     template = path.replace("alice", "{user_id}")
     operations = document["paths"][template]
     assert all(op["x-role"] == "service" for op in operations.values())
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+async def test_an_export_cut_by_a_database_outage_never_reads_as_a_whole_document(
+    hub_factory: Callable[..., Any],
+    hub_settings: SettingsFactory,
+    postgres_url: str,
+    tcp_proxy: ProxyFactory,
+    tenant: str,
+) -> None:
+    """The database goes away while an export streams: the response ends without the chunked
+    terminator (the client gets a transfer error, and what came does not parse), and the next
+    export is a 503 before any byte."""
+    target = make_url(postgres_url)
+    proxy = await tcp_proxy(target.host or "127.0.0.1", target.port or 5432)
+    through_proxy = target.set(host="127.0.0.1", port=proxy.port)
+    hub: RunningHub = await hub_factory(
+        own(
+            hub_settings,
+            database_url=through_proxy.render_as_string(hide_password=False),
+            database_connect_timeout_seconds=1.0,
+        )
+    )
+    sessions: async_sessionmaker[AsyncSession] = hub.app[DB_SESSIONS]
+    async with sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "INSERT INTO notifications (tenant_id, user_id, seq, title, body, data, "
+                "created_at) SELECT :tenant, 'big', n, 'Deal ' || n, repeat('x', 200), "
+                "CAST('{}' AS jsonb), now() FROM generate_series(1, 40000) AS n"
+            ),
+            {"tenant": tenant},
+        )
+    service = ApiClient.for_service(hub.url, tenant)
+    received = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{hub.url}/api/users/big/export/",
+                headers={"Authorization": f"Bearer {service.token}"},
+            ) as response,
+        ):
+            assert response.status == 200
+            async for chunk, _ in response.content.iter_chunks():
+                received += chunk
+                if len(received) > 100_000 and proxy._server is not None:
+                    await proxy.stop()  # the database is gone from here on
+    assert 100_000 < len(received) < 18_000_000
+    with pytest.raises(ValueError):
+        json.loads(received)
+    status, body = await service.get("/api/users/big/export/")
+    assert (status, body["error"]["code"]) == (503, "unavailable")
+
+
+async def test_an_erasure_stands_when_the_bus_is_away(
+    hub_factory: Callable[..., Any],
+    hub_settings: SettingsFactory,
+    private_redis: PrivateRedis,
+    tenant: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis (the bus) is down when a user is erased: the erasure commits, answers 200 with
+    its counts and its audit line, and says that the disconnect could not be published."""
+    hub: RunningHub = await hub_factory(own(hub_settings, redis_url=private_redis.url))
+    await ApiClient.for_service(hub.url, tenant).notify(["alice"], title="x")
+    private_redis.kill()
+    with caplog.at_level(logging.INFO):
+        counts = await erase(hub.url, tenant, "alice")
+    assert counts["notifications"] == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith(f"user erased: tenant={tenant} user=alice") for m in messages)
+    assert any("did not take the disconnect" in m for m in messages)
+    _, page = await ApiClient.for_user(hub.url, tenant, "alice").get("/api/notifications/")
+    assert page["items"] == []
