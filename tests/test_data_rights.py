@@ -32,7 +32,7 @@ from db.models import (
     UserErasure,
     WebhookDelivery,
 )
-from hub.keys import DB_SESSIONS
+from hub.keys import DATA_RIGHTS, DB_SESSIONS
 from hub.realtime import CHAT_NAMESPACE, NOTIFICATIONS_NAMESPACE
 from hub.responses import UserExport
 from hub.settings import Settings
@@ -174,6 +174,53 @@ async def test_export_has_every_kind_of_record_and_nothing_of_another_tenant(
     # Someone the hub knows nothing of: empty lists, not 404.
     empty, _ = await export_of(hub.url, tenant, "nobody")
     assert empty["preferences"] is None and all(empty[kind] == [] for kind in KINDS)
+
+
+async def test_every_list_pages_into_one_valid_document(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory, tenant: str
+) -> None:
+    """Pages of two rows: every list spans several pages (messages over three conversations
+    too) and the document is still one valid JSON object with every row exactly once."""
+    hub: RunningHub = await hub_factory(own(hub_settings))
+    hub.app[DATA_RIGHTS].page_rows = 2
+    service = ApiClient.for_service(hub.url, tenant)
+    alice = ApiClient.for_user(hub.url, tenant, "alice")
+    for n in range(3):
+        status, _ = await alice.post("/api/devices/", {"kind": "apns", "token": f"apns-{n}"})
+        assert status == 201
+    for n in range(5):
+        await service.notify(["alice"], title=f"n{n}")
+    sent = []
+    for peer in ("bob", "carol", "dan"):
+        for n in range(3):
+            status, body = await alice.post(
+                "/api/messages/send/", {"to_user_id": peer, "body": f"{peer} {n}"}
+            )
+            assert status == 201, body
+            sent.append(body["message"]["id"])
+    for n in range(3):
+        status, _ = await service.post(
+            "/api/events/",
+            {
+                "event_id": f"e{n}",
+                "tenant_id": tenant,
+                "type": "t",
+                "recipients": [{"user_id": "alice", "email": f"a{n}@example.com"}],
+                "email": {"template_key": "welcome", "context": {}},
+            },
+        )
+        assert status == 202
+    document, _ = await export_of(hub.url, tenant, "alice")
+    UserExport.model_validate(document)
+    assert len(document["devices"]) == 3 and len(document["conversations"]) == 3
+    assert [n["seq"] for n in document["notifications"]] == [1, 2, 3, 4, 5]
+    assert len(document["push_deliveries"]) == 15
+    assert sorted(m["id"] for m in document["messages"]) == sorted(sent)
+    assert sorted(e["to_email"] for e in document["emails"]) == [
+        "a0@example.com",
+        "a1@example.com",
+        "a2@example.com",
+    ]
 
 
 async def test_roles_and_bad_user_ids(hub: RunningHub, tenant: str) -> None:

@@ -200,13 +200,16 @@ class DataRightsService:
         async for chunk in self._rows(self._pushes(tenant_id, user_id), ("id",), _push):
             yield chunk
         yield b'],"messages":['
-        first = True
+        # One array over every conversation: the first chunk of each conversation after one
+        # that had messages needs the separator (later chunks carry their own).
+        written = False
         for conversation_id in conversations:
-            async for chunk in self._rows(
+            pages = self._rows(
                 self._messages(tenant_id, conversation_id), ("seq",), serialize_message
-            ):
-                yield chunk if first else b"," + chunk
-                first = False
+            )
+            async for chunk in pages:
+                yield b"," + chunk if written and not chunk.startswith(b",") else chunk
+                written = True
         yield b'],"emails":['
         async for chunk in self._rows(self._emails(tenant_id, user_id), ("id",), _email):
             yield chunk
