@@ -888,6 +888,11 @@ class ErasureCounts(Out):
     webhook_deliveries: Count = Field(
         description="Webhook deliveries whose payload was erased (those not sent: cancelled)"
     )
+    digest_windows: Count = Field(description="The user's digest windows deleted")
+    scheduled_events: Count = Field(
+        description="Events scheduled for later the user was removed from (cancelled if they "
+        "had no other recipient)"
+    )
 
 
 class UserErased(Out):
@@ -903,6 +908,8 @@ class UserErased(Out):
                         "messages": 35,
                         "emails": 7,
                         "webhook_deliveries": 3,
+                        "digest_windows": 1,
+                        "scheduled_events": 0,
                     }
                 }
             ]

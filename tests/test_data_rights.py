@@ -15,6 +15,7 @@ import logging
 import tracemalloc
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import (
+    DigestWindow,
     Email,
     Notification,
     NotificationCounter,
     PushDelivery,
+    ScheduledEvent,
     UserErasure,
     WebhookDelivery,
 )
@@ -314,6 +317,8 @@ async def test_erase_both_participants_audit_and_another_tenant(
         "messages": 1,
         "emails": 1,
         "webhook_deliveries": 4,  # two notifications, her read mark, her message
+        "digest_windows": 0,
+        "scheduled_events": 0,
     }
     # Her own data is gone from the export; the email record stays, without the address.
     document, _ = await export_of(hub.url, tenant, "alice")
@@ -631,3 +636,42 @@ async def test_an_erasure_stands_when_the_bus_is_away(
     assert any("did not take the disconnect" in m for m in messages)
     _, page = await ApiClient.for_user(hub.url, tenant, "alice").get("/api/notifications/")
     assert page["items"] == []
+
+
+async def test_erase_reaches_digest_windows_and_scheduled_events(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory, tenant: str
+) -> None:
+    """A pending scheduled event loses the erased recipient (and is cancelled if she was the
+    only one); her open digest window, with the email it would send, is deleted."""
+    hub: RunningHub = await hub_factory(own(hub_settings))
+    service = ApiClient.for_service(hub.url, tenant)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    part = {"title": "later", "body": "b"}
+    alice = {"user_id": "alice", "email": "alice@example.com"}
+    for event in (
+        {"event_id": "s1", "send_at": later, "recipients": [alice, {"user_id": "carol"}]},
+        {"event_id": "s2", "send_at": later, "recipients": [alice]},
+        {
+            "event_id": "d1",
+            "digest": {"key": "deals", "window_seconds": 3600},
+            "recipients": [alice],
+            "email": {"template_key": "welcome", "context": {}},
+        },
+    ):
+        body = {"tenant_id": tenant, "type": "t", "notification": part, **event}
+        status, answer = await service.post("/api/events/", body)
+        assert status == 202, answer
+    counts = await erase(hub.url, tenant, "alice")
+    assert (counts["scheduled_events"], counts["digest_windows"]) == (2, 1)
+    sessions: async_sessionmaker[AsyncSession] = hub.app[DB_SESSIONS]
+    async with sessions() as session:
+        scheduled = {
+            row.event_id: (row.status, row.document["recipients"])
+            for row in await session.scalars(
+                select(ScheduledEvent).where(ScheduledEvent.tenant_id == tenant)
+            )
+        }
+        windows = await session.scalar(select(func.count()).where(DigestWindow.tenant_id == tenant))
+    assert scheduled == {"s1": ("pending", [{"user_id": "carol"}]), "s2": ("cancelled", [])}
+    assert windows == 0
+    assert set((await erase(hub.url, tenant, "alice")).values()) == {0}

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db.models import (
     Conversation,
     ConversationMember,
+    DigestWindow,
     Email,
     EmailEvent,
     Message,
@@ -30,6 +31,7 @@ from db.models import (
     NotificationCounter,
     PushDelivery,
     PushDevice,
+    ScheduledEvent,
     UserErasure,
     UserPreference,
     WebhookDelivery,
@@ -41,6 +43,8 @@ from hub.services.chat import MESSAGES, serialize_message
 from hub.services.common import iso_utc
 from hub.services.leases import PENDING
 from hub.services.notifications import NOTIFICATIONS, serialize
+from hub.services.scheduled import CANCELLED as SCHEDULE_CANCELLED
+from hub.services.scheduled import PENDING as SCHEDULE_PENDING
 from hub.services.webhooks import CANCELLED
 
 log = logging.getLogger(__name__)
@@ -467,6 +471,14 @@ async def _erase_in(
         )
         .execution_options(synchronize_session=False)
     )
+    # The user's digest windows (the notification each updates is deleted above; an open
+    # window's email, with the address, would be sent when it closes).
+    digests = await session.execute(
+        delete(DigestWindow).where(
+            DigestWindow.tenant_id == tenant_id, DigestWindow.user_id == user_id
+        )
+    )
+    scheduled = await _erase_from_scheduled(session, tenant_id=tenant_id, user_id=user_id)
     return {
         "notifications": _rowcount(notifications),
         "push_deliveries": _rowcount(pushes),
@@ -475,4 +487,37 @@ async def _erase_in(
         "messages": _rowcount(messages),
         "emails": _rowcount(emails),
         "webhook_deliveries": _rowcount(hooks),
+        "digest_windows": _rowcount(digests),
+        "scheduled_events": scheduled,
     }
+
+
+async def _erase_from_scheduled(session: AsyncSession, *, tenant_id: str, user_id: str) -> int:
+    """Events scheduled for later that name the user among their recipients (with their
+    address, maybe): the user leaves the recipients; an event left with none is cancelled.
+    Only pending ones (a sent one was applied, and what it made is erased above); read under
+    the rows' locks, as the scheduler and a cancel take them."""
+    rows = (
+        await session.execute(
+            select(ScheduledEvent.id, ScheduledEvent.document)
+            .where(
+                ScheduledEvent.tenant_id == tenant_id,
+                ScheduledEvent.status == SCHEDULE_PENDING,
+            )
+            .with_for_update()
+        )
+    ).all()
+    changed = 0
+    for row_id, document in rows:
+        recipients = document.get("recipients") or []
+        kept = [r for r in recipients if not (isinstance(r, dict) and r.get("user_id") == user_id)]
+        if len(kept) == len(recipients):
+            continue
+        changed += 1
+        values: dict[str, Any] = {"document": {**document, "recipients": kept}}
+        if not kept:
+            values["status"] = SCHEDULE_CANCELLED
+        await session.execute(
+            update(ScheduledEvent).where(ScheduledEvent.id == row_id).values(**values)
+        )
+    return changed
