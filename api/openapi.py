@@ -229,6 +229,7 @@ def build_document(operations: tuple[Operation, ...]) -> dict[str, Any]:
         ("emails", "Templated email through the tenant's SMTP server"),
         ("push", "Devices of users and pushes (Web Push, FCM, APNs) to users not connected"),
         ("webhooks", "Standard Webhooks to the tenant's systems when things happen in the hub"),
+        ("data rights", "A user's data, exported or erased at the tenant's request (GDPR)"),
         ("tenants", "The tenant's own settings (retention)"),
         ("preferences", "Who wants which channel for which category; unsubscribe links"),
         ("operations", "Probes, metrics and this documentation"),

@@ -21,6 +21,7 @@ from api import (
     presence,
     tenant_settings,
     unsubscribe,
+    users,
     webhooks,
 )
 from api.declarations import API_ROUTES, PUBLIC_PATHS, Operation, Param, Reply
@@ -134,6 +135,15 @@ MESSAGE_ID = Param(
     "Message id, in that conversation; one the caller cannot see is 404",
     required=True,
     example="5001",
+)
+USER_ID = Param(
+    "user_id",
+    "path",
+    {"type": "string", "minLength": 1, "maxLength": 128},
+    "A user of the caller's tenant (the same id in another tenant is another user); 1 to 128 "
+    "characters, none a control character, else 400",
+    required=True,
+    example="u-42",
 )
 USER_IDS = Param(
     "user_ids",
@@ -670,6 +680,50 @@ ROUTES: tuple[Operation, ...] = (
         params=(WEBHOOK_ID, LIMIT, CURSOR),
         errors=(400, 401, 403, 404, 503),
         handler=webhooks.list_deliveries,
+    ),
+    Operation(
+        "GET",
+        "/api/users/{user_id}/export/",
+        "exportUser",
+        "Everything the hub holds about one user of the tenant (GDPR article 15)",
+        "data rights",
+        "service",
+        {
+            200: Reply(
+                "One JSON document, streamed (chunked transfer encoding): the user's "
+                "preferences, push devices (the endpoint or token they registered, never "
+                "the Web Push keys), conversations, notifications with their pushes, every "
+                "message of their conversations, and the emails made for them. A user the "
+                "hub knows nothing of gets empty lists. A connection that ends before the "
+                "chunked terminator is a failed export, not a shorter one",
+                out.UserExport,
+            )
+        },
+        description="Rows are read in pages and written as they come, so the document's size "
+        "is bounded by nothing but the data (docs/data-rights.md). " + SERVICE_NOTE,
+        params=(USER_ID,),
+        errors=(400, 401, 403, 404, 503),
+        handler=users.export_user,
+    ),
+    Operation(
+        "DELETE",
+        "/api/users/{user_id}/",
+        "eraseUser",
+        "Erase one user's data in the tenant (GDPR article 17)",
+        "data rights",
+        "service",
+        {200: Reply("What was erased, per kind", out.UserErased)},
+        description="In one transaction: the user's notifications (with their pushes), push "
+        "devices and preferences are deleted; the messages they sent keep their place in the "
+        "peer's history as tombstones (`deleted_at`, empty `body`); the emails made for them "
+        "lose the address, subject and template fields (those not sent yet end `failed`); "
+        "webhook deliveries about them lose their payload (those not sent yet are "
+        "cancelled). An audit record (who asked, when, the counts) is kept, and every live "
+        "connection of the user, on every node, is closed. Erasing again is harmless: all "
+        "counts 0, and one more audit record. " + SERVICE_NOTE,
+        params=(USER_ID,),
+        errors=(400, 401, 403, 404, 503),
+        handler=users.erase_user,
     ),
     Operation(
         "GET",

@@ -222,6 +222,8 @@ class Email(TenantScoped, Base):
             postgresql_where=text("notification_id IS NOT NULL"),
             sqlite_where=text("notification_id IS NOT NULL"),
         ),
+        # One user's emails (export and erasure, docs/data-rights.md).
+        Index("ix_emails_tenant_id_user_id", "tenant_id", "user_id", "id"),
         # The one index not led by tenant_id: the sweeper asks "what is due" across all
         # tenants. Partial, so it holds only the few emails still waiting, never the sent.
         Index(
@@ -317,6 +319,8 @@ class PushDelivery(LeasedWork, TenantScoped, Base):
     __table_args__ = (
         UniqueConstraint("notification_id", "device_id"),
         Index("ix_push_deliveries_tenant_id_notification_id", "tenant_id", "notification_id"),
+        # One user's pushes (export and erasure, docs/data-rights.md).
+        Index("ix_push_deliveries_tenant_id_user_id", "tenant_id", "user_id", "id"),
         Index(
             "ix_push_deliveries_due",
             "next_attempt_at",
@@ -496,3 +500,18 @@ class DigestWindow(TenantScoped, Base):
     # recipient's address and category); None: no email.
     email: Mapped[dict[str, Any] | None] = mapped_column(JsonDocument)
     closed_at: Mapped[datetime | None] = mapped_column()
+
+
+class UserErasure(TenantScoped, Base):
+    """The audit of one ``DELETE /api/users/{user_id}/``: who asked, when, how many rows of
+    each kind it erased. Written in the erasure's transaction and never erased itself."""
+
+    __tablename__ = "user_erasures"
+    __table_args__ = (Index("ix_user_erasures_tenant_id_user_id", "tenant_id", "user_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    # The ``sub`` of the service token that asked.
+    requested_by: Mapped[str] = mapped_column(String(USER_ID_LENGTH))
+    requested_at: Mapped[datetime] = mapped_column()
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -45,9 +45,11 @@ from hub.keys import (
     CHAT_BUS,
     CHAT_DELIVERY,
     CHAT_ROUTES,
+    DATA_RIGHTS,
     DB_ENGINE,
     DB_SESSIONS,
     DEVICES,
+    DISCONNECT_BUS,
     EMAILS,
     HTTP_CLIENT,
     KAFKA_INTAKE,
@@ -80,6 +82,7 @@ from hub.presence import (
 from hub.realtime import Realtime
 from hub.services import chat
 from hub.services.chat import ChatLimits, ChatService
+from hub.services.data_rights import DataRightsService
 from hub.services.notifications import counts_event, latest_seqs, replay_page
 from hub.services.presence import PresenceService
 from hub.services.ratelimit import LocalTokenBucket, RateLimiter, RedisTokenBucket
@@ -217,6 +220,7 @@ async def routing_context(app: web.Application) -> AsyncIterator[None]:
     )
     app[NOTIFICATION_BUS] = bus
     app[CHAT_BUS] = bus
+    app[DISCONNECT_BUS] = bus
     trackers = (notifications, chat_tracker)
     for tracker in trackers:
         tracker.start()
@@ -374,6 +378,7 @@ async def task_broker_context(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS] = services.webhooks
     app[PREFERENCES] = services.preferences
     app[SCHEDULE] = services.schedule
+    app[DATA_RIGHTS] = DataRightsService(sessions=sessions, bus=app[DISCONNECT_BUS])
     app[REST_EVENTS] = event_applier(app, "rest")
     if settings.redis_url:
         # Workers send; serve only queues (no SMTP pool, lease keeper or sweeper here).

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.migrate import SchemaCheck
 from hub.auth import Principal, TokenVerifier
-from hub.delivery.bus import ChatBus, NotificationBus
+from hub.delivery.bus import ChatBus, DisconnectBus, NotificationBus
 from hub.delivery.chat import ChatDelivery
 from hub.delivery.notifications import NotificationDelivery
 from hub.intake.apply import EventApplier
@@ -19,6 +19,7 @@ from hub.intake.schedule import Scheduler
 from hub.presence import PresenceTracker
 from hub.realtime import Realtime
 from hub.services.chat import ChatService
+from hub.services.data_rights import DataRightsService
 from hub.services.devices import DeviceService
 from hub.services.emails import EmailService
 from hub.services.notifications import NotificationService
@@ -48,6 +49,8 @@ NOTIFICATION_DELIVERY = web.AppKey("notification_delivery", NotificationDelivery
 # The same bus as NOTIFICATION_BUS, seen by the chat service.
 CHAT_BUS = web.AppKey("chat_bus", ChatBus)
 CHAT_DELIVERY = web.AppKey("chat_delivery", ChatDelivery)
+# The same bus again, seen by the data rights service (an erased user's sockets are closed).
+DISCONNECT_BUS = web.AppKey("disconnect_bus", DisconnectBus)
 # The services, built once at startup: every entry point (REST, sockets, intake) calls these.
 NOTIFICATIONS = web.AppKey("notifications", NotificationService)
 CHAT = web.AppKey("chat", ChatService)
@@ -57,6 +60,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookService)
 TENANT_SETTINGS = web.AppKey("tenant_settings", TenantSettingsService)
 PREFERENCES = web.AppKey("preferences", PreferenceService)
 SCHEDULE = web.AppKey("schedule", ScheduleService)
+DATA_RIGHTS = web.AppKey("data_rights", DataRightsService)
 TYPING = web.AppKey("typing", TypingRelay)
 PRESENCE = web.AppKey("presence", PresenceService)
 # Typed by what /readyz asks of them, so that this module (which every adapter imports)

@@ -779,3 +779,141 @@ class WebhookDeliveryOut(Out):
 class WebhookDeliveryPage(Out):
     items: list[WebhookDeliveryOut]
     next_cursor: Cursor
+
+
+# -- data rights ------------------------------------------------------------------------------
+
+
+class ExportedPreferences(Out):
+    """What the user set themselves (not the tenant's defaults, not the resolved result)."""
+
+    channels: dict[str, bool]
+    categories: dict[str, Any]
+    quiet_hours: dict[str, Any] | None
+    updated_at: Timestamp
+
+
+class ExportedDevice(Out):
+    id: str
+    kind: Literal["webpush", "fcm", "apns"]
+    endpoint: str | None = Field(
+        default=None, description="A Web Push subscription's endpoint (its keys are not exported)"
+    )
+    token: str | None = Field(default=None, description="An FCM or APNs device token")
+    created_at: Timestamp
+
+
+class ExportedConversation(Out):
+    id: str
+    peer_id: str = Field(description="The other participant")
+    created_at: Timestamp
+    last_activity_at: Timestamp
+    last_read_seq: int = Field(ge=0, description="The user's read pointer")
+    unread_count: Count
+
+
+class ExportedPush(Out):
+    id: str
+    notification_id: str
+    device_id: str
+    kind: str
+    status: str = Field(description="queued, sending, sent, retrying, failed or gone")
+    attempts: Count
+    last_error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class ExportedEmail(Out):
+    id: str
+    to_email: str = Field(description="Empty once the user was erased")
+    subject: str | None
+    template_key: str
+    context: dict[str, Any] = Field(description="The template's fields")
+    category: str | None
+    status: str = Field(description="queued, sending, sent, retrying or failed")
+    attempts: Count
+    last_error: str | None
+    created_at: Timestamp
+    sent_at: Timestamp | None
+
+
+class UserExport(Out):
+    """Everything the hub holds about one user of the tenant (GDPR article 15), in this key
+    order; streamed, so its size has no bound but the data."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "user_id": "u-42",
+                    "tenant_id": "acme",
+                    "exported_at": "2026-12-01T18:00:00.123456Z",
+                    "preferences": None,
+                    "devices": [],
+                    "conversations": [],
+                    "notifications": [],
+                    "push_deliveries": [],
+                    "messages": [],
+                    "emails": [],
+                }
+            ]
+        }
+    )
+
+    user_id: str
+    tenant_id: str
+    exported_at: Timestamp
+    preferences: ExportedPreferences | None = Field(
+        description="The user's own preferences; null if they never set any"
+    )
+    devices: list[ExportedDevice] = Field(description="Push devices, by id")
+    conversations: list[ExportedConversation] = Field(description="By id")
+    notifications: list[Notification] = Field(description="Stored notifications, by seq")
+    push_deliveries: list[ExportedPush] = Field(description="Pushes of those notifications")
+    messages: list[Message] = Field(
+        description="Every message of the user's conversations (sent and received), by "
+        "conversation then seq"
+    )
+    emails: list[ExportedEmail] = Field(description="Emails made for the user, by id")
+
+
+class ErasureCounts(Out):
+    notifications: Count = Field(description="Notifications deleted")
+    push_deliveries: Count = Field(description="Their pushes deleted")
+    devices: Count = Field(description="Push devices deleted")
+    preferences: Count = Field(description="1 if the user's own preferences were deleted")
+    messages: Count = Field(description="Sent messages emptied into `deleted_at` tombstones")
+    emails: Count = Field(description="Email records whose address and content were erased")
+    webhook_deliveries: Count = Field(
+        description="Webhook deliveries whose payload was erased (those not sent: cancelled)"
+    )
+    digest_windows: Count = Field(description="The user's digest windows deleted")
+    scheduled_events: Count = Field(
+        description="Events scheduled for later the user was removed from (cancelled if they "
+        "had no other recipient)"
+    )
+
+
+class UserErased(Out):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "erased": {
+                        "notifications": 120,
+                        "push_deliveries": 4,
+                        "devices": 2,
+                        "preferences": 1,
+                        "messages": 35,
+                        "emails": 7,
+                        "webhook_deliveries": 3,
+                        "digest_windows": 1,
+                        "scheduled_events": 0,
+                    }
+                }
+            ]
+        }
+    )
+
+    erased: ErasureCounts = Field(description="Rows of each kind erased (all 0 the second time)")

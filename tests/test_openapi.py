@@ -85,6 +85,8 @@ SERVICE_ROUTES = {
     ("GET", "/api/webhooks/"),
     ("DELETE", "/api/webhooks/{webhook_id}/"),
     ("GET", "/api/webhooks/{webhook_id}/deliveries/"),
+    ("GET", "/api/users/{user_id}/export/"),
+    ("DELETE", "/api/users/{user_id}/"),
 }
 PUBLIC_ROUTES = {
     ("GET", "/healthz"),

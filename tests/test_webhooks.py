@@ -53,7 +53,8 @@ class Receiver:
         return web.Response(status=queued.pop(0) if queued else 204)
 
     async def slow(self, request: web.Request) -> web.Response:
-        await request.read()
+        body = await request.read()
+        self.received.append(Received(request.path, dict(request.headers), body, time.monotonic()))
         await asyncio.sleep(30)
         return web.Response(status=204)
 
@@ -341,3 +342,56 @@ async def test_chat_messages_are_reported(
     assert event["type"] == "message.created"
     assert event["data"]["id"] == sent["message"]["id"]
     assert (event["data"]["sender_id"], event["data"]["body"]) == ("ann", "hello")
+
+
+async def test_a_receiver_that_times_out_is_retried_with_the_same_id_then_given_up(
+    hook_stack: HookStack, receiver: Receiver, tenant: str
+) -> None:
+    """No answer within NOTIFYHUB_WEBHOOK_TIMEOUT_SECONDS is a failed attempt (no status
+    code, the error kept), retried with the same ``webhook-id`` until the window ends."""
+    # The window counts from the event: long enough for a worker that starts slowly.
+    hub, _ = await hook_stack(webhook_timeout_seconds=0.5, webhook_retry_window_seconds=10.0)
+    hook = await create_hook(hub, tenant, f"{receiver.url}/slow/late", ["notification.created"])
+    await ApiClient.for_service(hub.url, tenant).notify(["ann"])
+
+    async def given_up() -> bool:
+        return [d["status"] for d in await deliveries(hub, tenant, hook["id"])] == ["failed"]
+
+    await eventually(given_up, timeout=45)
+    [failed] = await deliveries(hub, tenant, hook["id"])
+    assert len(failed["attempts"]) >= 2
+    assert all(a["status_code"] is None and a["error"] for a in failed["attempts"])
+    late = receiver.of("late")
+    assert len(late) >= 2 and len({r.headers["webhook-id"] for r in late}) == 1
+
+
+async def test_a_tenant_cannot_register_ten_thousand_hooks(
+    hub_factory: Callable[..., Any], hub_settings: Callable[..., Settings], tenant: str
+) -> None:
+    """With the default limit (50 per tenant), a flood of registrations at once creates
+    exactly 50 and answers 400 to the rest; an endpoint asking for 10,000 event types or
+    with a 10,000-character URL is 400 too. Another tenant still registers."""
+    # Private receivers allowed: the URLs are checked for shape only (no DNS lookups).
+    hub: RunningHub = await hub_factory(hub_settings(webhooks_allow_private=True))
+    service = ApiClient.for_service(hub.url, tenant)
+    body = {"url": "https://crm.example.com/h", "events": ["email.sent"]}
+    semaphore = asyncio.Semaphore(50)
+
+    async def register() -> int:
+        async with semaphore:
+            return (await service.post("/api/webhooks/", body))[0]
+
+    statuses = await asyncio.gather(*(register() for _ in range(300)))
+    assert statuses.count(201) == 50 and statuses.count(400) == 250
+    assert len((await service.get("/api/webhooks/"))[1]["items"]) == 50
+    for bad in (
+        {"url": "https://crm.example.com/h", "events": ["email.sent"] * 10_000},
+        {"url": "https://crm.example.com/" + "h" * 10_000, "events": ["email.sent"]},
+    ):
+        status, answer = await ApiClient.for_service(hub.url, f"{tenant}-2").post(
+            "/api/webhooks/", bad
+        )
+        assert (status, answer["error"]["code"]) == (400, "validation_error")
+    assert (await ApiClient.for_service(hub.url, f"{tenant}-2").post("/api/webhooks/", body))[
+        0
+    ] == 201

@@ -90,6 +90,9 @@ class BusListener(Protocol):
 
     async def on_emit(self, emit: UserEmit) -> None: ...
 
+    async def on_disconnect_user(self, tenant_id: str, user_id: str) -> None:
+        """Close every connection of the user on this node (an erased user)."""
+
     async def on_resubscribed(self) -> None:
         """Messages may have been lost while the bus was away: catch up from the database."""
 
@@ -102,6 +105,12 @@ class NotificationBus(Protocol):
     ) -> None: ...
 
     async def publish_broadcast(self, *, tenant_id: str, payload: dict[str, Any]) -> None: ...
+
+
+class DisconnectBus(Protocol):
+    async def publish_disconnect_user(self, *, tenant_id: str, user_id: str) -> None:
+        """Every node closes the user's connections (``/notifications``, ``/chat``, legacy
+        WebSockets)."""
 
 
 class ChatBus(Protocol):
@@ -178,6 +187,10 @@ class LocalBus:
     ) -> None:
         if self.listener is not None:
             await self.listener.on_message(encode_message(tenant_id, participants, message))
+
+    async def publish_disconnect_user(self, *, tenant_id: str, user_id: str) -> None:
+        if self.listener is not None:
+            await self.listener.on_disconnect_user(tenant_id, user_id)
 
 
 class RedisBus:
@@ -274,6 +287,15 @@ class RedisBus:
             }
         )
 
+    async def publish_disconnect_user(self, *, tenant_id: str, user_id: str) -> None:
+        # Rare, and the user's sockets may be on any node (one connecting right now is not
+        # in the route maps yet): the all-nodes channel, like a tenant announcement.
+        message = {"k": "drop", "t": tenant_id, "u": user_id}
+        try:
+            await self._redis.publish(self.channel, orjson.dumps(message))
+        except (RedisError, OSError) as exc:
+            raise Unavailable("live delivery is unavailable (Redis does not answer)") from exc
+
     async def _nodes(
         self, table: PresenceStore, users: Sequence[UserKey]
     ) -> dict[UserKey, set[str]]:
@@ -351,6 +373,8 @@ class RedisBus:
                         message["t"], tuple(message["u"]), message["e"], message["j"], message["n"]
                     )
                 )
+            elif message["k"] == "drop":
+                await listener.on_disconnect_user(message["t"], message["u"])
             elif message["k"] == "msg":
                 await listener.on_message(
                     PublishedMessage(

@@ -227,6 +227,12 @@ class ChatDelivery:
                 else:
                     await self._offer(connection, item, outgoing)
 
+    def disconnect_user(self, tenant_id: str, user_id: str) -> None:
+        """Close every ``/chat`` socket of the user on this node (in tasks, as
+        :meth:`SeqDelivery.close_sink` does); their disconnect handlers clean up."""
+        for connection in tuple(self._by_user.get((tenant_id, user_id), ())):
+            self.streams.close_sink(connection.sink)
+
     async def close(self) -> None:
         for task in tuple(self._tasks):
             task.cancel()

@@ -45,6 +45,10 @@ class NodeDelivery:
     async def on_emit(self, emit: UserEmit) -> None:
         await self._emit_here(emit)
 
+    async def on_disconnect_user(self, tenant_id: str, user_id: str) -> None:
+        self.notifications.disconnect_user(tenant_id, user_id)
+        self.chat.disconnect_user(tenant_id, user_id)
+
     async def on_resubscribed(self) -> None:
         await self.notifications.on_resubscribed()
         await self.chat.streams.on_resubscribed()

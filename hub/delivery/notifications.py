@@ -124,6 +124,12 @@ class NotificationDelivery(SeqDelivery):
             if not tenant_group:
                 del self._by_tenant[subscriber.tenant_id]
 
+    def disconnect_user(self, tenant_id: str, user_id: str) -> None:
+        """Close every connection of the user on this node (Socket.IO and legacy WebSocket).
+        In tasks: a legacy WebSocket's close handshake must not hold up the bus listener."""
+        for subscriber in self.subscribers(tenant_id, user_id):
+            self.close_sink(subscriber.sink)
+
     async def replay_ended(self, subscriber: Subscriber) -> None:
         """After the replayed notifications: counts at least as new as them."""
         async with self._database_slots, self._sessions() as session:

@@ -409,6 +409,11 @@ class SeqDelivery:
                 counter = self._emitted[outgoing.event] = EMITS.labels(outgoing.event)
             counter.inc()
 
+    def close_sink(self, sink: Sink) -> None:
+        """Close a connection in a task of its own (a close handshake may wait on the client);
+        its disconnect handler then unsubscribes it."""
+        self._spawn(_close_quietly(sink))
+
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -418,3 +423,10 @@ class SeqDelivery:
         for task in tuple(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _close_quietly(sink: Sink) -> None:
+    try:
+        await sink.close()
+    except Exception:  # already gone: nothing left to close
+        log.debug("closing a connection failed", exc_info=True)

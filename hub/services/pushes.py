@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, and_, select, text, update
+import orjson
+from sqlalchemy import Table, and_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import PushDelivery, PushDevice
@@ -148,6 +149,8 @@ class PushService:
             by_user = await self.devices_of(
                 session, ((n["tenant_id"], n["user_id"]) for n in created)
             )
+        elif by_user and not is_postgresql(session):
+            by_user = await _still_there(session, by_user)
         if not by_user:
             return []
         now = datetime.now(UTC)
@@ -171,10 +174,29 @@ class PushService:
         ]
         if not rows:
             return []
-        inserted = await session.execute(
-            insert_for(session)(PushDelivery).on_conflict_do_nothing().returning(PushDelivery.id),
-            rows,
-        )
+        if is_postgresql(session):
+            inserted = await session.execute(
+                _PG_INSERT_PUSHES,
+                {
+                    "rows": orjson.dumps(
+                        [
+                            {k: row[k] for k in ("tenant_id", "notification_id", "user_id")}
+                            | {k: row[k] for k in ("device_id", "kind", "payload")}
+                            for row in rows
+                        ]
+                    ).decode(),
+                    "status": QUEUED,
+                    "due": due,
+                    "now": now,
+                },
+            )
+        else:
+            inserted = await session.execute(
+                insert_for(session)(PushDelivery)
+                .on_conflict_do_nothing()
+                .returning(PushDelivery.id),
+                rows,
+            )
         return [int(delivery_id) for delivery_id in inserted.scalars()]
 
     async def kick(self, delivery_ids: Sequence[int]) -> None:
@@ -266,6 +288,53 @@ async def _claim_rows(session: AsyncSession, claiming: Any) -> list[PushClaim]:
         )
         for row in rows
     ]
+
+
+# PostgreSQL: one statement with constant text for any number of pushes. The devices were
+# read before the transaction took its users' counter locks; one removed since (an erasure
+# deletes a user's devices while it holds that user's counter lock, and commits before this
+# statement starts) gets no push row.
+_PG_INSERT_PUSHES = text(
+    """
+    INSERT INTO push_deliveries (tenant_id, notification_id, user_id, device_id, kind, payload,
+                                 status, attempts, next_attempt_at, created_at, updated_at)
+    SELECT r.tenant_id, r.notification_id, r.user_id, r.device_id, r.kind, r.payload,
+           :status, 0, :due, :now, :now
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        tenant_id text, notification_id bigint, user_id text, device_id text, kind text,
+        payload jsonb)
+    WHERE EXISTS (SELECT 1 FROM push_devices AS d
+                  WHERE d.tenant_id = r.tenant_id AND d.id = r.device_id)
+    ON CONFLICT (notification_id, device_id) DO NOTHING
+    RETURNING id
+    """
+)
+
+
+async def _still_there(session: AsyncSession, devices: DevicesByUser) -> DevicesByUser:
+    """SQLite: the devices read before the transaction's first write, less those removed
+    since (an erasure's), as :data:`_PG_INSERT_PUSHES` checks on PostgreSQL."""
+    keys = [
+        (tenant_id, device_id)
+        for (tenant_id, _), pairs in devices.items()
+        for device_id, _ in pairs
+    ]
+    present = {
+        (tenant_id, device_id)
+        for tenant_id, device_id in await session.execute(
+            select(PushDevice.tenant_id, PushDevice.id).where(
+                tuple_(PushDevice.tenant_id, PushDevice.id).in_(keys)
+            )
+        )
+    }
+    kept: DevicesByUser = {}
+    for (tenant_id, user_id), pairs in devices.items():
+        still = [
+            (device_id, kind) for device_id, kind in pairs if (tenant_id, device_id) in present
+        ]
+        if still:
+            kept[(tenant_id, user_id)] = still
+    return kept
 
 
 # The device a delivery goes to, joined in the claiming UPDATE (one statement). A removed

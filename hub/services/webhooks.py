@@ -9,6 +9,7 @@ send them (``tasks.webhooks``) under a lease, with the state machine of
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import uuid
@@ -17,14 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from hub.errors import InvalidInput, NotFound
 from hub.ids import cursor_id, decode_cursor, encode_cursor
 from hub.records import WebhookAttemptRecord, WebhookDeliveryRecord, WebhookRecord
-from hub.services.common import clamp_limit, iso_utc
+from hub.services.common import clamp_limit, is_postgresql, iso_utc
 from hub.services.leases import (
     PENDING,
     QUEUED,
@@ -103,6 +104,7 @@ class WebhookService:
         # allowed (NOTIFYHUB_WEBHOOKS_ALLOW_PRIVATE).
         self.check_url = check_url
         self.max_per_tenant = max_per_tenant
+        self._creating = asyncio.Lock()
 
     async def create(self, *, tenant_id: str, url: str, events: Sequence[str]) -> CreatedWebhook:
         unknown = sorted(set(events) - set(EVENT_TYPES))
@@ -125,7 +127,15 @@ class WebhookService:
             secret=secret,
             created_at=datetime.now(UTC),
         )
-        async with self.sessions() as session, session.begin():
+        # Registrations of one tenant queue on a lock, so that a flood of them at once cannot
+        # all count room under the limit before any of them is stored: the advisory lock for
+        # processes sharing PostgreSQL, the process's own lock for SQLite (one process).
+        async with self._creating, self.sessions() as session, session.begin():
+            if is_postgresql(session):
+                await session.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": f"webhooks:{tenant_id}"},
+                )
             count = await session.scalar(
                 select(func.count())
                 .select_from(WebhookEndpoint)
