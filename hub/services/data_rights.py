@@ -67,6 +67,17 @@ Query = Select[*tuple[Any, ...]]
 Page = Callable[[Row | None], Query]
 
 
+def _keyset(query: Query, column: Any, key: str) -> Page:
+    """Pages of ``query`` in ``column`` order: the next one starts after the last row's
+    ``key`` (the column's value)."""
+
+    def page(after: Row | None) -> Query:
+        rest = query if after is None else query.where(column > after[key])
+        return rest.order_by(column)
+
+    return page
+
+
 def _iso(moment: datetime | None) -> str | None:
     return iso_utc(moment) if moment is not None else None
 
@@ -254,82 +265,54 @@ class DataRightsService:
 
     @staticmethod
     def _conversations(tenant_id: str, user_id: str) -> Page:
-        def page(after: Row | None) -> Query:
-            query = (
-                select(
-                    ConversationMember.conversation_id,
-                    ConversationMember.peer_id,
-                    ConversationMember.last_read_seq,
-                    ConversationMember.unread_count,
-                    ConversationMember.last_activity_at,
-                    Conversation.created_at,
-                )
-                .join(
-                    Conversation,
-                    and_(
-                        Conversation.tenant_id == ConversationMember.tenant_id,
-                        Conversation.id == ConversationMember.conversation_id,
-                    ),
-                )
-                .where(
-                    ConversationMember.tenant_id == tenant_id,
-                    ConversationMember.user_id == user_id,
-                )
+        members = (
+            select(
+                ConversationMember.conversation_id,
+                ConversationMember.peer_id,
+                ConversationMember.last_read_seq,
+                ConversationMember.unread_count,
+                ConversationMember.last_activity_at,
+                Conversation.created_at,
             )
-            if after is not None:
-                query = query.where(ConversationMember.conversation_id > after["conversation_id"])
-            return query.order_by(ConversationMember.conversation_id)
-
-        return page
+            .join(
+                Conversation,
+                and_(
+                    Conversation.tenant_id == ConversationMember.tenant_id,
+                    Conversation.id == ConversationMember.conversation_id,
+                ),
+            )
+            .where(ConversationMember.tenant_id == tenant_id, ConversationMember.user_id == user_id)
+        )
+        return _keyset(members, ConversationMember.conversation_id, "conversation_id")
 
     @staticmethod
     def _notifications(tenant_id: str, user_id: str) -> Page:
-        def page(after: Row | None) -> Query:
-            # Keyset on (tenant_id, user_id, seq): the unique index's range.
-            query = select(NOTIFICATIONS).where(
-                Notification.tenant_id == tenant_id, Notification.user_id == user_id
-            )
-            if after is not None:
-                query = query.where(Notification.seq > after["seq"])
-            return query.order_by(Notification.seq)
-
-        return page
+        # Keyset on (tenant_id, user_id, seq): the unique index's range.
+        owned = select(NOTIFICATIONS).where(
+            Notification.tenant_id == tenant_id, Notification.user_id == user_id
+        )
+        return _keyset(owned, Notification.seq, "seq")
 
     @staticmethod
     def _pushes(tenant_id: str, user_id: str) -> Page:
-        def page(after: Row | None) -> Query:
-            query = select(PushDelivery.__table__).where(
-                PushDelivery.tenant_id == tenant_id, PushDelivery.user_id == user_id
-            )
-            if after is not None:
-                query = query.where(PushDelivery.id > after["id"])
-            return query.order_by(PushDelivery.id)
-
-        return page
+        owned = select(PushDelivery.__table__).where(
+            PushDelivery.tenant_id == tenant_id, PushDelivery.user_id == user_id
+        )
+        return _keyset(owned, PushDelivery.id, "id")
 
     @staticmethod
     def _messages(tenant_id: str, conversation_id: int) -> Page:
-        def page(after: Row | None) -> Query:
-            query = select(MESSAGES).where(
-                Message.tenant_id == tenant_id, Message.conversation_id == conversation_id
-            )
-            if after is not None:
-                query = query.where(Message.seq > after["seq"])
-            return query.order_by(Message.seq)
-
-        return page
+        history = select(MESSAGES).where(
+            Message.tenant_id == tenant_id, Message.conversation_id == conversation_id
+        )
+        return _keyset(history, Message.seq, "seq")
 
     @staticmethod
     def _emails(tenant_id: str, user_id: str) -> Page:
-        def page(after: Row | None) -> Query:
-            query = select(Email.__table__).where(
-                Email.tenant_id == tenant_id, Email.user_id == user_id
-            )
-            if after is not None:
-                query = query.where(Email.id > after["id"])
-            return query.order_by(Email.id)
-
-        return page
+        owned = select(Email.__table__).where(
+            Email.tenant_id == tenant_id, Email.user_id == user_id
+        )
+        return _keyset(owned, Email.id, "id")
 
     # -- erasure (GDPR art. 17) -------------------------------------------------------
 
