@@ -836,6 +836,28 @@ class ExportedEmail(Out):
     last_error: str | None
     created_at: Timestamp
     sent_at: Timestamp | None
+    notification_id: str | None = Field(description="The notification it went with, if any")
+
+
+class ExportedDigestWindow(Out):
+    key: str
+    status: str = Field(description="open or closed")
+    opened_at: Timestamp
+    closes_at: Timestamp
+    notification_id: str | None = Field(description="The in-app notification it updates")
+    count: Count
+    events: list[dict[str, Any]] = Field(description="The gathered events, newest first")
+    email: dict[str, Any] | None = Field(description="The email sent when it closes, if any")
+
+
+class ExportedScheduledEvent(Out):
+    event_id: str
+    type: str | None
+    send_at: Timestamp
+    recipient: dict[str, Any] = Field(description="The user's entry among the recipients")
+    notification: dict[str, Any] | None
+    email: dict[str, Any] | None
+    digest: dict[str, Any] | None
 
 
 class UserExport(Out):
@@ -856,6 +878,8 @@ class UserExport(Out):
                     "push_deliveries": [],
                     "messages": [],
                     "emails": [],
+                    "digest_windows": [],
+                    "scheduled_events": [],
                 }
             ]
         }
@@ -876,6 +900,11 @@ class UserExport(Out):
         "conversation then seq"
     )
     emails: list[ExportedEmail] = Field(description="Emails made for the user, by id")
+    digest_windows: list[ExportedDigestWindow] = Field(description="By key")
+    scheduled_events: list[ExportedScheduledEvent] = Field(
+        description="Events scheduled for later that name the user, by when they were stored "
+        "(only the user's part: other recipients are left out)"
+    )
 
 
 class ErasureCounts(Out):

@@ -155,6 +155,8 @@ async def test_export_has_every_kind_of_record_and_nothing_of_another_tenant(
         "exported_at",
         "preferences",
         *KINDS,
+        "digest_windows",
+        "scheduled_events",
     ]
     assert (document["user_id"], document["tenant_id"]) == ("alice", tenant)
     for kind in KINDS:
@@ -290,7 +292,7 @@ async def test_export_is_streamed_in_bounded_memory(
         f"export: 2,000 notifications peak {small[2]} B; 20,000: {size} B in {chunks} chunks, "
         f"peak {peak} B"
     )
-    assert tail.endswith(b'"emails":[]}')
+    assert tail.endswith(b'"scheduled_events":[]}')
     assert size > 5_000_000 and chunks >= 10
     assert peak < small[2] * 1.5 + 1_000_000, (peak, small[2])
     assert peak < size / 2, (peak, size)
@@ -675,3 +677,39 @@ async def test_erase_reaches_digest_windows_and_scheduled_events(
     assert scheduled == {"s1": ("pending", [{"user_id": "carol"}]), "s2": ("cancelled", [])}
     assert windows == 0
     assert set((await erase(hub.url, tenant, "alice")).values()) == {0}
+
+
+async def test_export_has_the_pending_schedule_and_digest_windows_that_name_the_user(
+    hub_factory: Callable[..., Any], hub_settings: SettingsFactory, tenant: str
+) -> None:
+    """Only her own part of an event scheduled for her and for carol; her digest window with
+    the email it will send; the email of an applied event names its notification."""
+    hub: RunningHub = await hub_factory(own(hub_settings))
+    service = ApiClient.for_service(hub.url, tenant)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    part = {"title": "later", "body": "b"}
+    alice = {"user_id": "alice", "email": "alice@example.com"}
+    carol = {"user_id": "carol", "email": "carol@example.com"}
+    mail = {"template_key": "welcome", "context": {}}
+    for event in (
+        {"event_id": "s1", "send_at": later, "recipients": [carol, alice]},
+        {"event_id": "s2", "send_at": later, "recipients": [carol]},
+        {"event_id": "d1", "digest": {"key": "deals", "window_seconds": 3600}},
+        {"event_id": "now", "email": mail},
+    ):
+        body = {"tenant_id": tenant, "type": "t", "notification": part, "recipients": [alice]}
+        status, answer = await service.post("/api/events/", {**body, "email": mail, **event})
+        assert status == 202, answer
+
+    document, _ = await export_of(hub.url, tenant, "alice")
+    UserExport.model_validate(document)
+    (scheduled,) = document["scheduled_events"]
+    assert scheduled["event_id"] == "s1" and scheduled["recipient"] == alice
+    assert "carol" not in str(document)
+    (window,) = document["digest_windows"]
+    assert window["key"] == "deals" and window["count"] == 1
+    assert window["email"]["to_email"] == "alice@example.com"
+    notifications = {n["id"] for n in document["notifications"]}
+    assert window["notification_id"] in notifications
+    (email,) = document["emails"]  # the applied event's
+    assert email["notification_id"] in notifications - {window["notification_id"]}

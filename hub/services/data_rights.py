@@ -120,6 +120,42 @@ def _email(row: Row) -> dict[str, Any]:
         "last_error": row["last_error"],
         "created_at": iso_utc(row["created_at"]),
         "sent_at": _iso(row["sent_at"]),
+        "notification_id": None if row["notification_id"] is None else str(row["notification_id"]),
+    }
+
+
+def _digest_window(row: Row) -> dict[str, Any]:
+    return {
+        "key": row["key"],
+        "status": row["status"],
+        "opened_at": iso_utc(row["opened_at"]),
+        "closes_at": iso_utc(row["closes_at"]),
+        "notification_id": None if row["notification_id"] is None else str(row["notification_id"]),
+        "count": row["count"],
+        "events": row["events"] or [],
+        "email": row["email"],
+    }
+
+
+def _scheduled_for(row: Row, user_id: str) -> dict[str, Any] | None:
+    """A pending event that names the user: what it will send them. Not the other
+    recipients (their data is theirs)."""
+    document = row["document"] or {}
+    mine = [
+        recipient
+        for recipient in document.get("recipients") or []
+        if isinstance(recipient, dict) and recipient.get("user_id") == user_id
+    ]
+    if not mine:
+        return None
+    return {
+        "event_id": row["event_id"],
+        "type": document.get("type"),
+        "send_at": iso_utc(row["due_at"]),
+        "recipient": mine[0],
+        "notification": document.get("notification"),
+        "email": document.get("email"),
+        "digest": document.get("digest"),
     }
 
 
@@ -228,24 +264,41 @@ class DataRightsService:
         yield b'],"emails":['
         async for chunk in self._rows(self._emails(tenant_id, user_id), ("id",), _email):
             yield chunk
+        yield b'],"digest_windows":['
+        async for chunk in self._rows(
+            self._digest_windows(tenant_id, user_id), ("key",), _digest_window
+        ):
+            yield chunk
+        yield b'],"scheduled_events":['
+        async for chunk in self._rows(
+            self._scheduled(tenant_id), ("id",), lambda row: _scheduled_for(row, user_id)
+        ):
+            yield chunk
         yield b"]}"
 
     async def _rows(
         self,
         page: Page,
         key: tuple[str, ...],
-        encode: Callable[[Row], Mapping[str, Any]],
+        encode: Callable[[Row], Mapping[str, Any] | None],
     ) -> AsyncIterator[bytes]:
-        """The comma-separated JSON of every row, one chunk per keyset page, each page read
-        in a session of its own (released before the chunk is written to the client)."""
+        """The comma-separated JSON of every row (but those ``encode`` leaves out: None), one
+        chunk per keyset page, each page read in a session of its own (released before the
+        chunk is written to the client)."""
         after: Row | None = None
+        written = False
         while True:
             async with self.sessions() as session:
                 rows = (await session.execute(page(after).limit(self.page_rows))).mappings().all()
             if not rows:
                 return
-            chunk = b",".join(orjson.dumps(encode(row)) for row in rows)
-            yield chunk if after is None else b"," + chunk
+            # (Empty only when ``encode`` left every row out: a JSON object is never b"".)
+            chunk = b",".join(
+                orjson.dumps(item) for row in rows if (item := encode(row)) is not None
+            )
+            if chunk:
+                yield b"," + chunk if written else chunk
+                written = True
             if len(rows) < self.page_rows:
                 return
             last = rows[-1]
@@ -253,15 +306,29 @@ class DataRightsService:
 
     @staticmethod
     def _devices(tenant_id: str, user_id: str) -> Page:
-        def page(after: Row | None) -> Query:
-            query = select(PushDevice.__table__).where(
-                PushDevice.tenant_id == tenant_id, PushDevice.user_id == user_id
-            )
-            if after is not None:
-                query = query.where(PushDevice.id > after["id"])
-            return query.order_by(PushDevice.id)
+        owned = select(PushDevice.__table__).where(
+            PushDevice.tenant_id == tenant_id, PushDevice.user_id == user_id
+        )
+        return _keyset(owned, PushDevice.id, "id")
 
-        return page
+    @staticmethod
+    def _digest_windows(tenant_id: str, user_id: str) -> Page:
+        owned = select(DigestWindow.__table__).where(
+            DigestWindow.tenant_id == tenant_id, DigestWindow.user_id == user_id
+        )
+        return _keyset(owned, DigestWindow.key, "key")
+
+    @staticmethod
+    def _scheduled(tenant_id: str) -> Page:
+        # The tenant's pending events, read by id: those naming the user are picked out as
+        # they come (a recipient is inside the event's document).
+        pending = select(
+            ScheduledEvent.id,
+            ScheduledEvent.event_id,
+            ScheduledEvent.due_at,
+            ScheduledEvent.document,
+        ).where(ScheduledEvent.tenant_id == tenant_id, ScheduledEvent.status == SCHEDULE_PENDING)
+        return _keyset(pending, ScheduledEvent.id, "id")
 
     @staticmethod
     def _conversations(tenant_id: str, user_id: str) -> Page:
