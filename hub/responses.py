@@ -919,8 +919,8 @@ class ErasureCounts(Out):
     )
     digest_windows: Count = Field(description="The user's digest windows deleted")
     scheduled_events: Count = Field(
-        description="Events scheduled for later the user was removed from (cancelled if they "
-        "had no other recipient)"
+        description="Events scheduled for later the user was removed from, pending or sent (a "
+        "pending one with no other recipient is cancelled)"
     )
 
 

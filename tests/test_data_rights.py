@@ -643,8 +643,9 @@ async def test_an_erasure_stands_when_the_bus_is_away(
 async def test_erase_reaches_digest_windows_and_scheduled_events(
     hub_factory: Callable[..., Any], hub_settings: SettingsFactory, tenant: str
 ) -> None:
-    """A pending scheduled event loses the erased recipient (and is cancelled if she was the
-    only one); her open digest window, with the email it would send, is deleted."""
+    """A scheduled event loses the erased recipient (a pending one is cancelled if she was
+    the only one; an applied one keeps its status); her open digest window, with the email
+    it would send, is deleted."""
     hub: RunningHub = await hub_factory(own(hub_settings))
     service = ApiClient.for_service(hub.url, tenant)
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -663,9 +664,23 @@ async def test_erase_reaches_digest_windows_and_scheduled_events(
         body = {"tenant_id": tenant, "type": "t", "notification": part, **event}
         status, answer = await service.post("/api/events/", body)
         assert status == 202, answer
-    counts = await erase(hub.url, tenant, "alice")
-    assert (counts["scheduled_events"], counts["digest_windows"]) == (2, 1)
     sessions: async_sessionmaker[AsyncSession] = hub.app[DB_SESSIONS]
+    # One applied already: its stored envelope still names her.
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        session.add(
+            ScheduledEvent(
+                tenant_id=tenant,
+                event_id="s3",
+                due_at=now,
+                status="sent",
+                document={"event_id": "s3", "recipients": [alice]},
+                created_at=now,
+                sent_at=now,
+            )
+        )
+    counts = await erase(hub.url, tenant, "alice")
+    assert (counts["scheduled_events"], counts["digest_windows"]) == (3, 1)
     async with sessions() as session:
         scheduled = {
             row.event_id: (row.status, row.document["recipients"])
@@ -674,7 +689,11 @@ async def test_erase_reaches_digest_windows_and_scheduled_events(
             )
         }
         windows = await session.scalar(select(func.count()).where(DigestWindow.tenant_id == tenant))
-    assert scheduled == {"s1": ("pending", [{"user_id": "carol"}]), "s2": ("cancelled", [])}
+    assert scheduled == {
+        "s1": ("pending", [{"user_id": "carol"}]),
+        "s2": ("cancelled", []),
+        "s3": ("sent", []),
+    }
     assert windows == 0
     assert set((await erase(hub.url, tenant, "alice")).values()) == {0}
 

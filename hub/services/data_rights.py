@@ -45,6 +45,7 @@ from hub.services.leases import PENDING
 from hub.services.notifications import NOTIFICATIONS, serialize
 from hub.services.scheduled import CANCELLED as SCHEDULE_CANCELLED
 from hub.services.scheduled import PENDING as SCHEDULE_PENDING
+from hub.services.scheduled import SENT as SCHEDULE_SENT
 from hub.services.webhooks import CANCELLED
 
 log = logging.getLogger(__name__)
@@ -544,28 +545,29 @@ async def _erase_in(
 
 async def _erase_from_scheduled(session: AsyncSession, *, tenant_id: str, user_id: str) -> int:
     """Events scheduled for later that name the user among their recipients (with their
-    address, maybe): the user leaves the recipients; an event left with none is cancelled.
-    Only pending ones (a sent one was applied, and what it made is erased above); read under
-    the rows' locks, as the scheduler and a cancel take them."""
+    address, maybe): the user leaves the recipients; a pending event left with none is
+    cancelled. Sent ones too: what they made is erased above, but their stored envelope
+    still holds the user's entry. Read under the rows' locks, as the scheduler and a cancel
+    take them."""
     rows = (
         await session.execute(
-            select(ScheduledEvent.id, ScheduledEvent.document)
+            select(ScheduledEvent.id, ScheduledEvent.status, ScheduledEvent.document)
             .where(
                 ScheduledEvent.tenant_id == tenant_id,
-                ScheduledEvent.status == SCHEDULE_PENDING,
+                ScheduledEvent.status.in_((SCHEDULE_PENDING, SCHEDULE_SENT)),
             )
             .with_for_update()
         )
     ).all()
     changed = 0
-    for row_id, document in rows:
+    for row_id, status, document in rows:
         recipients = document.get("recipients") or []
         kept = [r for r in recipients if not (isinstance(r, dict) and r.get("user_id") == user_id)]
         if len(kept) == len(recipients):
             continue
         changed += 1
         values: dict[str, Any] = {"document": {**document, "recipients": kept}}
-        if not kept:
+        if not kept and status == SCHEDULE_PENDING:
             values["status"] = SCHEDULE_CANCELLED
         await session.execute(
             update(ScheduledEvent).where(ScheduledEvent.id == row_id).values(**values)
