@@ -26,13 +26,17 @@ def clamp_limit(limit: int | None) -> int:
     return DEFAULT_PAGE_SIZE if limit is None else max(1, min(MAX_PAGE_SIZE, limit))
 
 
+def dialect_of(session: AsyncSession) -> str:
+    return str(session.get_bind().dialect.name)
+
+
 def insert_for(session: AsyncSession) -> Any:
     """The dialect's INSERT construct, which has ON CONFLICT (PostgreSQL or SQLite)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if is_postgresql(session) else sqlite.insert
 
 
 def is_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+    return dialect_of(session) == "postgresql"
 
 
 # The rows of many users in one statement with constant SQL text: the (tenant_id, user_id)
@@ -47,10 +51,6 @@ USER_KEYS_TABLES = {
 }
 """Per dialect, a FROM item with columns ``tenant_id, user_id`` made of the parameter of
 :func:`user_keys_param`: statements join it to a table's ``(tenant_id, user_id)``."""
-
-
-def dialect_of(session: AsyncSession) -> str:
-    return str(session.get_bind().dialect.name)
 
 
 def user_keys_param(keys: Iterable[tuple[str, str]]) -> dict[str, str]:

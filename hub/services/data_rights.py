@@ -42,7 +42,7 @@ from hub.services import inbox
 from hub.services.chat import MESSAGES, serialize_message
 from hub.services.common import iso_utc
 from hub.services.leases import PENDING
-from hub.services.notifications import NOTIFICATIONS, serialize
+from hub.services.notifications import serialize
 from hub.services.scheduled import CANCELLED as SCHEDULE_CANCELLED
 from hub.services.scheduled import PENDING as SCHEDULE_PENDING
 from hub.services.scheduled import SENT as SCHEDULE_SENT
@@ -77,6 +77,12 @@ def _keyset(query: Query, column: Any, key: str) -> Page:
         return rest.order_by(column)
 
     return page
+
+
+def _owned(model: Any, tenant_id: str, user_id: str, key: str) -> Page:
+    """Pages of the rows of ``model``'s table that belong to the user, in ``key`` order."""
+    rows = select(model.__table__).where(model.tenant_id == tenant_id, model.user_id == user_id)
+    return _keyset(rows, getattr(model, key), key)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -307,17 +313,11 @@ class DataRightsService:
 
     @staticmethod
     def _devices(tenant_id: str, user_id: str) -> Page:
-        owned = select(PushDevice.__table__).where(
-            PushDevice.tenant_id == tenant_id, PushDevice.user_id == user_id
-        )
-        return _keyset(owned, PushDevice.id, "id")
+        return _owned(PushDevice, tenant_id, user_id, "id")
 
     @staticmethod
     def _digest_windows(tenant_id: str, user_id: str) -> Page:
-        owned = select(DigestWindow.__table__).where(
-            DigestWindow.tenant_id == tenant_id, DigestWindow.user_id == user_id
-        )
-        return _keyset(owned, DigestWindow.key, "key")
+        return _owned(DigestWindow, tenant_id, user_id, "key")
 
     @staticmethod
     def _scheduled(tenant_id: str) -> Page:
@@ -356,17 +356,11 @@ class DataRightsService:
     @staticmethod
     def _notifications(tenant_id: str, user_id: str) -> Page:
         # Keyset on (tenant_id, user_id, seq): the unique index's range.
-        owned = select(NOTIFICATIONS).where(
-            Notification.tenant_id == tenant_id, Notification.user_id == user_id
-        )
-        return _keyset(owned, Notification.seq, "seq")
+        return _owned(Notification, tenant_id, user_id, "seq")
 
     @staticmethod
     def _pushes(tenant_id: str, user_id: str) -> Page:
-        owned = select(PushDelivery.__table__).where(
-            PushDelivery.tenant_id == tenant_id, PushDelivery.user_id == user_id
-        )
-        return _keyset(owned, PushDelivery.id, "id")
+        return _owned(PushDelivery, tenant_id, user_id, "id")
 
     @staticmethod
     def _messages(tenant_id: str, conversation_id: int) -> Page:
@@ -377,10 +371,7 @@ class DataRightsService:
 
     @staticmethod
     def _emails(tenant_id: str, user_id: str) -> Page:
-        owned = select(Email.__table__).where(
-            Email.tenant_id == tenant_id, Email.user_id == user_id
-        )
-        return _keyset(owned, Email.id, "id")
+        return _owned(Email, tenant_id, user_id, "id")
 
     # -- erasure (GDPR art. 17) -------------------------------------------------------
 

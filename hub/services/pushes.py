@@ -138,23 +138,15 @@ class PushService:
         session: AsyncSession,
         created: Sequence[NotificationRecord],
         *,
-        devices: DevicesByUser | None = None,
+        devices: DevicesByUser,
     ) -> list[int]:
         """One ``queued`` delivery per device of each notification's user, in the caller's
-        transaction (``devices``: what :meth:`devices_of` read for them, else read here)."""
-        if not created:
+        transaction (``devices``: what :meth:`devices_of` read for them, before the seqs were
+        allocated)."""
+        if not created or not devices:
             return []
-        by_user = devices
-        if by_user is None:
-            by_user = await self.devices_of(
-                session, ((n["tenant_id"], n["user_id"]) for n in created)
-            )
-        elif by_user and not is_postgresql(session):
-            by_user = await _still_there(session, by_user)
-        if not by_user:
-            return []
-        now = datetime.now(UTC)
-        due = now + timedelta(seconds=self.sweep_after_seconds)
+        if not is_postgresql(session):
+            devices = await _still_there(session, devices)
         rows = [
             {
                 "tenant_id": n["tenant_id"],
@@ -163,39 +155,26 @@ class PushService:
                 "device_id": device_id,
                 "kind": kind,
                 "payload": push_payload(n),
-                "status": QUEUED,
-                "attempts": 0,
-                "next_attempt_at": due,
-                "created_at": now,
-                "updated_at": now,
             }
             for n in created
-            for device_id, kind in by_user.get((n["tenant_id"], n["user_id"]), ())
+            for device_id, kind in devices.get((n["tenant_id"], n["user_id"]), ())
         ]
         if not rows:
             return []
+        now = datetime.now(UTC)
+        due = now + timedelta(seconds=self.sweep_after_seconds)
         if is_postgresql(session):
             inserted = await session.execute(
                 _PG_INSERT_PUSHES,
-                {
-                    "rows": orjson.dumps(
-                        [
-                            {k: row[k] for k in ("tenant_id", "notification_id", "user_id")}
-                            | {k: row[k] for k in ("device_id", "kind", "payload")}
-                            for row in rows
-                        ]
-                    ).decode(),
-                    "status": QUEUED,
-                    "due": due,
-                    "now": now,
-                },
+                {"rows": orjson.dumps(rows).decode(), "status": QUEUED, "due": due, "now": now},
             )
         else:
+            queued = {"status": QUEUED, "attempts": 0, "next_attempt_at": due}
             inserted = await session.execute(
                 insert_for(session)(PushDelivery)
                 .on_conflict_do_nothing()
                 .returning(PushDelivery.id),
-                rows,
+                [row | queued | {"created_at": now, "updated_at": now} for row in rows],
             )
         return [int(delivery_id) for delivery_id in inserted.scalars()]
 
