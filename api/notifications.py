@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -10,7 +9,7 @@ from aiohttp import web
 
 from api.errors import ApiError, json_response
 from api.payloads import read_body, require_service
-from hub.intake.envelope import BadEvent, validate_envelope
+from hub.intake.envelope import BadEvent, scheduled_create
 from hub.keys import NOTIFICATIONS, PRINCIPAL, REST_EVENTS
 from hub.responses import (
     CreatedNotifications,
@@ -19,7 +18,6 @@ from hub.responses import (
     ScheduledNotifications,
     UnreadCount,
 )
-from hub.rules import NewNotification, check_expiry, check_limits
 from hub.schemas import CreateNotificationsIn, MarkReadIn, SelectionIn
 from hub.services.common import iso_utc
 from hub.services.inbox import Action
@@ -143,29 +141,16 @@ mark_as_read = inbox_action(Action.READ, MarkReadIn)
 async def create_notifications(request: web.Request) -> web.Response:
     principal = require_service(request)
     payload = await read_body(request, CreateNotificationsIn)
-    notification = NewNotification(
-        title=payload.title,
-        body=payload.body,
-        category=payload.category,
-        data=payload.data,
-        link=payload.link,
-        expires_at=payload.expires_at,
-        ttl_seconds=payload.ttl_seconds,
-    )
     if payload.send_at is not None:
         if payload.send_at.tzinfo is None:
             raise ApiError(400, "validation_error", "send_at needs a time zone offset")
         if payload.send_at > datetime.now(UTC):
-            # The same checks (and answers) as now, before anything is stored.
-            limits = request.app[NOTIFICATIONS].limits
-            check_limits(notification, len(set(payload.user_ids)), limits)
-            check_expiry(notification, not_before=payload.send_at)
             return await _schedule(request, principal.tenant_id, payload)
     # The tenant is the token's: a service can only ever address users of its own tenant.
     result = await request.app[NOTIFICATIONS].create(
         tenant_id=principal.tenant_id,
         user_ids=payload.user_ids,
-        notification=notification,
+        notification=payload.notification(),
         idempotency_key=payload.idempotency_key,
     )
     headers = {} if result.created else {"Idempotent-Replayed": "true"}
@@ -173,41 +158,18 @@ async def create_notifications(request: web.Request) -> web.Response:
     return json_response(reply.model_dump(mode="json"), status=201, headers=headers)
 
 
-# Event ids of scheduled REST creates with an idempotency key: the same key, the same id.
-_SCHEDULED_ID_NAMESPACE = uuid.UUID("0b6f2f7e-5c1a-4d8e-9f3b-7a2c4e6d8b10")
-
-
 async def _schedule(
     request: web.Request, tenant_id: str, payload: CreateNotificationsIn
 ) -> web.Response:
-    """A create with a future ``send_at`` is an event to apply then: stored in the schedule
-    by the same applier as ``POST /api/events/``, applied by the same scheduler."""
-    key = payload.idempotency_key
-    event_id = (
-        uuid.uuid5(_SCHEDULED_ID_NAMESPACE, f"{tenant_id}\x00{key}").hex
-        if key is not None
-        else uuid.uuid4().hex
-    )
-    document = {
-        "event_id": event_id,
-        "tenant_id": tenant_id,
-        "type": "notification.scheduled",
-        "recipients": [{"user_id": user_id} for user_id in payload.user_ids],
-        "send_at": payload.send_at,
-        "notification": payload.model_dump(
-            include={"title", "body", "category", "data", "link", "expires_at", "ttl_seconds"},
-            exclude_none=True,
-        ),
-    }
     try:
-        envelope = validate_envelope(document, request.app[NOTIFICATIONS].limits)
+        envelope = scheduled_create(tenant_id, payload, request.app[NOTIFICATIONS].limits)
     except BadEvent as exc:
         raise ApiError(400, "validation_error", str(exc)) from None
     outcome = await request.app[REST_EVENTS]([envelope])
     duplicate = outcome.applied == 0
     assert envelope.send_at is not None
     reply = ScheduledNotifications(
-        event_id=event_id, send_at=iso_utc(envelope.send_at), duplicate=duplicate
+        event_id=envelope.event_id, send_at=iso_utc(envelope.send_at), duplicate=duplicate
     )
     headers = {"Idempotent-Replayed": "true"} if duplicate else {}
     return json_response(reply.model_dump(mode="json"), status=202, headers=headers)

@@ -196,6 +196,18 @@ class CreateNotificationsIn(Strict):
         "before then. Absent or in the past: now (201)",
     )
 
+    def notification(self) -> rules.NewNotification:
+        """What each recipient is to get."""
+        return rules.NewNotification(
+            title=self.title,
+            body=self.body,
+            category=self.category,
+            data=self.data,
+            link=self.link,
+            expires_at=self.expires_at,
+            ttl_seconds=self.ttl_seconds,
+        )
+
 
 class BroadcastIn(Strict):
     model_config = ConfigDict(

@@ -6,6 +6,7 @@ may add parts) without breaking consumers that do not know them yet.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from hub.errors import HubError
 from hub.rules import NewNotification, NotificationLimits, check_expiry, check_limits
-from hub.schemas import EXPIRES_AT, ID_PATTERN, TEXT_PATTERN, TTL_SECONDS, StoredData, TtlSeconds
+from hub.schemas import (
+    EXPIRES_AT,
+    ID_PATTERN,
+    TEXT_PATTERN,
+    TTL_SECONDS,
+    CreateNotificationsIn,
+    StoredData,
+    TtlSeconds,
+)
 
 SUPPORTED_VERSION = 1
 MAX_EVENT_BYTES = 256 * 1024
@@ -182,3 +191,37 @@ class KafkaDeadLetterHeaders(BaseModel):
     source_offset: str = Field(
         alias="source-offset", pattern=r"^[0-9]+$", description="Its offset, in decimal"
     )
+
+
+# Event ids of scheduled REST creates with an idempotency key: the same key, the same id.
+_SCHEDULED_ID_NAMESPACE = uuid.UUID("0b6f2f7e-5c1a-4d8e-9f3b-7a2c4e6d8b10")
+
+
+def scheduled_create(
+    tenant_id: str, request: CreateNotificationsIn, limits: NotificationLimits
+) -> EventEnvelope:
+    """``POST /api/notifications/`` with a future ``send_at``: the event it becomes, stored by
+    the same applier as ``POST /api/events/`` and applied by the same scheduler. The same
+    checks (and answers) as a create applied now, before anything is stored; then
+    :class:`BadEvent` for what only an event refuses."""
+    notification = request.notification()
+    check_limits(notification, len(set(request.user_ids)), limits)
+    check_expiry(notification, not_before=request.send_at)
+    key = request.idempotency_key
+    event_id = (
+        uuid.uuid5(_SCHEDULED_ID_NAMESPACE, f"{tenant_id}\x00{key}").hex
+        if key is not None
+        else uuid.uuid4().hex
+    )
+    document = {
+        "event_id": event_id,
+        "tenant_id": tenant_id,
+        "type": "notification.scheduled",
+        "recipients": [{"user_id": user_id} for user_id in request.user_ids],
+        "send_at": request.send_at,
+        "notification": request.model_dump(
+            include={"title", "body", "category", "data", "link", "expires_at", "ttl_seconds"},
+            exclude_none=True,
+        ),
+    }
+    return validate_envelope(document, limits)
